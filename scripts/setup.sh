@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of sdcpu from Debian packages. Idempotent: packages already
+# present are skipped, so running it again costs a second.
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libdnnl-dev          # oneDNN: convolutions and matmuls
+  libcli11-dev         # command-line parsing
+  nlohmann-json3-dev   # config.json, safetensors headers, tokenizer vocab
+  libfmt-dev libspdlog-dev
+  libpng-dev           # PNG output with text chunks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-numpy  # only to run ../shared/tools/make_random_sd.py for the full-size tests
+  clang libclang-rt-14-dev  # libFuzzer and sanitizer runtimes
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all dependencies present"
+fi

@@ -1,0 +1,58 @@
+// Tensor: a shape and a reference-counted, 64-byte aligned block of fp32 values, row-major
+// (PyTorch's contiguous layout: NCHW for images, [batch, tokens, channels] for sequences).
+//
+// Copies share storage (like torch.Tensor); clone() makes a deep copy. Lower precisions and blocked
+// layouts live inside the kernels that want them (prepacked weights), not here.
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sdcpu {
+
+using Shape = std::vector<int64_t>;
+
+std::string shape_to_string(const Shape& shape);
+int64_t shape_numel(const Shape& shape);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // Uninitialized storage for `shape`.
+  explicit Tensor(Shape shape);
+  static Tensor zeros(Shape shape);
+  static Tensor full(Shape shape, float value);
+  static Tensor from_vector(Shape shape, const std::vector<float>& values);
+
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  // Size of dimension i; negative i counts from the end as in PyTorch.
+  int64_t dim(int i) const;
+  int64_t numel() const { return numel_; }
+  bool empty() const { return numel_ == 0; }
+
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+  float& operator[](int64_t i) { return data_[i]; }
+  float operator[](int64_t i) const { return data_[i]; }
+
+  // Same storage, new shape with the same number of elements; one dimension may be -1.
+  Tensor reshape(Shape shape) const;
+  // Rows [begin, end) of dimension 0, sharing storage.
+  Tensor slice0(int64_t begin, int64_t end) const;
+  Tensor clone() const;
+  std::vector<float> to_vector() const { return std::vector<float>(data_, data_ + numel_); }
+
+ private:
+  Shape shape_;
+  int64_t numel_ = 0;
+  std::shared_ptr<float> storage_;
+  float* data_ = nullptr;
+};
+
+// Concatenates along dimension 0 (the batch): used for the classifier-free guidance batch.
+Tensor concat0(const std::vector<Tensor>& parts);
+
+}  // namespace sdcpu

@@ -1,0 +1,55 @@
+// WeightStore: the named tensors of one model component (unet, vae, text_encoder), under their
+// diffusers/transformers names, whichever file layout they came from.
+//
+// Networks ask for each weight by name and expected shape while they are built; a missing tensor or a
+// wrong shape is a ModelError naming it. Tensors nobody asked for (EMA copies, position_ids, ...) are
+// not errors: unused() lists them for `sdcpu info`.
+#pragma once
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "formats/safetensors.h"
+
+namespace sdcpu {
+
+class WeightStore {
+ public:
+  explicit WeightStore(std::string component = "model") : component_(std::move(component)) {}
+
+  // Makes `file`'s tensor `file_name` available as `name`. A later add of the same name replaces it.
+  void add(const std::string& name, std::shared_ptr<const SafetensorsFile> file, const std::string& file_name);
+  // Adds every tensor of `file` under its own name.
+  void add_all(const std::shared_ptr<const SafetensorsFile>& file);
+
+  bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+  // Shape of a stored tensor; ModelError if missing.
+  const Shape& shape(const std::string& name) const;
+
+  // The weight `name` converted to fp32, checked against `expected`. Trailing size-1 dimensions are
+  // ignored in the comparison (a 1x1 convolution kernel [O, I, 1, 1] serves as a linear weight [O, I],
+  // as the original VAE attention layers store it); the result has the expected shape.
+  Tensor get(const std::string& name, const Shape& expected) const;
+
+  const std::string& component() const { return component_; }
+  std::vector<std::string> names() const;
+  // Names never fetched with get(), in sorted order.
+  std::vector<std::string> unused() const;
+  size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    std::shared_ptr<const SafetensorsFile> file;
+    std::string file_name;
+  };
+  const Entry& entry(const std::string& name) const;
+
+  std::string component_;
+  std::map<std::string, Entry> entries_;
+  mutable std::set<std::string> used_;
+};
+
+}  // namespace sdcpu

@@ -1,0 +1,56 @@
+#include "test_support.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <unistd.h>
+
+namespace sdcpu::testing {
+
+std::string fixtures_dir() {
+  if (const char* env = std::getenv("SDCPU_FIXTURES")) return env;
+  return SDCPU_FIXTURES_DIR;
+}
+
+std::string fixture(const std::string& relative) { return fixtures_dir() + "/" + relative; }
+
+SafetensorsFile& golden(const std::string& relative) {
+  static std::map<std::string, std::unique_ptr<SafetensorsFile>> cache;
+  auto& slot = cache[relative];
+  if (!slot) slot = std::make_unique<SafetensorsFile>(fixture("goldens/" + relative));
+  return *slot;
+}
+
+std::string sd15_random_dir() {
+  const char* env = std::getenv("SDCPU_SD15_RANDOM");
+  if (!env || !std::filesystem::exists(std::string(env) + "/unet/config.json")) return "";
+  return env;
+}
+
+std::string temp_dir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = std::string(info->test_suite_name()) + "." + info->name();
+  auto dir = std::filesystem::temp_directory_path() / ("sdcpu-test-" + std::to_string(::getpid()) + "-" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+Diff compare(const Tensor& actual, const Tensor& expected) {
+  Diff d;
+  const int64_t n = std::min(actual.numel(), expected.numel());
+  for (int64_t i = 0; i < n; ++i) {
+    const double e = expected[i];
+    const double err = std::fabs(static_cast<double>(actual[i]) - e);
+    if (std::fabs(e) > d.max_ref) d.max_ref = std::fabs(e);
+    if (!(err <= d.max_abs)) {  // also catches NaN
+      d.max_abs = std::isnan(err) ? INFINITY : err;
+      d.worst_index = i;
+    }
+  }
+  return d;
+}
+
+}  // namespace sdcpu::testing

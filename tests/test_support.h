@@ -1,0 +1,43 @@
+// Helpers shared by the tests: where the fixtures are, reading goldens, comparing tensors.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/tensor.h"
+#include "formats/safetensors.h"
+
+namespace sdcpu::testing {
+
+// ../shared/fixtures (override with the SDCPU_FIXTURES environment variable).
+std::string fixtures_dir();
+// fixtures_dir() + "/" + relative
+std::string fixture(const std::string& relative);
+// A golden file under fixtures/goldens/, e.g. golden("tiny-sd/unet.safetensors").
+SafetensorsFile& golden(const std::string& relative);
+// The full-size random SD 1.5 folder written by ../shared/tools/make_random_sd.py (--layout diffusers
+// --dtype fp32 --seed 0), from SDCPU_SD15_RANDOM; empty when not set or missing (tests then skip).
+std::string sd15_random_dir();
+// A fresh temporary directory for this test.
+std::string temp_dir();
+
+struct Diff {
+  double max_abs = 0;     // max |a - b|
+  double max_ref = 0;     // max |b|: the output scale
+  int64_t worst_index = -1;
+};
+Diff compare(const Tensor& actual, const Tensor& expected);
+
+}  // namespace sdcpu::testing
+
+// Asserts equal shapes and max |actual - expected| <= rel_tol * max(1, max |expected|).
+#define EXPECT_TENSOR_NEAR(actual, expected, rel_tol)                                                            \
+  do {                                                                                                           \
+    const ::sdcpu::Tensor& a_ = (actual);                                                                        \
+    const ::sdcpu::Tensor& e_ = (expected);                                                                      \
+    ASSERT_EQ(::sdcpu::shape_to_string(a_.shape()), ::sdcpu::shape_to_string(e_.shape()));                       \
+    auto d_ = ::sdcpu::testing::compare(a_, e_);                                                                 \
+    const double scale_ = d_.max_ref > 1.0 ? d_.max_ref : 1.0;                                                   \
+    EXPECT_LE(d_.max_abs, (rel_tol) * scale_) << "max abs error " << d_.max_abs << " at flat index "            \
+                                              << d_.worst_index << ", output scale " << d_.max_ref;             \
+  } while (0)
