@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev   # config.json, safetensors headers, tokenizer vocab
   libfmt-dev libspdlog-dev
   libpng-dev           # PNG output with text chunks
+  libicu-dev           # Unicode normalization and character classes for the CLIP tokenizer
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy  # only to run ../shared/tools/make_random_sd.py for the full-size tests
   clang libclang-rt-14-dev  # libFuzzer and sanitizer runtimes

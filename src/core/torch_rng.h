@@ -1,0 +1,23 @@
+// TorchGenerator reproduces torch.Generator("cpu").manual_seed(seed) and torch.randn(shape, generator=g)
+// bit for bit, so a seed gives exactly the starting noise diffusers gives on CPU (DESIGN.md principle 5).
+// Ancestral samplers keep drawing from the same generator after the initial latents, as diffusers does.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace sdcpu {
+
+class TorchGenerator {
+ public:
+  explicit TorchGenerator(uint64_t seed);
+  // torch.randn(shape, generator=this), float32.
+  Tensor randn(const Shape& shape);
+
+ private:
+  // (implementation state: mt19937 and any cached normal, as in PyTorch's CPUGeneratorImpl)
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace sdcpu
