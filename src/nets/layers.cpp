@@ -1,0 +1,53 @@
+#include "nets/layers.h"
+
+#include "kernels/conv2d.h"
+#include "kernels/linear.h"
+#include "kernels/norms.h"
+
+namespace sdcpu {
+
+Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, bool bias) {
+  Linear l;
+  l.weight = w.get(prefix + ".weight", {out, in});
+  if (bias) l.bias = w.get(prefix + ".bias", {out});
+  return l;
+}
+
+Tensor Linear::operator()(const Tensor& x) const { return linear(x, weight, bias); }
+
+Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel, int stride,
+                    int padding) {
+  Conv2d c;
+  c.weight = w.get(prefix + ".weight", {out, in, kernel, kernel});
+  c.bias = w.get(prefix + ".bias", {out});
+  c.stride = stride;
+  c.padding = padding < 0 ? kernel / 2 : padding;
+  return c;
+}
+
+Tensor Conv2d::operator()(const Tensor& x) const { return conv2d(x, weight, bias, stride, padding); }
+
+GroupNorm GroupNorm::load(const WeightStore& w, const std::string& prefix, int64_t channels, int groups, float eps) {
+  GroupNorm g;
+  g.weight = w.get(prefix + ".weight", {channels});
+  g.bias = w.get(prefix + ".bias", {channels});
+  g.groups = groups;
+  g.eps = eps;
+  return g;
+}
+
+Tensor GroupNorm::operator()(const Tensor& x, bool silu) const {
+  return group_norm(x, groups, weight, bias, eps, silu);
+}
+
+LayerNorm LayerNorm::load(const WeightStore& w, const std::string& prefix, int64_t channels, float eps) {
+  LayerNorm l;
+  l.weight = w.get(prefix + ".weight", {channels});
+  l.bias = w.get(prefix + ".bias", {channels});
+  l.eps = eps;
+  return l;
+}
+
+Tensor LayerNorm::operator()(const Tensor& x) const { return layer_norm(x, weight, bias, eps); }
+
+}  // namespace sdcpu
