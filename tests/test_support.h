@@ -2,6 +2,8 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "core/tensor.h"
@@ -38,6 +40,8 @@ Diff compare(const Tensor& actual, const Tensor& expected);
     ASSERT_EQ(::sdcpu::shape_to_string(a_.shape()), ::sdcpu::shape_to_string(e_.shape()));                       \
     auto d_ = ::sdcpu::testing::compare(a_, e_);                                                                 \
     const double scale_ = d_.max_ref > 1.0 ? d_.max_ref : 1.0;                                                   \
+    if (std::getenv("SDCPU_TEST_VERBOSE"))                                                                       \
+      std::printf("  %s: max abs error %.3g, output scale %.3g\n", #actual, d_.max_abs, d_.max_ref);            \
     EXPECT_LE(d_.max_abs, (rel_tol) * scale_) << "max abs error " << d_.max_abs << " at flat index "            \
                                               << d_.worst_index << ", output scale " << d_.max_ref;             \
   } while (0)

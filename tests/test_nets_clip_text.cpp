@@ -1,0 +1,87 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "nets/clip_text.h"
+#include "test_support.h"
+
+namespace sdcpu {
+namespace {
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+std::vector<std::vector<int>> ids_rows(const SafetensorsFile& g) {
+  std::vector<int64_t> flat = g.read_i64("input_ids");
+  const int64_t seq = g.find("input_ids")->shape[1];
+  std::vector<std::vector<int>> rows;
+  for (size_t i = 0; i < flat.size(); i += seq) rows.emplace_back(flat.begin() + i, flat.begin() + i + seq);
+  return rows;
+}
+
+ClipTextModel load(const std::string& dir, WeightStore& w) {
+  w.add_all(std::make_shared<SafetensorsFile>(dir + "/model.safetensors"));
+  return ClipTextModel(parse_clip_text_config(read_text(dir + "/config.json")), w);
+}
+
+TEST(ClipText, TinyMatchesReference) {
+  WeightStore w("text_encoder");
+  ClipTextModel model = load(testing::fixture("tiny-sd/text_encoder"), w);
+  auto& g = testing::golden("tiny-sd/text_encoder.safetensors");
+  EXPECT_TENSOR_NEAR(model.forward(ids_rows(g)), g.read_f32("last_hidden_state"), 1e-4);
+  EXPECT_TRUE(w.unused().empty());
+}
+
+TEST(ClipText, FullSizeSd15MatchesReference) {
+  const std::string dir = testing::sd15_random_dir();
+  if (dir.empty()) GTEST_SKIP() << "set SDCPU_SD15_RANDOM to a model from make_random_sd.py";
+  WeightStore w("text_encoder");
+  ClipTextModel model = load(dir + "/text_encoder", w);
+  auto& g = testing::golden("sd15-random/text_encoder.safetensors");
+  EXPECT_TENSOR_NEAR(model.forward(ids_rows(g)), g.read_f32("last_hidden_state"), 1e-4);
+}
+
+TEST(ClipText, MissingOrMisshapedTensorIsNamed) {
+  const std::string dir = testing::fixture("tiny-sd/text_encoder");
+  auto file = std::make_shared<SafetensorsFile>(dir + "/model.safetensors");
+  ClipTextConfig config = parse_clip_text_config(read_text(dir + "/config.json"));
+  {
+    WeightStore w("text_encoder");
+    for (const auto& t : file->tensors())
+      if (t.name != "text_model.encoder.layers.3.mlp.fc1.bias") w.add(t.name, file, t.name);
+    try {
+      ClipTextModel m(config, w);
+      FAIL() << "loaded without a tensor";
+    } catch (const ModelError& e) {
+      EXPECT_NE(std::string(e.what()).find("text_model.encoder.layers.3.mlp.fc1.bias"), std::string::npos) << e.what();
+    }
+  }
+  {
+    WeightStore w("text_encoder");
+    w.add_all(file);
+    config.intermediate_size = 128;
+    try {
+      ClipTextModel m(config, w);
+      FAIL() << "loaded with a wrong shape";
+    } catch (const ModelError& e) {
+      EXPECT_NE(std::string(e.what()).find("mlp.fc1.weight"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(ClipText, RejectsBadIds) {
+  WeightStore w("text_encoder");
+  ClipTextModel model = load(testing::fixture("tiny-sd/text_encoder"), w);
+  EXPECT_THROW(model.forward({{49406, 60000}}), InvalidArgument);
+  EXPECT_THROW(model.forward({std::vector<int>(78, 1)}), InvalidArgument);
+  EXPECT_THROW(model.forward({}), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace sdcpu
