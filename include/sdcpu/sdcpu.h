@@ -1,0 +1,70 @@
+// sdcpu public API: load a Stable Diffusion model once, then generate images from prompts.
+//
+//   auto pipe = sdcpu::Pipeline::load("path/to/model");          // diffusers folder or .safetensors
+//   sdcpu::GenerateOptions opt;  opt.prompt = "a lighthouse at dusk";  opt.seed = 42;
+//   for (const sdcpu::Image& img : pipe->generate(opt)) img.save_png("out.png");
+//
+// Failures throw sdcpu::Error (include/sdcpu/error.h) with a message that names the problem.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sdcpu/error.h"
+
+namespace sdcpu {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+// The samplers sdcpu implements, under the names the CLI and the API accept.
+std::vector<std::string> sampler_names();
+
+struct LoadOptions {
+  // "fp16" selects *.fp16.safetensors weights in a diffusers folder when present.
+  std::string variant;
+  // Threads for all compute; 0 = one per available core.
+  int threads = 0;
+};
+
+struct GenerateOptions {
+  std::string prompt;
+  std::string negative_prompt;
+  int steps = 20;
+  float cfg_scale = 7.5f;         // classifier-free guidance; <= 1 runs the conditional half only
+  std::string sampler = "dpmpp_2m";
+  uint64_t seed = 0;              // image k of a batch uses seed + k, as AUTOMATIC1111 does
+  int width = 512;
+  int height = 512;
+  int batch_count = 1;            // images generated one after another
+  int clip_skip = 0;              // text encoder layers to skip from the end (0 = last layer)
+};
+
+struct Image {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> rgb;       // height x width x 3
+  uint64_t seed = 0;
+  std::string parameters;         // generation parameters in AUTOMATIC1111's "parameters" format
+  // Writes an 8-bit RGB PNG with the parameters in a "parameters" text chunk.
+  void save_png(const std::string& path) const;
+};
+
+// Called after each denoising step: image index within the batch, steps done, total steps.
+using ProgressCallback = std::function<void(int image, int step, int steps)>;
+
+class Pipeline {
+ public:
+  // Opens a diffusers folder or a single-file .safetensors checkpoint and builds every network.
+  static std::unique_ptr<Pipeline> load(const std::string& model_path, const LoadOptions& options = {});
+  virtual ~Pipeline() = default;
+
+  // Runs text-to-image. Throws InvalidArgument for invalid options before doing any work.
+  virtual std::vector<Image> generate(const GenerateOptions& options, const ProgressCallback& progress = {}) = 0;
+
+  // What was detected: layout, architecture, configurations, tensors ignored.
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace sdcpu
