@@ -11,7 +11,8 @@ namespace sdcpu {
 namespace {
 
 using dnnl::memory;
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool>;
+// n, c, h, w, o, kh, kw, stride, pad_top, pad_left, pad_bottom, pad_right, has_bias
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, bool>;
 
 // Primitives are created once per shape and reused (creating one costs far more than small convs).
 struct ConvPrimitive {
@@ -25,20 +26,21 @@ const ConvPrimitive& conv_primitive(const Key& key) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  auto [n, c, h, w, o, kh, kw, stride, padding, has_bias] = key;
-  const int64_t ho = (h + 2 * padding - kh) / stride + 1, wo = (w + 2 * padding - kw) / stride + 1;
+  auto [n, c, h, w, o, kh, kw, stride, pt, pl, pb, pr, has_bias] = key;
+  const int64_t ho = (h + pt + pb - kh) / stride + 1, wo = (w + pl + pr - kw) / stride + 1;
   memory::desc src({n, c, h, w}, memory::data_type::f32, memory::format_tag::nchw);
   memory::desc wei({o, c, kh, kw}, memory::data_type::f32, memory::format_tag::oihw);
   memory::desc bia({o}, memory::data_type::f32, memory::format_tag::x);
   memory::desc dst({n, o, ho, wo}, memory::data_type::f32, memory::format_tag::nchw);
   // oneDNN 2.x API (Debian 12 ships 2.6): an operation descriptor, then its primitive descriptor.
-  const memory::dims strides = {stride, stride}, pad = {padding, padding};
-  auto desc = has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
-                                                         dnnl::algorithm::convolution_direct, src, wei, bia, dst,
-                                                         strides, pad, pad)
-                       : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
-                                                         dnnl::algorithm::convolution_direct, src, wei, dst, strides,
-                                                         pad, pad);
+  // oneDNN takes the padding before (padding_l) and after (padding_r) each spatial dimension separately.
+  const memory::dims strides = {stride, stride}, pad_l = {pt, pl}, pad_r = {pb, pr};
+  auto desc =
+      has_bias
+          ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                            src, wei, bia, dst, strides, pad_l, pad_r)
+          : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                            src, wei, dst, strides, pad_l, pad_r);
   dnnl::convolution_forward::primitive_desc pd(desc, dnnl_engine());
   auto [pos, inserted] = cache.emplace(key, ConvPrimitive{pd, dnnl::convolution_forward(pd)});
   return pos->second;
@@ -47,16 +49,26 @@ const ConvPrimitive& conv_primitive(const Key& key) {
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int stride, int padding) {
+  return conv2d(x, weight, bias, stride, padding, padding, padding, padding);
+}
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int stride, int pad_top, int pad_left,
+              int pad_bottom, int pad_right) {
   if (x.ndim() != 4 || weight.ndim() != 4 || x.dim(1) != weight.dim(1))
     throw InvalidArgument("conv2d: input " + shape_to_string(x.shape()) + " and weight " +
                           shape_to_string(weight.shape()) + " do not fit");
+  if (stride <= 0 || pad_top < 0 || pad_left < 0 || pad_bottom < 0 || pad_right < 0)
+    throw InvalidArgument("conv2d: stride must be positive and padding non-negative");
   const bool has_bias = !bias.empty();
   if (has_bias && bias.numel() != weight.dim(0)) throw InvalidArgument("conv2d: bias size mismatch");
   const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), w = x.dim(3);
   const int64_t o = weight.dim(0), kh = weight.dim(2), kw = weight.dim(3);
-  const int64_t ho = (h + 2 * padding - kh) / stride + 1, wo = (w + 2 * padding - kw) / stride + 1;
-  if (ho <= 0 || wo <= 0) throw InvalidArgument("conv2d: input too small for the kernel");
-  const ConvPrimitive& p = conv_primitive({n, c, h, w, o, kh, kw, stride, padding, has_bias});
+  // Checked before dividing: C++ division truncates toward zero, so a negative numerator would pass.
+  if (h + pad_top + pad_bottom < kh || w + pad_left + pad_right < kw)
+    throw InvalidArgument("conv2d: input " + shape_to_string(x.shape()) + " too small for the kernel");
+  const int64_t ho = (h + pad_top + pad_bottom - kh) / stride + 1, wo = (w + pad_left + pad_right - kw) / stride + 1;
+  const ConvPrimitive& p =
+      conv_primitive({n, c, h, w, o, kh, kw, stride, pad_top, pad_left, pad_bottom, pad_right, has_bias});
   Tensor y({n, o, ho, wo});
   auto& eng = dnnl_engine();
   std::unordered_map<int, memory> args = {

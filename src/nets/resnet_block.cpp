@@ -1,0 +1,46 @@
+#include "nets/resnet_block.h"
+
+#include "core/error.h"
+#include "kernels/activations.h"
+#include "kernels/tensor_ops.h"
+
+namespace sdcpu {
+
+ResnetBlock2D ResnetBlock2D::load(const WeightStore& w, const std::string& prefix, int64_t in_channels,
+                                  int64_t out_channels, int groups, float eps, int64_t temb_channels,
+                                  float output_scale_factor) {
+  ResnetBlock2D r;
+  r.norm1 = GroupNorm::load(w, prefix + ".norm1", in_channels, groups, eps);
+  r.conv1 = Conv2d::load(w, prefix + ".conv1", in_channels, out_channels, 3);
+  if (temb_channels > 0) r.time_emb_proj = Linear::load(w, prefix + ".time_emb_proj", temb_channels, out_channels);
+  // diffusers: groups_out defaults to groups, so norm2 uses the same group count on out_channels.
+  r.norm2 = GroupNorm::load(w, prefix + ".norm2", out_channels, groups, eps);
+  r.conv2 = Conv2d::load(w, prefix + ".conv2", out_channels, out_channels, 3);
+  // use_in_shortcut = in_channels != out_channels; with conv_shortcut=False it is a 1x1 conv, padding 0.
+  if (in_channels != out_channels)
+    r.conv_shortcut = Conv2d::load(w, prefix + ".conv_shortcut", in_channels, out_channels, 1, 1, 0);
+  r.output_scale_factor = output_scale_factor;
+  return r;
+}
+
+Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb) const {
+  Tensor h = conv1(norm1(x, /*silu=*/true));
+  if (!time_emb_proj.weight.empty()) {
+    if (temb.empty()) throw InvalidArgument("ResnetBlock2D: the block needs a time embedding");
+    Tensor t = temb.clone();  // the caller's embedding is shared by every block
+    silu_(t);
+    add_channel_bias_(h, time_emb_proj(t));  // [N, out] broadcast as temb[:, :, None, None]
+  }
+  h = conv2(norm2(h, /*silu=*/true));  // dropout is the identity at inference
+  // output = (input_tensor + hidden_states) / output_scale_factor; fp32 addition is commutative, so adding
+  // in place into h gives the same bits.
+  if (conv_shortcut.weight.empty()) {
+    add_(h, x);
+  } else {
+    add_(h, conv_shortcut(x));
+  }
+  if (output_scale_factor != 1.0f) scale_(h, 1.0f / output_scale_factor);
+  return h;
+}
+
+}  // namespace sdcpu
