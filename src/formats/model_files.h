@@ -1,0 +1,38 @@
+// Opening a Stable Diffusion model from disk, whichever layout it comes in: a diffusers pipeline folder
+// (formats/diffusers_folder.h) or one original-layout .safetensors file (formats/single_file.h). Both
+// give the same thing: the component configurations and one WeightStore per network, holding exactly
+// the tensor names and shapes a diffusers folder of that model would hold.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "formats/model_config.h"
+#include "formats/weight_store.h"
+
+namespace sdcpu {
+
+struct ModelFiles {
+  std::string path;
+  std::string layout;        // "diffusers folder" | "single file"
+  std::string architecture;  // detected: "SD 1.x", "SD 1.x inpainting", "SD 2.x"
+  ClipTextConfig text_encoder_config;
+  UNetConfig unet_config;
+  VaeConfig vae_config;
+  std::string scheduler_config_json;  // scheduler/scheduler_config.json, or SD 1.x's standard PNDM config
+  std::string tokenizer_dir;          // folder with vocab.json + merges.txt; "" = sdcpu's bundled vocabulary
+  std::shared_ptr<WeightStore> text_encoder, unet, vae;  // under diffusers/transformers names
+  // Single file: tensors that belong to no component (model_ema.*, alphas_cumprod, position_ids, ...).
+  std::vector<std::string> ignored_tensors;
+  // The .safetensors files the weights come from, for `sdcpu info`.
+  std::vector<std::string> weight_files;
+};
+
+// Opens a diffusers folder or a single .safetensors checkpoint. `variant` selects the diffusers weight
+// variant ("fp16": diffusion_pytorch_model.fp16.safetensors); it does not apply to single files.
+// Throws ModelError naming the problem: no such path, a pickle checkpoint (.ckpt/.pt/.bin, which sdcpu
+// never unpickles), a folder that is not a Stable Diffusion pipeline, a missing component or weight
+// file, a file without Stable Diffusion tensors. IoError when an existing file cannot be read.
+ModelFiles open_model(const std::string& path, const std::string& variant = "");
+
+}  // namespace sdcpu
