@@ -3,6 +3,7 @@
 // Ancestral samplers keep drawing from the same generator after the initial latents, as diffusers does.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "core/tensor.h"
 
@@ -15,7 +16,8 @@ class TorchGenerator {
   Tensor randn(const Shape& shape);
 
  private:
-  // (implementation state: mt19937 and any cached normal, as in PyTorch's CPUGeneratorImpl)
+  // The mt19937 engine and the cached second Box-Muller sample of the scalar path, as in PyTorch's
+  // CPUGeneratorImpl. Copies of a TorchGenerator share one state, like references to a torch.Generator.
   struct State;
   std::shared_ptr<State> state_;
 };
