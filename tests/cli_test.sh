@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End-to-end checks of the sdcpu command: a real generation with the demo model, and bad input that
+# must end with a clear message and the documented exit code, never a crash.
+# Usage: cli_test.sh SDCPU_BINARY SOURCE_DIR FIXTURES_DIR
+set -uo pipefail
+sdcpu=$1 src=$2 fixtures=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+# expect CODE NEEDLE -- ARGS...: runs sdcpu ARGS, checks the exit code and that stderr+stdout has NEEDLE.
+expect() {
+  local code=$1 needle=$2
+  shift 3
+  local out rc
+  out=$("$sdcpu" "$@" 2>&1)
+  rc=$?
+  if [ "$rc" -eq "$code" ] && grep -qF -- "$needle" <<<"$out"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL: sdcpu $* -> exit $rc (want $code), output:"
+    echo "$out" | tail -5
+    echo "(wanted to see: $needle)"
+  fi
+}
+
+model="$src/models/tiny-sd"
+gen=(generate --model "$model" --prompt "a red cube" --steps 2 --width 64 --height 64 --quiet)
+
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --output "$tmp/a.png"
+if grep -aq "Steps: 2, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 7, Size: 64x64" "$tmp/a.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: PNG lacks the A1111 parameters chunk"
+fi
+expect 0 "b-2.png" -- "${gen[@]}" --batch-count 2 --output "$tmp/b.png"
+[ -f "$tmp/b.png" ] && [ -f "$tmp/b-2.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: batch files"; }
+expect 0 "single file" -- info --model "$fixtures/tiny-sd.safetensors"
+
+expect 2 "width" -- "${gen[@]}" --width 100 --output "$tmp/x.png"
+expect 2 "height" -- "${gen[@]}" --height 999999 --output "$tmp/x.png"
+expect 2 "steps" -- "${gen[@]}" --steps 0 --output "$tmp/x.png"
+expect 2 "steps" -- "${gen[@]}" --steps 100000 --output "$tmp/x.png"
+expect 2 "UTF-8" -- "${gen[@]}" --prompt $'bad \xff\xfe bytes' --output "$tmp/x.png"
+expect 2 "sampler" -- "${gen[@]}" --sampler heun --output "$tmp/x.png"
+expect 2 "batch count" -- "${gen[@]}" --batch-count 0 --output "$tmp/x.png"
+expect 4 "cannot" -- "${gen[@]}" --model "$tmp/does-not-exist.safetensors" --output "$tmp/x.png"
+head -c 100000 "$fixtures/tiny-sd.safetensors" >"$tmp/truncated.safetensors"
+expect 3 "truncated" -- "${gen[@]}" --model "$tmp/truncated.safetensors" --output "$tmp/x.png"
+printf 'not a model' >"$tmp/model.ckpt"
+expect 3 "pickle" -- "${gen[@]}" --model "$tmp/model.ckpt" --output "$tmp/x.png"
+expect 4 "cannot create" -- "${gen[@]}" --output "$tmp/no-such-dir/x.png"
+[ ! -e "$tmp/x.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: an error left a file"; }
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
