@@ -1,0 +1,142 @@
+#include "nets/unet.h"
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <utility>
+
+#include "core/error.h"
+#include "kernels/activations.h"
+
+namespace sdcpu {
+namespace {
+
+// parse_unet_config validates config.json; a UNetConfig can also be built by hand or derived from tensor
+// shapes (single-file checkpoints), so the model checks what it relies on once more.
+void validate(const UNetConfig& c) {
+  const size_t blocks = c.block_out_channels.size();
+  if (blocks == 0) throw ModelError("unet: block_out_channels is empty");
+  if (c.down_block_types.size() != blocks || c.up_block_types.size() != blocks ||
+      c.num_attention_heads.size() != blocks || c.transformer_layers_per_block.size() != blocks)
+    throw ModelError(
+        "unet: down/up_block_types, num_attention_heads and transformer_layers_per_block need one "
+        "entry per block_out_channels");
+  for (size_t i = 0; i < blocks; ++i) {
+    if (c.down_block_types[i] != "CrossAttnDownBlock2D" && c.down_block_types[i] != "DownBlock2D")
+      throw ModelError("unet: unsupported down block type '" + c.down_block_types[i] + "'");
+    if (c.up_block_types[i] != "CrossAttnUpBlock2D" && c.up_block_types[i] != "UpBlock2D")
+      throw ModelError("unet: unsupported up block type '" + c.up_block_types[i] + "'");
+    if (c.block_out_channels[i] <= 0 || c.num_attention_heads[i] <= 0 || c.transformer_layers_per_block[i] <= 0)
+      throw ModelError("unet: block " + std::to_string(i) + " has a non-positive channel, head or layer count");
+  }
+  if (c.mid_block_type != "UNetMidBlock2DCrossAttn")
+    throw ModelError("unet: unsupported mid_block_type '" + c.mid_block_type + "'");
+  if (c.in_channels <= 0 || c.out_channels <= 0 || c.layers_per_block <= 0 || c.cross_attention_dim <= 0 ||
+      c.norm_num_groups <= 0)
+    throw ModelError("unet: non-positive in/out channels, layers_per_block, cross_attention_dim or norm_num_groups");
+  if (c.conv_in_kernel <= 0 || c.conv_in_kernel % 2 == 0 || c.conv_out_kernel <= 0 || c.conv_out_kernel % 2 == 0)
+    throw ModelError("unet: conv_in_kernel and conv_out_kernel must be odd");
+}
+
+}  // namespace
+
+UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const WeightStore& w) : config_(config) {
+  validate(config_);
+  const auto& channels = config_.block_out_channels;
+  const int levels = static_cast<int>(channels.size());
+  // time_proj = Timesteps(block_out_channels[0], ...); time_embedding = TimestepEmbedding(c0, 4 c0).
+  time_embed_dim_ = static_cast<int64_t>(channels[0]) * 4;
+  time_embedding_ = unet::TimestepEmbedding::load(w, "time_embedding", channels[0], time_embed_dim_);
+  // conv_in padding (conv_in_kernel - 1) // 2, as Conv2d::load's default for odd kernels.
+  conv_in_ = Conv2d::load(w, "conv_in", config_.in_channels, channels[0], config_.conv_in_kernel);
+
+  const unet::BlockOptions options{time_embed_dim_, config_.cross_attention_dim, config_.norm_num_groups,
+                                   config_.norm_eps};
+  int64_t output_channel = channels[0];
+  for (int i = 0; i < levels; ++i) {
+    const int64_t input_channel = output_channel;
+    output_channel = channels[i];
+    const bool is_final_block = i == levels - 1;
+    down_blocks_.push_back(unet::DownBlock::load(
+        w, "down_blocks." + std::to_string(i), options, config_.down_block_types[i] == "CrossAttnDownBlock2D",
+        config_.layers_per_block, input_channel, output_channel, config_.num_attention_heads[i],
+        config_.transformer_layers_per_block[i], /*add_downsample=*/!is_final_block, config_.downsample_padding));
+  }
+
+  // mid_block_scale_factor is 1 in every Stable Diffusion config (UNetConfig does not carry it).
+  mid_block_ = unet::MidBlock::load(w, "mid_block", options, channels.back(), config_.num_attention_heads.back(),
+                                    config_.transformer_layers_per_block.back());
+
+  // Up blocks walk the levels in reverse, with the per-level lists reversed.
+  output_channel = channels.back();
+  for (int i = 0; i < levels; ++i) {
+    const int level = levels - 1 - i;
+    const int64_t prev_output_channel = output_channel;
+    output_channel = channels[level];
+    const int64_t input_channel = channels[std::max(level - 1, 0)];  // reversed[min(i + 1, levels - 1)]
+    const bool is_final_block = i == levels - 1;
+    up_blocks_.push_back(unet::UpBlock::load(
+        w, "up_blocks." + std::to_string(i), options, config_.up_block_types[i] == "CrossAttnUpBlock2D",
+        config_.layers_per_block + 1, input_channel, output_channel, prev_output_channel,
+        config_.num_attention_heads[level], config_.transformer_layers_per_block[level],
+        /*add_upsample=*/!is_final_block));
+  }
+
+  if (channels[0] % config_.norm_num_groups != 0)
+    throw ModelError("unet: conv_norm_out has " + std::to_string(channels[0]) + " channels, not divisible into " +
+                     std::to_string(config_.norm_num_groups) + " norm groups");
+  conv_norm_out_ = GroupNorm::load(w, "conv_norm_out", channels[0], config_.norm_num_groups, config_.norm_eps);
+  conv_out_ = Conv2d::load(w, "conv_out", channels[0], config_.out_channels, config_.conv_out_kernel);
+}
+
+Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const {
+  if (sample.ndim() != 4 || sample.dim(0) <= 0 || sample.dim(1) != config_.in_channels || sample.dim(2) <= 0 ||
+      sample.dim(3) <= 0)
+    throw InvalidArgument("unet: sample must be [batch, " + std::to_string(config_.in_channels) +
+                          ", height, width], got " + shape_to_string(sample.shape()));
+  if (encoder_hidden_states.ndim() != 3 || encoder_hidden_states.dim(0) != sample.dim(0) ||
+      encoder_hidden_states.dim(1) <= 0 || encoder_hidden_states.dim(2) != config_.cross_attention_dim)
+    throw InvalidArgument("unet: encoder_hidden_states must be [" + std::to_string(sample.dim(0)) + ", tokens, " +
+                          std::to_string(config_.cross_attention_dim) + "], got " +
+                          shape_to_string(encoder_hidden_states.shape()));
+  if (!std::isfinite(timestep)) throw InvalidArgument("unet: the timestep is not a finite number");
+  const int64_t batch = sample.dim(0);
+
+  // 0. When the latent is not a multiple of the overall upsampling factor, every upsampler is told the size
+  // of the skip connection it feeds (forward_upsample_size in diffusers).
+  const int64_t overall_up_factor = int64_t{1} << (config_.block_out_channels.size() - 1);
+  const bool forward_upsample_size = sample.dim(2) % overall_up_factor != 0 || sample.dim(3) % overall_up_factor != 0;
+
+  // 1. time: time_proj -> time_embedding. Every ResnetBlock2D applies SiLU to it before its own time_emb_proj.
+  const Tensor emb = time_embedding_(unet::timestep_embedding(timestep, batch, config_.block_out_channels[0],
+                                                              config_.flip_sin_to_cos, config_.freq_shift));
+
+  // 2. pre-process
+  Tensor h = conv_in_(sample);
+
+  // 3. down
+  std::vector<Tensor> down_block_res_samples = {h};
+  for (const auto& block : down_blocks_) h = block(std::move(h), emb, encoder_hidden_states, down_block_res_samples);
+
+  // 4. mid
+  h = mid_block_(h, emb, encoder_hidden_states);
+
+  // 5. up
+  for (size_t i = 0; i < up_blocks_.size(); ++i) {
+    const auto& block = up_blocks_[i];
+    // The size the upsampler must reach is that of the skip connection left after this block takes its own.
+    std::optional<std::pair<int64_t, int64_t>> upsample_size;
+    if (block.upsampler && forward_upsample_size) {
+      if (down_block_res_samples.size() <= block.resnets.size())
+        throw InvalidArgument("unet: more up than down resolution levels");
+      const Tensor& next = down_block_res_samples[down_block_res_samples.size() - 1 - block.resnets.size()];
+      upsample_size = std::make_pair(next.dim(2), next.dim(3));
+    }
+    h = block(std::move(h), emb, encoder_hidden_states, down_block_res_samples, upsample_size);
+  }
+
+  // 6. post-process: conv_norm_out -> conv_act (SiLU) -> conv_out
+  return conv_out_(conv_norm_out_(h, /*silu=*/true));
+}
+
+}  // namespace sdcpu
