@@ -84,9 +84,8 @@ TEST(Safetensors, RejectsOverlappingTensors) {
 
 TEST(Safetensors, RejectsUnknownDtypeAndHugeShapes) {
   expect_rejected(header_file(R"({"w":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}})", 1), "unknown dtype");
-  expect_rejected(
-      header_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8),
-      "do not match");
+  expect_rejected(header_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8),
+                  "do not match");
   expect_rejected(header_file(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,8]}})", 8), "non-negative");
 }
 

@@ -37,7 +37,8 @@ Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& b, int s
               for (int64_t dj = 0; dj < kw; ++dj) {
                 const int64_t yi = i * stride - pad + di, xj = j * stride - pad + dj;
                 if (yi < 0 || yi >= h || xj < 0 || xj >= wd) continue;
-                acc += static_cast<double>(x[((bi * c + ic) * h + yi) * wd + xj]) * w[((oc * c + ic) * kh + di) * kw + dj];
+                acc +=
+                    static_cast<double>(x[((bi * c + ic) * h + yi) * wd + xj]) * w[((oc * c + ic) * kh + di) * kw + dj];
               }
           y[((bi * o + oc) * ho + i) * wo + j] = static_cast<float>(acc);
         }
@@ -115,7 +116,8 @@ Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, in
         double mx = -INFINITY;
         for (int64_t j = 0; j < lk; ++j) {
           double dot = 0;
-          for (int64_t e = 0; e < d; ++e) dot += static_cast<double>(q[(b * lq + i) * width + h * d + e]) * k[(b * lk + j) * width + h * d + e];
+          for (int64_t e = 0; e < d; ++e)
+            dot += static_cast<double>(q[(b * lq + i) * width + h * d + e]) * k[(b * lk + j) * width + h * d + e];
           s[j] = (causal && j > i) ? -INFINITY : dot / std::sqrt(static_cast<double>(d));
           mx = std::max(mx, s[j]);
         }

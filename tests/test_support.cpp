@@ -1,11 +1,12 @@
 #include "test_support.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <unistd.h>
 
 namespace sdcpu::testing {
 

@@ -24,8 +24,8 @@ std::string sd15_random_dir();
 std::string temp_dir();
 
 struct Diff {
-  double max_abs = 0;     // max |a - b|
-  double max_ref = 0;     // max |b|: the output scale
+  double max_abs = 0;  // max |a - b|
+  double max_ref = 0;  // max |b|: the output scale
   int64_t worst_index = -1;
 };
 Diff compare(const Tensor& actual, const Tensor& expected);
@@ -33,15 +33,15 @@ Diff compare(const Tensor& actual, const Tensor& expected);
 }  // namespace sdcpu::testing
 
 // Asserts equal shapes and max |actual - expected| <= rel_tol * max(1, max |expected|).
-#define EXPECT_TENSOR_NEAR(actual, expected, rel_tol)                                                            \
-  do {                                                                                                           \
-    const ::sdcpu::Tensor& a_ = (actual);                                                                        \
-    const ::sdcpu::Tensor& e_ = (expected);                                                                      \
-    ASSERT_EQ(::sdcpu::shape_to_string(a_.shape()), ::sdcpu::shape_to_string(e_.shape()));                       \
-    auto d_ = ::sdcpu::testing::compare(a_, e_);                                                                 \
-    const double scale_ = d_.max_ref > 1.0 ? d_.max_ref : 1.0;                                                   \
-    if (std::getenv("SDCPU_TEST_VERBOSE"))                                                                       \
-      std::printf("  %s: max abs error %.3g, output scale %.3g\n", #actual, d_.max_abs, d_.max_ref);            \
-    EXPECT_LE(d_.max_abs, (rel_tol) * scale_) << "max abs error " << d_.max_abs << " at flat index "            \
-                                              << d_.worst_index << ", output scale " << d_.max_ref;             \
+#define EXPECT_TENSOR_NEAR(actual, expected, rel_tol)                                                                \
+  do {                                                                                                               \
+    const ::sdcpu::Tensor& a_ = (actual);                                                                            \
+    const ::sdcpu::Tensor& e_ = (expected);                                                                          \
+    ASSERT_EQ(::sdcpu::shape_to_string(a_.shape()), ::sdcpu::shape_to_string(e_.shape()));                           \
+    auto d_ = ::sdcpu::testing::compare(a_, e_);                                                                     \
+    const double scale_ = d_.max_ref > 1.0 ? d_.max_ref : 1.0;                                                       \
+    if (std::getenv("SDCPU_TEST_VERBOSE"))                                                                           \
+      std::printf("  %s: max abs error %.3g, output scale %.3g\n", #actual, d_.max_abs, d_.max_ref);                 \
+    EXPECT_LE(d_.max_abs, (rel_tol)*scale_)                                                                          \
+        << "max abs error " << d_.max_abs << " at flat index " << d_.worst_index << ", output scale " << d_.max_ref; \
   } while (0)

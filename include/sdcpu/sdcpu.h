@@ -32,21 +32,21 @@ struct GenerateOptions {
   std::string prompt;
   std::string negative_prompt;
   int steps = 20;
-  float cfg_scale = 7.5f;         // classifier-free guidance; <= 1 runs the conditional half only
+  float cfg_scale = 7.5f;  // classifier-free guidance; <= 1 runs the conditional half only
   std::string sampler = "dpmpp_2m";
-  uint64_t seed = 0;              // image k of a batch uses seed + k, as AUTOMATIC1111 does
+  uint64_t seed = 0;  // image k of a batch uses seed + k, as AUTOMATIC1111 does
   int width = 512;
   int height = 512;
-  int batch_count = 1;            // images generated one after another
-  int clip_skip = 0;              // text encoder layers to skip from the end (0 = last layer)
+  int batch_count = 1;  // images generated one after another
+  int clip_skip = 0;    // text encoder layers to skip from the end (0 = last layer)
 };
 
 struct Image {
   int width = 0;
   int height = 0;
-  std::vector<uint8_t> rgb;       // height x width x 3
+  std::vector<uint8_t> rgb;  // height x width x 3
   uint64_t seed = 0;
-  std::string parameters;         // generation parameters in AUTOMATIC1111's "parameters" format
+  std::string parameters;  // generation parameters in AUTOMATIC1111's "parameters" format
   // Writes an 8-bit RGB PNG with the parameters in a "parameters" text chunk.
   void save_png(const std::string& path) const;
 };

@@ -107,8 +107,9 @@ Tensor concat0(const std::vector<Tensor>& parts) {
     Shape a = p.shape(), b = shape;
     if (a.empty() || a.size() != b.size()) throw InvalidArgument("concat0: rank mismatch");
     a[0] = b[0] = 0;
-    if (a != b) throw InvalidArgument("concat0: shapes " + shape_to_string(p.shape()) + " and " +
-                                      shape_to_string(shape) + " differ beyond dim 0");
+    if (a != b)
+      throw InvalidArgument("concat0: shapes " + shape_to_string(p.shape()) + " and " + shape_to_string(shape) +
+                            " differ beyond dim 0");
     rows += p.shape()[0];
   }
   shape[0] = rows;

@@ -124,7 +124,8 @@ UNetConfig parse_unet_config(const std::string& text) {
   std::vector<int> heads = int_or_list(j, "attention_head_dim", blocks, std::vector<int>(blocks, 8), what);
   heads = int_or_list(j, "num_attention_heads", blocks, heads, what);
   c.num_attention_heads = heads;
-  c.transformer_layers_per_block = int_or_list(j, "transformer_layers_per_block", blocks, std::vector<int>(blocks, 1), what);
+  c.transformer_layers_per_block =
+      int_or_list(j, "transformer_layers_per_block", blocks, std::vector<int>(blocks, 1), what);
   require_positive(c.in_channels, "in_channels", what);
   require_positive(c.out_channels, "out_channels", what);
   require_positive(c.layers_per_block, "layers_per_block", what);
@@ -159,7 +160,8 @@ VaeConfig parse_vae_config(const std::string& text) {
     throw ModelError("vae config.json: block_out_channels must have 1..8 entries");
   for (int ch : c.block_out_channels) {
     require_positive(ch, "block_out_channels", what);
-    if (ch % c.norm_num_groups != 0) throw ModelError("vae config.json: block_out_channels not divisible by norm_num_groups");
+    if (ch % c.norm_num_groups != 0)
+      throw ModelError("vae config.json: block_out_channels not divisible by norm_num_groups");
   }
   require_positive(c.in_channels, "in_channels", what);
   require_positive(c.out_channels, "out_channels", what);

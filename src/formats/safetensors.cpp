@@ -28,10 +28,10 @@ struct DTypeEntry {
   size_t size;
 };
 constexpr DTypeEntry kDTypes[] = {
-    {"BOOL", DType::BOOL, 1}, {"U8", DType::U8, 1},     {"I8", DType::I8, 1},         {"F8_E5M2", DType::F8_E5M2, 1},
-    {"F8_E4M3", DType::F8_E4M3, 1}, {"I16", DType::I16, 2}, {"U16", DType::U16, 2},   {"F16", DType::F16, 2},
-    {"BF16", DType::BF16, 2}, {"I32", DType::I32, 4},   {"U32", DType::U32, 4},       {"F32", DType::F32, 4},
-    {"F64", DType::F64, 8},   {"I64", DType::I64, 8},   {"U64", DType::U64, 8},
+    {"BOOL", DType::BOOL, 1},       {"U8", DType::U8, 1},   {"I8", DType::I8, 1},   {"F8_E5M2", DType::F8_E5M2, 1},
+    {"F8_E4M3", DType::F8_E4M3, 1}, {"I16", DType::I16, 2}, {"U16", DType::U16, 2}, {"F16", DType::F16, 2},
+    {"BF16", DType::BF16, 2},       {"I32", DType::I32, 4}, {"U32", DType::U32, 4}, {"F32", DType::F32, 4},
+    {"F64", DType::F64, 8},         {"I64", DType::I64, 8}, {"U64", DType::U64, 8},
 };
 
 [[noreturn]] void fail(const std::string& what) { throw ModelError("safetensors: " + what); }

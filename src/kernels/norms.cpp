@@ -7,8 +7,7 @@
 namespace sdcpu {
 
 Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu) {
-  if (x.ndim() < 2 || groups <= 0 || x.dim(1) % groups != 0 || gamma.numel() != x.dim(1) ||
-      beta.numel() != x.dim(1))
+  if (x.ndim() < 2 || groups <= 0 || x.dim(1) % groups != 0 || gamma.numel() != x.dim(1) || beta.numel() != x.dim(1))
     throw InvalidArgument("group_norm: input " + shape_to_string(x.shape()) + " does not fit " +
                           std::to_string(groups) + " groups / parameters of size " + std::to_string(gamma.numel()));
   const int64_t n = x.dim(0), c = x.dim(1);

@@ -46,7 +46,8 @@ Tensor ClipTextModel::forward(const std::vector<std::vector<int>>& input_ids, in
     if (static_cast<int64_t>(input_ids[b].size()) != seq) throw InvalidArgument("text encoder: ragged batch");
     for (int64_t t = 0; t < seq; ++t) {
       const int id = input_ids[b][t];
-      if (id < 0 || id >= config_.vocab_size) throw InvalidArgument("text encoder: token id " + std::to_string(id) + " out of range");
+      if (id < 0 || id >= config_.vocab_size)
+        throw InvalidArgument("text encoder: token id " + std::to_string(id) + " out of range");
       const float* tok = token_embedding_.data() + static_cast<int64_t>(id) * d;
       const float* pos = position_embedding_.data() + t * d;
       float* dst = hidden.data() + (b * seq + t) * d;

@@ -1,0 +1,37 @@
+#include "pipeline/generation_parameters.h"
+
+#include <cstdio>
+#include <map>
+
+#include "sdcpu/sdcpu.h"
+
+namespace sdcpu {
+
+std::string a1111_sampler_name(const std::string& sampler) {
+  static const std::map<std::string, std::string> names = {
+      {"pndm", "PLMS"},
+      {"ddim", "DDIM"},
+      {"euler", "Euler"},
+      {"euler_a", "Euler a"},
+      {"lms", "LMS"},
+      {"dpmpp_2m", "DPM++ 2M"},
+      {"dpmpp_2m_karras", "DPM++ 2M Karras"},
+  };
+  auto it = names.find(sampler);
+  return it == names.end() ? sampler : it->second;
+}
+
+std::string format_a1111_parameters(const GenerationParameters& p) {
+  std::string s = p.prompt;
+  if (!p.negative_prompt.empty()) s += "\nNegative prompt: " + p.negative_prompt;
+  char cfg[32];
+  std::snprintf(cfg, sizeof cfg, "%g", p.cfg_scale);
+  s += "\nSteps: " + std::to_string(p.steps) + ", Sampler: " + a1111_sampler_name(p.sampler) + ", CFG scale: " + cfg +
+       ", Seed: " + std::to_string(p.seed) + ", Size: " + std::to_string(p.width) + "x" + std::to_string(p.height);
+  if (!p.model.empty()) s += ", Model: " + p.model;
+  if (p.clip_skip > 0) s += ", Clip skip: " + std::to_string(p.clip_skip + 1);  // A1111 counts the last layer as 1
+  s += std::string(", Version: sdcpu ") + kVersion;
+  return s;
+}
+
+}  // namespace sdcpu

@@ -1,0 +1,24 @@
+// The "parameters" text AUTOMATIC1111's web UI writes into PNGs and reads back ("PNG Info"), so images
+// made by sdcpu open with their settings in the tools people already use:
+//
+//   <prompt>
+//   Negative prompt: <negative prompt>
+//   Steps: 20, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: v1-5, Version: sdcpu 0.1.0
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace sdcpu {
+
+struct GenerationParameters {
+  std::string prompt, negative_prompt, sampler, model;
+  int steps = 0, width = 0, height = 0, clip_skip = 0;
+  float cfg_scale = 0;
+  uint64_t seed = 0;
+};
+
+// sdcpu's sampler name -> AUTOMATIC1111's display name ("euler_a" -> "Euler a").
+std::string a1111_sampler_name(const std::string& sampler);
+std::string format_a1111_parameters(const GenerationParameters& p);
+
+}  // namespace sdcpu

@@ -1,0 +1,112 @@
+// The public API (include/sdcpu/sdcpu.h) over Txt2ImgPipeline.
+#include <omp.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/image_png.h"
+#include "pipeline/generation_parameters.h"
+#include "pipeline/txt2img.h"
+#include "sdcpu/sdcpu.h"
+
+namespace sdcpu {
+namespace {
+
+std::string join(const std::vector<int>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
+  return s;
+}
+
+std::string model_name(const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.filename().empty()) p = p.parent_path();
+  return p.stem().string();
+}
+
+class PipelineImpl : public Pipeline {
+ public:
+  explicit PipelineImpl(ModelFiles files) : txt2img_(std::move(files)) {}
+
+  std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
+    if (o.batch_count < 1 || o.batch_count > 1000) throw InvalidArgument("batch count must be between 1 and 1000");
+    Txt2ImgRequest r{o.prompt, o.negative_prompt, o.steps,  o.cfg_scale, o.sampler,
+                     o.seed,   o.width,           o.height, o.clip_skip};
+    validate(r);
+    std::vector<Image> images;
+    for (int k = 0; k < o.batch_count; ++k) {
+      r.seed = o.seed + static_cast<uint64_t>(k);
+      auto result = txt2img_.run(r, [&](int step, int steps, const Tensor&) {
+        if (progress) progress(k, step + 1, steps);
+      });
+      Image img;
+      img.width = o.width;
+      img.height = o.height;
+      img.rgb = image_to_rgb8(result.image, 0);
+      img.seed = r.seed;
+      img.parameters =
+          format_a1111_parameters({o.prompt, o.negative_prompt, o.sampler, model_name(txt2img_.files().path), o.steps,
+                                   o.width, o.height, o.clip_skip, o.cfg_scale, r.seed});
+      images.push_back(std::move(img));
+    }
+    return images;
+  }
+
+  std::string describe() const override {
+    const ModelFiles& f = txt2img_.files();
+    std::ostringstream s;
+    s << "model:        " << f.path << "\n"
+      << "layout:       " << f.layout << "\n"
+      << "architecture: " << f.architecture << "\n"
+      << "text encoder: CLIP, " << f.text_encoder_config.num_hidden_layers << " layers, hidden "
+      << f.text_encoder_config.hidden_size << ", " << f.text_encoder_config.num_attention_heads << " heads, "
+      << f.text_encoder_config.hidden_act << "\n"
+      << "unet:         channels " << join(f.unet_config.block_out_channels) << ", heads "
+      << join(f.unet_config.num_attention_heads) << ", cross-attention " << f.unet_config.cross_attention_dim
+      << (f.unet_config.use_linear_projection ? ", linear projections" : ", conv projections") << "\n"
+      << "vae:          channels " << join(f.vae_config.block_out_channels) << ", latent channels "
+      << f.vae_config.latent_channels << ", scaling factor " << f.vae_config.scaling_factor << "\n"
+      << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir) << "\n";
+    std::vector<std::string> ignored = f.ignored_tensors;
+    int vae_encoder_tensors = 0;
+    for (const auto* store : {f.text_encoder.get(), f.unet.get(), f.vae.get()})
+      for (const std::string& name : store->unused()) {
+        // The VAE encoder belongs to the model (img2img uses it); txt2img just does not load it.
+        if (store == f.vae.get() && (name.starts_with("encoder.") || name.starts_with("quant_conv."))) {
+          ++vae_encoder_tensors;
+          continue;
+        }
+        ignored.push_back(store->component() + ": " + name);
+      }
+    s << "vae encoder:  "
+      << (vae_encoder_tensors ? std::to_string(vae_encoder_tensors) + " tensors (for img2img)" : "absent") << "\n";
+    s << "ignored tensors (" << ignored.size() << ")" << (ignored.empty() ? "" : ":") << "\n";
+    for (const std::string& name : ignored) s << "  " << name << "\n";
+    return s.str();
+  }
+
+ private:
+  Txt2ImgPipeline txt2img_;
+};
+
+}  // namespace
+
+std::vector<std::string> sampler_names() {
+  return {"pndm", "ddim", "euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"};
+}
+
+std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const LoadOptions& options) {
+  if (options.threads < 0) throw InvalidArgument("threads must be >= 0");
+  if (options.threads > 0) omp_set_num_threads(options.threads);
+  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant));
+}
+
+void Image::save_png(const std::string& path) const {
+  write_png_rgb8(path, width, height, rgb.data(), {{"parameters", parameters}});
+}
+
+}  // namespace sdcpu

@@ -1,0 +1,142 @@
+// Full txt2img pipelines against diffusers' StableDiffusionPipeline on the tiny model: every sampler,
+// per-step latents and final 8-bit image, from the diffusers folder and from the single-file checkpoint.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/image_png.h"
+#include "pipeline/txt2img.h"
+#include "test_support.h"
+
+namespace sdcpu {
+namespace {
+
+struct Case {
+  std::string golden;  // file stem under goldens/tiny-sd/
+  std::string sampler;
+  int steps;
+  float cfg;
+};
+
+const Case kCases[] = {
+    {"pipeline_pndm_10steps_cfg7.5", "pndm", 10, 7.5f},
+    {"pipeline_ddim_10steps_cfg7.5", "ddim", 10, 7.5f},
+    {"pipeline_euler_10steps_cfg7.5", "euler", 10, 7.5f},
+    {"pipeline_euler_a_10steps_cfg7.5", "euler_a", 10, 7.5f},
+    {"pipeline_lms_10steps_cfg7.5", "lms", 10, 7.5f},
+    {"pipeline_dpmpp_2m_10steps_cfg7.5", "dpmpp_2m", 10, 7.5f},
+    {"pipeline_dpmpp_2m_karras_10steps_cfg7.5", "dpmpp_2m_karras", 10, 7.5f},
+    {"pipeline_dpmpp_2m_20steps_cfg1", "dpmpp_2m", 20, 1.0f},
+};
+
+const Txt2ImgPipeline& pipeline(bool single_file) {
+  static std::unique_ptr<Txt2ImgPipeline> folder, file;
+  auto& slot = single_file ? file : folder;
+  if (!slot)
+    slot = std::make_unique<Txt2ImgPipeline>(
+        open_model(testing::fixture(single_file ? "tiny-sd.safetensors" : "tiny-sd")));
+  return *slot;
+}
+
+void check_case(const Case& c, bool single_file) {
+  SCOPED_TRACE(c.golden + (single_file ? " (single file)" : " (folder)"));
+  auto& g = testing::golden("tiny-sd/" + c.golden + (single_file ? "_fp16weights" : "") + ".safetensors");
+  Txt2ImgRequest r;
+  r.prompt = "a photo of an astronaut riding a horse on mars";
+  r.steps = c.steps;
+  r.cfg_scale = c.cfg;
+  r.sampler = c.sampler;
+  r.seed = 42;
+  r.width = r.height = 128;
+
+  const Tensor expected_latents = g.read_f32("latents_per_step");
+  const int64_t per_step = expected_latents.numel() / c.steps;
+  auto result = pipeline(single_file).run(r, [&](int step, int, const Tensor& latents) {
+    Tensor expected = expected_latents.slice0(step, step + 1).reshape(latents.shape());
+    SCOPED_TRACE("step " + std::to_string(step));
+    EXPECT_TENSOR_NEAR(latents, expected, 1e-4);
+    (void)per_step;
+  });
+
+  // Images: diffusers' numpy_to_pil rounding; every pixel within 1/255, almost all exact.
+  const Tensor golden_image = g.read_f32("image");  // [1, H, W, 3] in [0, 1]
+  std::vector<uint8_t> ours = image_to_rgb8(result.image, 0);
+  ASSERT_EQ(static_cast<int64_t>(ours.size()), golden_image.numel());
+  int64_t exact = 0, worst = 0;
+  for (int64_t i = 0; i < golden_image.numel(); ++i) {
+    const int64_t want = static_cast<int64_t>(std::nearbyint(golden_image[i] * 255.0f));
+    const int64_t diff = std::llabs(want - ours[i]);
+    worst = std::max(worst, diff);
+    exact += diff == 0;
+  }
+  EXPECT_LE(worst, 1);
+  EXPECT_GE(static_cast<double>(exact) / golden_image.numel(), 0.99);
+  if (std::getenv("SDCPU_TEST_VERBOSE"))
+    std::printf("  %s: %.4f%% pixels exact, worst %lld/255\n", c.golden.c_str(), 100.0 * exact / golden_image.numel(),
+                static_cast<long long>(worst));
+}
+
+TEST(Txt2Img, EverySamplerMatchesDiffusersFromFolder) {
+  for (const Case& c : kCases) check_case(c, false);
+}
+
+TEST(Txt2Img, EverySamplerMatchesDiffusersFromSingleFile) {
+  for (const Case& c : kCases) check_case(c, true);
+}
+
+TEST(Txt2Img, SameWeightsThroughEitherRouteGiveIdenticalOutputs) {
+  // Write the single file's (fp16) weights out as a diffusers folder, then run both: identical bits.
+  const ModelFiles single = open_model(testing::fixture("tiny-sd.safetensors"));
+  const std::string dir = testing::temp_dir() + "/from-single-file";
+  std::filesystem::copy(testing::fixture("tiny-sd"), dir, std::filesystem::copy_options::recursive);
+  const std::pair<const char*, const WeightStore*> parts[] = {
+      {"unet/diffusion_pytorch_model.safetensors", single.unet.get()},
+      {"vae/diffusion_pytorch_model.safetensors", single.vae.get()},
+      {"text_encoder/model.safetensors", single.text_encoder.get()}};
+  for (const auto& [file, store] : parts) {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const std::string& name : store->names()) tensors.emplace_back(name, store->get(name, store->shape(name)));
+    std::filesystem::permissions(dir + "/" + file, std::filesystem::perms::owner_write,
+                                 std::filesystem::perm_options::add);
+    write_safetensors(dir + "/" + file, tensors);
+  }
+  Txt2ImgRequest r;
+  r.prompt = "a photo of an astronaut riding a horse on mars";
+  r.steps = 3;
+  r.sampler = "euler_a";
+  r.width = r.height = 64;
+  auto from_file = Txt2ImgPipeline(open_model(testing::fixture("tiny-sd.safetensors"))).run(r);
+  auto from_folder = Txt2ImgPipeline(open_model(dir)).run(r);
+  EXPECT_EQ(from_file.latents.to_vector(), from_folder.latents.to_vector());
+  EXPECT_EQ(from_file.image.to_vector(), from_folder.image.to_vector());
+}
+
+TEST(Txt2Img, InvalidRequestsAreRejectedBeforeWork) {
+  Txt2ImgRequest ok;
+  ok.prompt = "x";
+  ok.width = ok.height = 128;
+  auto bad = [&](auto mutate, const std::string& needle) {
+    Txt2ImgRequest r = ok;
+    mutate(r);
+    try {
+      pipeline(false).run(r);
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  bad([](auto& r) { r.width = 100; }, "width");
+  bad([](auto& r) { r.height = 1 << 20; }, "height");
+  bad([](auto& r) { r.width = -8; }, "width");
+  bad([](auto& r) { r.steps = 0; }, "steps");
+  bad([](auto& r) { r.steps = 1000000; }, "steps");
+  bad([](auto& r) { r.cfg_scale = NAN; }, "cfg");
+  bad([](auto& r) { r.sampler = "heun"; }, "heun");
+  bad([](auto& r) { r.prompt = std::string("caf\xc3", 4); }, "UTF-8");
+  bad([](auto& r) { r.negative_prompt = "\xff\xfe"; }, "UTF-8");
+}
+
+}  // namespace
+}  // namespace sdcpu
