@@ -1,4 +1,5 @@
-// A one-line progress bar on stderr, redrawn in place when stderr is a terminal; plain lines otherwise.
+// A one-line progress bar on stderr, redrawn in place when stderr is a terminal; one line per step
+// otherwise (logs).
 #pragma once
 #include <unistd.h>
 
@@ -15,7 +16,6 @@ class ProgressBar {
   void update(const std::string& label, int done, int total) {
     if (!enabled_ || total <= 0) return;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    if (done == 1) start_step_ = elapsed;
     constexpr int kWidth = 30;
     const int filled = done * kWidth / total;
     std::string bar(filled, '#');
@@ -23,8 +23,8 @@ class ProgressBar {
     if (tty_) {
       std::fprintf(stderr, "\r%s [%s] %d/%d  %.1fs", label.c_str(), bar.c_str(), done, total, elapsed);
       if (done == total) std::fputc('\n', stderr);
-    } else if (done == total || done == 1) {
-      std::fprintf(stderr, "%s %d/%d steps, %.1fs\n", label.c_str(), done, total, elapsed);
+    } else {
+      std::fprintf(stderr, "%s step %d/%d, %.1fs\n", label.c_str(), done, total, elapsed);
     }
     std::fflush(stderr);
   }
@@ -34,7 +34,6 @@ class ProgressBar {
  private:
   bool enabled_, tty_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  double start_step_ = 0;
 };
 
 }  // namespace sdcpu::app

@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!quiet) std::fprintf(stderr, "loaded %s in %.2fs\n", model.c_str(), load_s);
     sdcpu::app::ProgressBar bar(!quiet);
-    int current = -1;
+    int current = 0;
+    bar.restart();
     auto images = pipe->generate(gen, [&](int image, int step, int steps) {
       if (image != current) {
         current = image;
