@@ -27,6 +27,13 @@ if [ -f "$shared_tools" ] && [ ! -f "$sd15/unet/config.json" ]; then
   mv "$sd15.tmp" "$sd15"
 fi
 [ -f "$sd15/unet/config.json" ] && export SDCPU_SD15_RANDOM="$sd15"
+sd15_single="$root/build/sd15-random-single.safetensors"
+if [ -f "$shared_tools" ] && [ ! -f "$sd15_single" ]; then
+  echo "== writing the full-size random SD 1.5 (single file, fp16) to $sd15_single"
+  /usr/bin/python3 "$shared_tools" --layout single --dtype fp16 --seed 0 --out "$sd15_single.tmp" >/dev/null
+  mv "$sd15_single.tmp" "$sd15_single"
+fi
+[ -f "$sd15_single" ] && export SDCPU_SD15_RANDOM_SINGLE="$sd15_single"
 
 echo "== tests (Release)"
 (cd build && ctest --output-on-failure -j 1)
@@ -36,7 +43,7 @@ if [ "${SDCPU_QUICK:-0}" = 1 ]; then exit 0; fi
 echo "== build and tests with AddressSanitizer + UndefinedBehaviorSanitizer (tiny models)"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDCPU_SANITIZE=ON >/dev/null
 cmake --build build-asan -j "$jobs"
-(cd build-asan && env -u SDCPU_SD15_RANDOM ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+(cd build-asan && env -u SDCPU_SD15_RANDOM -u SDCPU_SD15_RANDOM_SINGLE ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j 1)
 
 echo "== fuzzing (libFuzzer, ${SDCPU_FUZZ_SECONDS:-20}s per target)"

@@ -10,13 +10,6 @@
 namespace sdcpu {
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 std::vector<std::vector<int>> ids_rows(const SafetensorsFile& g) {
   std::vector<int64_t> flat = g.read_i64("input_ids");
   const int64_t seq = g.find("input_ids")->shape[1];
@@ -27,7 +20,7 @@ std::vector<std::vector<int>> ids_rows(const SafetensorsFile& g) {
 
 ClipTextModel load(const std::string& dir, WeightStore& w) {
   w.add_all(std::make_shared<SafetensorsFile>(dir + "/model.safetensors"));
-  return ClipTextModel(parse_clip_text_config(read_text(dir + "/config.json")), w);
+  return ClipTextModel(parse_clip_text_config(testing::read_text(dir + "/config.json")), w);
 }
 
 TEST(ClipText, TinyMatchesReference) {
@@ -50,7 +43,7 @@ TEST(ClipText, FullSizeSd15MatchesReference) {
 TEST(ClipText, MissingOrMisshapedTensorIsNamed) {
   const std::string dir = testing::fixture("tiny-sd/text_encoder");
   auto file = std::make_shared<SafetensorsFile>(dir + "/model.safetensors");
-  ClipTextConfig config = parse_clip_text_config(read_text(dir + "/config.json"));
+  ClipTextConfig config = parse_clip_text_config(testing::read_text(dir + "/config.json"));
   {
     WeightStore w("text_encoder");
     for (const auto& t : file->tensors())

@@ -21,15 +21,9 @@
 namespace sdcpu {
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+UNetConfig load_config(const std::string& unet_dir) {
+  return parse_unet_config(testing::read_text(unet_dir + "/config.json"));
 }
-
-UNetConfig load_config(const std::string& unet_dir) { return parse_unet_config(read_text(unet_dir + "/config.json")); }
 
 WeightStore load_weights(const std::string& unet_dir) {
   WeightStore w("unet");

@@ -13,14 +13,7 @@
 namespace sdcpu {
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-VaeConfig config_of(const std::string& dir) { return parse_vae_config(read_text(dir + "/config.json")); }
+VaeConfig config_of(const std::string& dir) { return parse_vae_config(testing::read_text(dir + "/config.json")); }
 
 std::shared_ptr<SafetensorsFile> weights_of(const std::string& dir) {
   return std::make_shared<SafetensorsFile>(dir + "/diffusion_pytorch_model.safetensors");

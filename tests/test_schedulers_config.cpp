@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 
@@ -133,8 +134,8 @@ TEST(SchedulerConfig, ReadsEveryKnownKey) {
 
 TEST(SchedulerConfig, AcceptsPythonsNonFiniteLiterals) {
   // json.dumps(float("-inf")) writes -Infinity; DPMSolverMultistepScheduler configs carry it.
-  const SchedulerConfig c =
-      parse_scheduler_config(R"({"lambda_min_clipped": -Infinity, "prediction_type": "epsilon", "note": "NaN -Infinity"})");
+  const SchedulerConfig c = parse_scheduler_config(
+      R"({"lambda_min_clipped": -Infinity, "prediction_type": "epsilon", "note": "NaN -Infinity"})");
   EXPECT_TRUE(std::isinf(c.lambda_min_clipped) && c.lambda_min_clipped < 0);
   expect_model_error(R"({"beta_start": NaN})", "beta_start");
   expect_model_error(R"({"lambda_min_clipped": NaN})", "lambda_min_clipped");

@@ -5,8 +5,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
+
+#include "core/error.h"
 
 namespace sdcpu::testing {
 
@@ -28,6 +32,20 @@ std::string sd15_random_dir() {
   const char* env = std::getenv("SDCPU_SD15_RANDOM");
   if (!env || !std::filesystem::exists(std::string(env) + "/unet/config.json")) return "";
   return env;
+}
+
+std::string sd15_random_single_file() {
+  const char* env = std::getenv("SDCPU_SD15_RANDOM_SINGLE");
+  if (!env || !std::filesystem::exists(env)) return "";
+  return env;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError("cannot read " + path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 std::string temp_dir() {

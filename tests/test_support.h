@@ -20,6 +20,11 @@ SafetensorsFile& golden(const std::string& relative);
 // The full-size random SD 1.5 folder written by ../shared/tools/make_random_sd.py (--layout diffusers
 // --dtype fp32 --seed 0), from SDCPU_SD15_RANDOM; empty when not set or missing (tests then skip).
 std::string sd15_random_dir();
+// The same tool's single-file layout (--layout single --dtype fp16), from SDCPU_SD15_RANDOM_SINGLE; empty
+// when not set or missing. A different random model from the folder's (other draw order): no goldens.
+std::string sd15_random_single_file();
+// The whole content of a text file (config.json, ...); throws IoError when it cannot be read.
+std::string read_text(const std::string& path);
 // A fresh temporary directory for this test.
 std::string temp_dir();
 
