@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/image_png.h"
+#include "kernels/tensor_ops.h"
 #include "pipeline/txt2img.h"
 #include "test_support.h"
 
@@ -18,11 +19,16 @@ struct Case {
   std::string sampler;
   int steps;
   float cfg;
+  // DDIM with diffusers' default clip_sample=True passes the guidance-amplified UNet rounding error
+  // straight into the next latents (the clipped x0 no longer cancels it): on the random tiny model a
+  // 2e-6 difference grows ~3x per step. For it, each step is checked from the golden's previous
+  // latents (teacher forcing), and the image from the golden's final latents.
+  bool teacher_forced = false;
 };
 
 const Case kCases[] = {
     {"pipeline_pndm_10steps_cfg7.5", "pndm", 10, 7.5f},
-    {"pipeline_ddim_10steps_cfg7.5", "ddim", 10, 7.5f},
+    {"pipeline_ddim_10steps_cfg7.5", "ddim", 10, 7.5f, true},
     {"pipeline_euler_10steps_cfg7.5", "euler", 10, 7.5f},
     {"pipeline_euler_a_10steps_cfg7.5", "euler_a", 10, 7.5f},
     {"pipeline_lms_10steps_cfg7.5", "lms", 10, 7.5f},
@@ -52,17 +58,35 @@ void check_case(const Case& c, bool single_file) {
   r.width = r.height = 128;
 
   const Tensor expected_latents = g.read_f32("latents_per_step");
-  const int64_t per_step = expected_latents.numel() / c.steps;
-  auto result = pipeline(single_file).run(r, [&](int step, int, const Tensor& latents) {
-    Tensor expected = expected_latents.slice0(step, step + 1).reshape(latents.shape());
-    SCOPED_TRACE("step " + std::to_string(step));
-    EXPECT_TENSOR_NEAR(latents, expected, 1e-4);
-    (void)per_step;
-  });
+  const Shape latent_shape = {1, 4, 16, 16};
+  auto expected_at = [&](int step) { return expected_latents.slice0(step, step + 1).reshape(latent_shape); };
+  const Txt2ImgPipeline& pipe = pipeline(single_file);
+  Tensor image;
+  if (c.teacher_forced) {
+    auto scheduler = make_scheduler(c.sampler, parse_scheduler_config(pipe.files().scheduler_config_json));
+    scheduler->set_timesteps(c.steps);
+    const Tensor embeddings = pipe.encode_prompts({r.negative_prompt, r.prompt}, 0);
+    TorchGenerator generator(r.seed);
+    Tensor latents = generator.randn(latent_shape);
+    scale_(latents, scheduler->init_noise_sigma());
+    for (int step = 0; step < scheduler->num_steps(); ++step) {
+      SCOPED_TRACE("step " + std::to_string(step) + " (from the golden's previous latents)");
+      EXPECT_TENSOR_NEAR(pipe.denoise_step(*scheduler, step, latents, embeddings, c.cfg, generator), expected_at(step),
+                         1e-4);
+      latents = expected_at(step);
+    }
+    image = pipe.decode_latents(latents);
+  } else {
+    auto result = pipe.run(r, [&](int step, int, const Tensor& latents) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      EXPECT_TENSOR_NEAR(latents, expected_at(step), 1e-4);
+    });
+    image = result.image;
+  }
 
   // Images: diffusers' numpy_to_pil rounding; every pixel within 1/255, almost all exact.
   const Tensor golden_image = g.read_f32("image");  // [1, H, W, 3] in [0, 1]
-  std::vector<uint8_t> ours = image_to_rgb8(result.image, 0);
+  std::vector<uint8_t> ours = image_to_rgb8(image, 0);
   ASSERT_EQ(static_cast<int64_t>(ours.size()), golden_image.numel());
   int64_t exact = 0, worst = 0;
   for (int64_t i = 0; i < golden_image.numel(); ++i) {

@@ -52,6 +52,27 @@ Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, 
   return text_encoder_.forward(ids, clip_skip);
 }
 
+Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
+                                     float cfg_scale, TorchGenerator& generator) const {
+  const bool guided = embeddings.dim(0) == 2 * latents.dim(0);
+  const Tensor unet_input = guided ? concat0({latents, latents}) : latents;
+  const Tensor scaled = scheduler.scale_model_input(unet_input, i);
+  const Tensor noise_pred = unet_.forward(scaled, static_cast<float>(scheduler.timesteps()[i]), embeddings);
+  if (!guided) return scheduler.step(noise_pred, i, latents, generator);
+  // noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
+  const Tensor uncond = noise_pred.slice0(0, 1), cond = noise_pred.slice0(1, 2);
+  Tensor guided_pred(uncond.shape());
+  for (int64_t j = 0; j < guided_pred.numel(); ++j) guided_pred[j] = uncond[j] + cfg_scale * (cond[j] - uncond[j]);
+  return scheduler.step(guided_pred, i, latents, generator);
+}
+
+Tensor Txt2ImgPipeline::decode_latents(const Tensor& latents) const {
+  // latents / scaling_factor, divided (not multiplied by the reciprocal) to round as diffusers does.
+  Tensor scaled(latents.shape());
+  for (int64_t j = 0; j < latents.numel(); ++j) scaled[j] = latents[j] / files_.vae_config.scaling_factor;
+  return vae_decoder_.forward(scaled);
+}
+
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
   validate(request);
   if (request.clip_skip >= files_.text_encoder_config.num_hidden_layers)
@@ -75,27 +96,11 @@ Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, cons
   const auto& timesteps = scheduler->timesteps();
   const int steps = static_cast<int>(timesteps.size());
   for (int i = 0; i < steps; ++i) {
-    const Tensor unet_input = guided ? concat0({latents, latents}) : latents;
-    const Tensor scaled = scheduler->scale_model_input(unet_input, i);
-    const Tensor noise_pred = unet_.forward(scaled, static_cast<float>(timesteps[i]), embeddings);
-    Tensor guided_pred;
-    if (guided) {
-      // noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
-      const Tensor uncond = noise_pred.slice0(0, 1), cond = noise_pred.slice0(1, 2);
-      guided_pred = Tensor(uncond.shape());
-      for (int64_t j = 0; j < guided_pred.numel(); ++j)
-        guided_pred[j] = uncond[j] + request.cfg_scale * (cond[j] - uncond[j]);
-    } else {
-      guided_pred = noise_pred;
-    }
-    latents = scheduler->step(guided_pred, i, latents, generator);
+    latents = denoise_step(*scheduler, i, latents, embeddings, request.cfg_scale, generator);
     if (on_step) on_step(i, steps, latents);
   }
 
-  // latents / scaling_factor, divided (not multiplied by the reciprocal) to round as diffusers does.
-  Tensor scaled_latents(latents.shape());
-  for (int64_t j = 0; j < latents.numel(); ++j) scaled_latents[j] = latents[j] / files_.vae_config.scaling_factor;
-  return Result{latents, vae_decoder_.forward(scaled_latents)};
+  return Result{latents, decode_latents(latents)};
 }
 
 }  // namespace sdcpu

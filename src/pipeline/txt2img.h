@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "core/torch_rng.h"
 #include "formats/model_files.h"
 #include "nets/clip_text.h"
 #include "nets/unet.h"
@@ -53,6 +54,14 @@ class Txt2ImgPipeline {
     Tensor image;    // VAE output [1, 3, H, W] in about [-1, 1], not clamped
   };
   Result run(const Txt2ImgRequest& request, const StepCallback& on_step = {}) const;
+
+  // One iteration of the denoising loop at scheduler step i: UNet on the guidance batch (when
+  // embeddings hold [uncond, cond]), guidance mix, scheduler step. Returns the new latents.
+  Tensor denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings, float cfg_scale,
+                      TorchGenerator& generator) const;
+
+  // VAE decode of final latents (divided by the scaling factor first): [1, 3, H, W] in about [-1, 1].
+  Tensor decode_latents(const Tensor& latents) const;
 
   // Prompt embeddings [batch, 77, hidden] for the given prompts.
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
