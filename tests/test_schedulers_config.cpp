@@ -15,14 +15,9 @@
 namespace sdcpu {
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+std::string fixture_config_json() {
+  return testing::read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json"));
 }
-
-std::string fixture_config_json() { return read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json")); }
 
 template <typename E>
 void expect_throw_mentioning(const std::function<void()>& f, const std::string& needle) {

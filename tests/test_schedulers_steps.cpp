@@ -25,15 +25,8 @@ namespace {
 
 const Shape kLatentShape = {1, 4, 16, 16};
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 SchedulerConfig fixture_config() {
-  return parse_scheduler_config(read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json")));
+  return parse_scheduler_config(testing::read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json")));
 }
 
 // latents_per_step[step] of a pipeline golden.

@@ -18,15 +18,8 @@
 namespace sdcpu {
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 SchedulerConfig fixture_config() {
-  return parse_scheduler_config(read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json")));
+  return parse_scheduler_config(testing::read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json")));
 }
 
 // A float64 tensor of a golden, exactly.
