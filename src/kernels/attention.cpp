@@ -2,19 +2,39 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <vector>
+#include <cstdlib>
+#include <memory>
 
 #include "core/error.h"
+#include "kernels/attention_microkernels.h"
 
 namespace sdcpu {
 namespace {
 
-constexpr int64_t kQueryTile = 32;
-constexpr int64_t kKeyTile = 128;
+using attention_detail::kKeyBlock;
+using attention_detail::kQueryBlock;
+using simd::kWidth;
+
+// 64-byte aligned float scratch, one block per thread per call (never inside the loops).
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + 63) / 64 * 64;
+  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  return std::unique_ptr<float[], FreeDeleter>(p);
+}
 
 }  // namespace
 
+// FlashAttention (Dao et al. 2022, Algorithm 1) on the CPU, one (batch, head, block of kQueryBlock queries) per
+// task, parallel over tasks. Everything per task lives transposed, queries along the SIMD lanes:
+//   Q^T [D x Mq] (pre-scaled by 1/sqrt(D)), S^T = K Q^T [Nk x Mq], O^T [D x Mq].
+// With queries in the lanes, (1) K and V are only ever read a row at a time (broadcasts), so any D (40, 80, 160,
+// 512, 3...) runs without padding or masked tails, and K and V need no transposed packing; (2) the softmax
+// statistics are per lane, so the running max, the row sums and the rescale factors are plain vector operations,
+// with no horizontal reductions. Only Q^T and the final O are transposed, once per task.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || heads <= 0 || q.dim(2) % heads != 0 ||
       k.shape() != v.shape() || k.dim(0) != q.dim(0) || k.dim(2) != q.dim(2))
@@ -23,65 +43,92 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, b
   const int64_t batch = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   Tensor out(q.shape());
-  const int64_t q_tiles = (lq + kQueryTile - 1) / kQueryTile;
+  const int64_t q_blocks = (lq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t tasks = batch * heads * q_blocks;
+  if (tasks == 0) return out;
+  const bool heads_inner = 2 * lk * width * static_cast<int64_t>(sizeof(float)) <= (int64_t{1} << 20);
 
 #pragma omp parallel
   {
-    // Per-thread scratch, allocated once per call.
-    std::vector<float> scores(kQueryTile * kKeyTile), acc(kQueryTile * d), row_max(kQueryTile), row_sum(kQueryTile);
-#pragma omp for collapse(3) schedule(static)
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t h = 0; h < heads; ++h) {
-        for (int64_t t = 0; t < q_tiles; ++t) {
-          const int64_t i0 = t * kQueryTile, i1 = std::min(lq, i0 + kQueryTile), rows = i1 - i0;
-          const float* qb = q.data() + b * lq * width + h * d;
-          const float* kb = k.data() + b * lk * width + h * d;
-          const float* vb = v.data() + b * lk * width + h * d;
-          std::fill(acc.begin(), acc.begin() + rows * d, 0.0f);
-          std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<float>::infinity());
-          std::fill(row_sum.begin(), row_sum.end(), 0.0f);
-          const int64_t key_end = causal ? std::min(lk, i1) : lk;
-          for (int64_t j0 = 0; j0 < key_end; j0 += kKeyTile) {
-            const int64_t j1 = std::min(key_end, j0 + kKeyTile), cols = j1 - j0;
-            for (int64_t r = 0; r < rows; ++r) {
-              const float* qi = qb + (i0 + r) * width;
-              float* s = scores.data() + r * kKeyTile;
-              float tile_max = -std::numeric_limits<float>::infinity();
-              for (int64_t c = 0; c < cols; ++c) {
-                const float* kj = kb + (j0 + c) * width;
-                float dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t e = 0; e < d; ++e) dot += qi[e] * kj[e];
-                s[c] = (causal && j0 + c > i0 + r) ? -std::numeric_limits<float>::infinity() : dot * scale;
-                tile_max = std::max(tile_max, s[c]);
-              }
-              // Online softmax: rescale what was accumulated under the old running maximum.
-              const float new_max = std::max(row_max[r], tile_max);
-              if (new_max == -std::numeric_limits<float>::infinity()) continue;  // row fully masked so far
-              const float correction = std::exp(row_max[r] - new_max);
-              row_max[r] = new_max;
-              float sum = 0;
-              for (int64_t c = 0; c < cols; ++c) {
-                s[c] = std::exp(s[c] - new_max);
-                sum += s[c];
-              }
-              row_sum[r] = row_sum[r] * correction + sum;
-              float* a = acc.data() + r * d;
-              for (int64_t e = 0; e < d; ++e) a[e] *= correction;
-              for (int64_t c = 0; c < cols; ++c) {
-                const float p = s[c];
-                const float* vj = vb + (j0 + c) * width;
-#pragma omp simd
-                for (int64_t e = 0; e < d; ++e) a[e] += p * vj[e];
-              }
-            }
+    auto qt = aligned_floats(d * kQueryBlock), ot = aligned_floats(d * kQueryBlock);
+    auto st = aligned_floats(kKeyBlock * kQueryBlock), stats = aligned_floats(4 * kQueryBlock);
+    float* tile_max = stats.get();
+    float* row_max = tile_max + kQueryBlock;
+    float* row_sum = row_max + kQueryBlock;
+    float* correction = row_sum + kQueryBlock;
+    // Self-attention with several heads: this thread's copy of the current head's K and V, rows contiguous.
+    // A head's rows are D of the H*D floats of each token, so reading them in place drags the neighbouring
+    // heads' cache lines (and their adjacent-line prefetches) through the L2; packed, the head's K and V (2 x
+    // 4096 x 40 floats at SD's first level) stay resident in the L2 across all the query blocks that use them.
+    const bool pack_kv = !heads_inner && heads > 1;
+    auto kv = aligned_floats(pack_kv ? 2 * lk * d : 1);
+    int64_t packed_bh = -1;
+    // Dynamic: causal blocks differ in cost, and this machine's cores are shared.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      // Consecutive tasks go to the same thread in turn. When one batch's K and V for all heads fit in half the
+      // L2 (cross-attention's 77 tokens, CLIP), heads vary fastest: a query block's rows are then read and its
+      // output rows written whole, across heads, while K and V stay cached. Otherwise (self-attention over
+      // thousands of tokens) query blocks vary fastest, so the one head's K and V are reused from the L2.
+      int64_t b, h, t;
+      if (heads_inner) {
+        b = task / (q_blocks * heads), t = task / heads % q_blocks, h = task % heads;
+      } else {
+        b = task / (q_blocks * heads), h = task / q_blocks % heads, t = task % q_blocks;
+      }
+      const int64_t i0 = t * kQueryBlock, rows = std::min(kQueryBlock, lq - i0);
+      const int vecs = static_cast<int>((rows + kWidth - 1) / kWidth);  // query vectors in this block
+      const float* qb = q.data() + (b * lq + i0) * width + h * d;
+      const float* kb = k.data() + b * lk * width + h * d;
+      const float* vb = v.data() + b * lk * width + h * d;
+      int64_t ldkv = width;
+      if (pack_kv) {
+        if (packed_bh != b * heads + h) {
+          for (int64_t j = 0; j < lk; ++j) {
+            std::copy(kb + j * width, kb + j * width + d, kv.get() + j * d);
+            std::copy(vb + j * width, vb + j * width + d, kv.get() + (lk + j) * d);
           }
-          for (int64_t r = 0; r < rows; ++r) {
-            float* o = out.data() + b * lq * width + (i0 + r) * width + h * d;
-            const float inv = 1.0f / row_sum[r];
-            for (int64_t e = 0; e < d; ++e) o[e] = acc[r * d + e] * inv;
-          }
+          packed_bh = b * heads + h;
         }
+        kb = kv.get(), vb = kv.get() + lk * d, ldkv = d;
+      }
+
+      // The block's query rows are strided slices of the [L, H*D] tensor, usually not in cache: request them all
+      // before the transposing loop below, which would otherwise wait on a few rows' misses at a time.
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t e = 0; e < d; e += 64 / static_cast<int64_t>(sizeof(float)))
+          __builtin_prefetch(qb + i * width + e);
+        __builtin_prefetch(qb + i * width + d - 1);
+      }
+      // Q^T, scaled; the padding lanes of a tail block are zero queries, computed and never written out.
+      for (int64_t e = 0; e < d; ++e)
+        for (int64_t i = rows; i < vecs * kWidth; ++i) qt[e * kQueryBlock + i] = 0.0f;
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t e = 0; e < d; ++e) qt[e * kQueryBlock + i] = qb[i * width + e] * scale;
+      std::fill(ot.get(), ot.get() + d * kQueryBlock, 0.0f);
+      std::fill(row_max, row_max + kQueryBlock, -INFINITY);
+      std::fill(row_sum, row_sum + kQueryBlock, 0.0f);
+
+      // Causal (CLIP): query i sees keys j <= i, so keys past the block's last query are skipped outright.
+      const int64_t key_end = causal ? std::min(lk, i0 + rows) : lk;
+      for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
+        const int64_t n = std::min(kKeyBlock, key_end - j0);
+        attention_detail::scores(vecs, qt.get(), kb + j0 * ldkv, ldkv, d, n, st.get(), tile_max);
+        if (causal && j0 + n - 1 > i0) {
+          // Diagonal block: key j0 + r is hidden from queries i0 + i < j0 + r.
+          for (int64_t r = 0; r < n; ++r)
+            for (int64_t i = 0; i < std::min<int64_t>(vecs * kWidth, j0 + r - i0); ++i)
+              st[r * kQueryBlock + i] = -INFINITY;
+          attention_detail::block_max(vecs, n, st.get(), tile_max);
+        }
+        attention_detail::online_softmax(vecs, n, tile_max, st.get(), row_max, row_sum, correction);
+        attention_detail::accumulate_pv(vecs, st.get(), n, vb + j0 * ldkv, ldkv, d, correction, ot.get());
+      }
+
+      float* ob = out.data() + (b * lq + i0) * width + h * d;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float inv = 1.0f / row_sum[i];
+        for (int64_t e = 0; e < d; ++e) ob[i * width + e] = ot[e * kQueryBlock + i] * inv;
       }
     }
   }

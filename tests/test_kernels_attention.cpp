@@ -1,0 +1,192 @@
+// The fused attention kernel (src/kernels/attention.cpp) against a scalar double-precision reference, over the
+// shapes Stable Diffusion uses and the awkward ones (head dims that are not a multiple of the SIMD width, tails
+// of the query and key blocks, single tokens, causal masks with Lq != Lk); and the accuracy of the vectorized
+// exp its softmax uses (src/kernels/vector_math.h).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/vector_math.h"
+#include "test_support.h"
+
+namespace sdcpu {
+namespace {
+
+Tensor random_tensor(Shape shape, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  Tensor t(std::move(shape));
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
+  return t;
+}
+
+// softmax(q k^T / sqrt(D) + mask) v per head, in double, one query at a time: the definition, nothing clever.
+Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
+  const int64_t bsz = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
+  Tensor out(q.shape());
+  std::vector<double> s(lk), acc(d);
+  for (int64_t b = 0; b < bsz; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < lq; ++i) {
+        const float* qi = q.data() + (b * lq + i) * width + h * d;
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < lk; ++j) {
+          const float* kj = k.data() + (b * lk + j) * width + h * d;
+          double dot = 0;
+          for (int64_t e = 0; e < d; ++e) dot += static_cast<double>(qi[e]) * kj[e];
+          s[j] = (causal && j > i) ? -INFINITY : dot / std::sqrt(static_cast<double>(d));
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t j = 0; j < lk; ++j) {
+          const double p = std::exp(s[j] - mx);
+          sum += p;
+          const float* vj = v.data() + (b * lk + j) * width + h * d;
+          for (int64_t e = 0; e < d; ++e) acc[e] += p * vj[e];
+        }
+        for (int64_t e = 0; e < d; ++e) out[(b * lq + i) * width + h * d + e] = static_cast<float>(acc[e] / sum);
+      }
+  return out;
+}
+
+struct Case {
+  int64_t batch, lq, lk, heads, d;
+  bool causal;
+  float scale = 1.0f;  // input standard deviation: larger makes the softmax peakier
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  char name[128];
+  std::snprintf(name, sizeof(name), "b%lld_q%lld_k%lld_h%lld_d%lld%s%s", static_cast<long long>(c.batch),
+                static_cast<long long>(c.lq), static_cast<long long>(c.lk), static_cast<long long>(c.heads),
+                static_cast<long long>(c.d), c.causal ? "_causal" : "", c.scale != 1.0f ? "_peaky" : "");
+  return name;
+}
+
+class AttentionShapes : public ::testing::TestWithParam<Case> {};
+
+TEST_P(AttentionShapes, MatchesReference) {
+  const Case c = GetParam();
+  const uint32_t seed = static_cast<uint32_t>(c.lq * 131 + c.lk * 31 + c.d * 7 + c.heads);
+  const Tensor q = random_tensor({c.batch, c.lq, c.heads * c.d}, seed, c.scale);
+  const Tensor k = random_tensor({c.batch, c.lk, c.heads * c.d}, seed + 1, c.scale);
+  const Tensor v = random_tensor({c.batch, c.lk, c.heads * c.d}, seed + 2);
+  const Tensor got = attention(q, k, v, static_cast<int>(c.heads), c.causal);
+  EXPECT_TENSOR_NEAR(got, attention_reference(q, k, v, static_cast<int>(c.heads), c.causal), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kernels, AttentionShapes,
+    ::testing::Values(
+        // Stable Diffusion's head dims: UNet levels (40, 80, 160), CLIP (64), the VAE mid-block (512).
+        Case{2, 257, 257, 8, 40, false}, Case{2, 100, 77, 8, 40, false}, Case{1, 257, 100, 2, 80, false},
+        Case{2, 77, 77, 4, 80, false}, Case{2, 64, 64, 8, 160, false}, Case{1, 100, 77, 3, 160, false},
+        Case{2, 77, 77, 12, 64, true}, Case{1, 257, 257, 1, 512, false}, Case{1, 77, 100, 1, 512, false},
+        // Head dims that are no multiple of anything, down to 1.
+        Case{2, 100, 257, 3, 3, false}, Case{1, 77, 77, 2, 1, false}, Case{1, 100, 100, 2, 17, true},
+        // Single tokens on either side, and block tails of one.
+        Case{2, 1, 77, 8, 40, false}, Case{2, 77, 1, 8, 40, false}, Case{1, 1, 1, 1, 64, false},
+        Case{1, 1, 1, 1, 64, true}, Case{1, 65, 97, 2, 40, false}, Case{1, 193, 193, 1, 40, true},
+        // Causal with Lq != Lk (query i sees keys j <= i, as torch's is_causal).
+        Case{1, 100, 77, 2, 64, true}, Case{1, 77, 257, 2, 64, true},
+        // Peaky softmax: scores of many standard deviations, so the running max changes often between blocks.
+        Case{1, 257, 257, 2, 40, false, 3.0f}, Case{1, 100, 100, 2, 64, true, 3.0f},
+        // A full-size UNet first level self-attention, one head (the kernel is per head anyway).
+        Case{1, 4100, 4100, 1, 40, false}),
+    case_name);
+
+// A later key block whose scores exceed everything before it forces the online softmax to rescale what was
+// accumulated (FlashAttention's diag(e^(m - m')) step): keys grow with their index.
+TEST(Kernels, AttentionRescalesWhenMaxGrows) {
+  Tensor q = random_tensor({1, 70, 32}, 41), k = random_tensor({1, 500, 32}, 42), v = random_tensor({1, 500, 32}, 43);
+  for (int64_t j = 0; j < 500; ++j)
+    for (int64_t e = 0; e < 32; ++e) k[j * 32 + e] *= 0.02f * static_cast<float>(j);
+  EXPECT_TENSOR_NEAR(attention(q, k, v, 2), attention_reference(q, k, v, 2, false), 1e-5);
+}
+
+// Queries far apart in magnitude within one block: per-lane statistics must not leak between queries.
+TEST(Kernels, AttentionRowsAreIndependent) {
+  Tensor q = random_tensor({1, 64, 40}, 51), k = random_tensor({1, 200, 40}, 52), v = random_tensor({1, 200, 40}, 53);
+  for (int64_t i = 0; i < 64; ++i)
+    for (int64_t e = 0; e < 40; ++e) q[i * 40 + e] *= (i % 2) ? 10.0f : 0.01f;
+  EXPECT_TENSOR_NEAR(attention(q, k, v, 1), attention_reference(q, k, v, 1, false), 1e-5);
+}
+
+TEST(Kernels, AttentionRejectsBadShapes) {
+  const Tensor q({1, 4, 8}), k({1, 5, 8}), v({1, 6, 8});
+  EXPECT_ANY_THROW(attention(q, k, v, 2));
+  EXPECT_ANY_THROW(attention(q, k, k, 3));
+}
+
+// Applies simd::exp to xs, a vector at a time.
+std::vector<float> simd_exp(const std::vector<float>& xs) {
+  std::vector<float> padded(xs), ys(xs.size() + simd::kWidth);
+  padded.resize(xs.size() + simd::kWidth, 0.0f);
+  for (size_t i = 0; i < xs.size(); i += simd::kWidth)
+    simd::store(ys.data() + i, simd::exp(simd::load(padded.data() + i)));
+  ys.resize(xs.size());
+  return ys;
+}
+
+// Error of y against the exact e^x, in units in the last place of the exact value.
+double ulp_error(float x, float y) {
+  const double exact = std::exp(static_cast<double>(x));
+  const double ulp = std::ldexp(1.0, std::ilogb(exact) - 23);
+  return std::abs(static_cast<double>(y) - exact) / ulp;
+}
+
+// The documented bound: at most 2 ulp on [-87.33, 88]; 0 below ln(FLT_MIN). Every float bit pattern in the
+// range with a stride (about 14 million values), plus every float around the reduction boundaries.
+TEST(Kernels, VectorExpWithinTwoUlp) {
+  std::vector<float> xs;
+  auto bits_of = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  auto from_bits = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  // Negative floats: bit patterns grow with magnitude from 0x80000000 (-0) to -87.33.
+  for (uint32_t u = bits_of(-0.0f); u <= bits_of(-87.33654f); u += 193) xs.push_back(from_bits(u));
+  for (uint32_t u = 0; u <= bits_of(88.0f); u += 193) xs.push_back(from_bits(u));
+  // Every float around +-ln2/2 = +-0.3466, where the reduction's n flips between 0 and +-1.
+  for (float x = 0.33f; x <= 0.36f; x = std::nextafter(x, 1.0f)) xs.push_back(x), xs.push_back(-x);
+  const std::vector<float> ys = simd_exp(xs);
+  double worst = 0;
+  float worst_x = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double err = ulp_error(xs[i], ys[i]);
+    if (err > worst) worst = err, worst_x = xs[i];
+  }
+  std::printf("  simd::exp (%s): max error %.3f ulp at x = %.9g over %zu values\n", simd::kIsa, worst, worst_x,
+              xs.size());
+  EXPECT_LE(worst, 2.0) << "at x = " << worst_x;
+}
+
+TEST(Kernels, VectorExpSpecialValues) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> xs = {0.0f, -0.0f, 1.0f, -1.0f, -inf, -87.4f, -100.0f, -1e30f, std::nanf("")};
+  const std::vector<float> ys = simd_exp(xs);
+  EXPECT_EQ(ys[0], 1.0f);
+  EXPECT_EQ(ys[1], 1.0f);
+  EXPECT_LE(ulp_error(1.0f, ys[2]), 2.0);
+  EXPECT_LE(ulp_error(-1.0f, ys[3]), 2.0);
+  for (int i = 4; i < 8; ++i) EXPECT_EQ(ys[i], 0.0f) << "x = " << xs[i];  // below ln(FLT_MIN): flushed to 0
+  EXPECT_TRUE(std::isnan(ys[8]));
+}
+
+}  // namespace
+}  // namespace sdcpu
