@@ -35,16 +35,33 @@ if [ -f "$shared_tools" ] && [ ! -f "$sd15_single" ]; then
 fi
 [ -f "$sd15_single" ] && export SDCPU_SD15_RANDOM_SINGLE="$sd15_single"
 
-echo "== tests (Release)"
-(cd build && ctest --output-on-failure -j 1)
+total_passed=0 total_failed=0
+# run_ctest DIR [ENV...]: runs the ctest suite in DIR and adds its counts to the totals.
+run_ctest() {
+  local dir=$1
+  shift
+  (cd "$dir" && env "$@" ctest --output-on-failure -j 1) | tee "$dir/ctest.log"
+  local line total failed
+  line=$(grep -E "tests passed, [0-9]+ tests? failed out of [0-9]+" "$dir/ctest.log" | tail -n 1)
+  failed=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
+  total=$(sed -E 's/.* failed out of ([0-9]+).*/\1/' <<<"$line")
+  total_passed=$((total_passed + total - failed))
+  total_failed=$((total_failed + failed))
+}
 
-if [ "${SDCPU_QUICK:-0}" = 1 ]; then exit 0; fi
+echo "== tests (Release)"
+run_ctest build
+
+if [ "${SDCPU_QUICK:-0}" = 1 ]; then
+  echo "tests: $total_passed passed, $total_failed failed"
+  exit 0
+fi
 
 echo "== build and tests with AddressSanitizer + UndefinedBehaviorSanitizer (tiny models)"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDCPU_SANITIZE=ON >/dev/null
 cmake --build build-asan -j "$jobs"
-(cd build-asan && env -u SDCPU_SD15_RANDOM -u SDCPU_SD15_RANDOM_SINGLE ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-   ctest --output-on-failure -j 1)
+run_ctest build-asan -u SDCPU_SD15_RANDOM -u SDCPU_SD15_RANDOM_SINGLE ASAN_OPTIONS=detect_leaks=1 \
+  UBSAN_OPTIONS=print_stacktrace=1
 
 echo "== fuzzing (libFuzzer, ${SDCPU_FUZZ_SECONDS:-20}s per target)"
 CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDCPU_FUZZ=ON >/dev/null
@@ -58,3 +75,4 @@ for f in fuzz/fuzz_*.cpp; do
   "build-fuzz/$name" -max_total_time="${SDCPU_FUZZ_SECONDS:-20}" -rss_limit_mb=2048 -timeout=10 "$corpus" 2>&1 | tail -n 2
 done
 echo "== all checks passed"
+echo "tests: $total_passed passed, $total_failed failed"

@@ -38,6 +38,12 @@ expect 0 "b-2.png" -- "${gen[@]}" --batch-count 2 --output "$tmp/b.png"
 [ -f "$tmp/b.png" ] && [ -f "$tmp/b-2.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: batch files"; }
 expect 0 "single file" -- info --model "$fixtures/tiny-sd.safetensors"
 
+bench=(bench --model "$model" --width 64 --height 64 --steps 2 --runs 1 --quiet)
+expect 0 "unet step" -- "${bench[@]}" --batch-sizes 1,2 --json "$tmp/bench.json"
+grep -q '"unet_step_s"' "$tmp/bench.json" && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: bench JSON"; }
+expect 2 "bf16 is not implemented yet" -- "${bench[@]}" --precision bf16
+expect 2 "batch sizes" -- "${bench[@]}" --batch-sizes 1,x
+
 expect 2 "width" -- "${gen[@]}" --width 100 --output "$tmp/x.png"
 expect 2 "height" -- "${gen[@]}" --height 999999 --output "$tmp/x.png"
 expect 2 "steps" -- "${gen[@]}" --steps 0 --output "$tmp/x.png"

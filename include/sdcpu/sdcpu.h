@@ -67,4 +67,31 @@ class Pipeline {
   virtual std::string describe() const = 0;
 };
 
+// `sdcpu bench`: load a model, generate, and measure each stage, throughput per batch size, peak memory
+// and the UNet's efficiency against the machine's measured FMA peak (README, "Benchmark").
+struct BenchOptions {
+  std::string model_path;
+  int width = 512;
+  int height = 512;
+  int steps = 20;
+  std::string sampler = "dpmpp_2m";
+  float cfg_scale = 7.5f;
+  std::string precision = "fp32";      // fp32 | bf16 | auto (fp32 until bf16 exists)
+  std::vector<int> batch_sizes = {1};  // images per UNet call; the first also gives the per-stage figures
+  int runs = 3;                        // timed runs per batch size, after a warm-up run
+  int threads = 0;                     // 0: one per available core
+  std::string prompt = "a photo of an astronaut riding a horse on mars";
+  uint64_t seed = 42;
+  // Receives a line per finished run (progress for a human); may be empty.
+  std::function<void(const std::string&)> log;
+};
+
+struct BenchResult {
+  std::string table;  // human-readable
+  std::string json;   // machine-readable, keys documented in the README
+};
+
+// Throws InvalidArgument for bad options before loading anything, ModelError/IoError for the model.
+BenchResult bench(const BenchOptions& options);
+
 }  // namespace sdcpu

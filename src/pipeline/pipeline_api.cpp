@@ -34,8 +34,16 @@ class PipelineImpl : public Pipeline {
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
     if (o.batch_count < 1 || o.batch_count > 1000) throw InvalidArgument("batch count must be between 1 and 1000");
-    Txt2ImgRequest r{o.prompt, o.negative_prompt, o.steps,  o.cfg_scale, o.sampler,
-                     o.seed,   o.width,           o.height, o.clip_skip};
+    Txt2ImgRequest r;
+    r.prompt = o.prompt;
+    r.negative_prompt = o.negative_prompt;
+    r.steps = o.steps;
+    r.cfg_scale = o.cfg_scale;
+    r.sampler = o.sampler;
+    r.seed = o.seed;
+    r.width = o.width;
+    r.height = o.height;
+    r.clip_skip = o.clip_skip;
     validate(r);
     std::vector<Image> images;
     for (int k = 0; k < o.batch_count; ++k) {

@@ -1,5 +1,6 @@
 #include "pipeline/txt2img.h"
 
+#include <chrono>
 #include <cmath>
 
 #include "core/error.h"
@@ -14,6 +15,23 @@ namespace {
 constexpr int kMaxSide = 2048;
 constexpr int kMaxSteps = 1000;
 constexpr float kMaxCfg = 100.0f;
+// A batch's activations grow linearly with it; 64 images in one UNet call is already far beyond any CPU's
+// sweet spot (throughput stops growing after a few).
+constexpr int kMaxBatch = 64;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// [p0, p1, ...] -> [p0 x n, p1 x n, ...]: prompt_embeds.repeat(1, n, 1).view(bs * n, seq, -1) in diffusers,
+// applied to [uncond, cond] at once, which gives its cat([negative x n, prompt x n]) order.
+Tensor repeat_each(const Tensor& embeddings, int n) {
+  if (n == 1) return embeddings;
+  std::vector<Tensor> parts;
+  for (int64_t i = 0; i < embeddings.dim(0); ++i)
+    for (int k = 0; k < n; ++k) parts.push_back(embeddings.slice0(i, i + 1));
+  return concat0(parts);
+}
 
 ClipTokenizer make_tokenizer(const ModelFiles& files) {
   return files.tokenizer_dir.empty() ? ClipTokenizer::bundled() : ClipTokenizer::from_directory(files.tokenizer_dir);
@@ -35,6 +53,9 @@ void validate(const Txt2ImgRequest& r) {
   if (!std::isfinite(r.cfg_scale) || r.cfg_scale < 0 || r.cfg_scale > kMaxCfg)
     throw InvalidArgument("cfg scale must be between 0 and " + std::to_string(static_cast<int>(kMaxCfg)));
   if (r.clip_skip < 0 || r.clip_skip > 10) throw InvalidArgument("clip skip must be between 0 and 10");
+  if (r.batch_size < 1 || r.batch_size > kMaxBatch)
+    throw InvalidArgument("batch size must be between 1 and " + std::to_string(kMaxBatch) + ", got " +
+                          std::to_string(r.batch_size));
 }
 
 Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files)
@@ -54,13 +75,14 @@ Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, 
 
 Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
                                      float cfg_scale, TorchGenerator& generator) const {
-  const bool guided = embeddings.dim(0) == 2 * latents.dim(0);
+  const int64_t batch = latents.dim(0);
+  const bool guided = embeddings.dim(0) == 2 * batch;
   const Tensor unet_input = guided ? concat0({latents, latents}) : latents;
   const Tensor scaled = scheduler.scale_model_input(unet_input, i);
   const Tensor noise_pred = unet_.forward(scaled, static_cast<float>(scheduler.timesteps()[i]), embeddings);
   if (!guided) return scheduler.step(noise_pred, i, latents, generator);
-  // noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
-  const Tensor uncond = noise_pred.slice0(0, 1), cond = noise_pred.slice0(1, 2);
+  // noise_pred.chunk(2); noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
+  const Tensor uncond = noise_pred.slice0(0, batch), cond = noise_pred.slice0(batch, 2 * batch);
   Tensor guided_pred(uncond.shape());
   for (int64_t j = 0; j < guided_pred.numel(); ++j) guided_pred[j] = uncond[j] + cfg_scale * (cond[j] - uncond[j]);
   return scheduler.step(guided_pred, i, latents, generator);
@@ -74,33 +96,51 @@ Tensor Txt2ImgPipeline::decode_latents(const Tensor& latents) const {
 }
 
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
+  const auto t_start = std::chrono::steady_clock::now();
   validate(request);
   if (request.clip_skip >= files_.text_encoder_config.num_hidden_layers)
     throw InvalidArgument("clip skip exceeds the text encoder's layers");
-  std::unique_ptr<Scheduler> scheduler = make_scheduler(request.sampler, scheduler_config_);
-  scheduler->set_timesteps(request.steps);
-
-  const bool guided = request.cfg_scale > 1.0f;
-  const Tensor embeddings = guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
-                                   : encode_prompts({request.prompt}, request.clip_skip);
-
   const int64_t channels = files_.unet_config.in_channels;
   // The VAE downsamples by 2 per level except the last: 8x for the 4-level SD VAE.
   const int64_t factor = int64_t{1} << (files_.vae_config.block_out_channels.size() - 1);
   if (request.width % factor != 0 || request.height % factor != 0)
     throw InvalidArgument("width and height must be multiples of " + std::to_string(factor) + " for this model");
+  const Shape latent_shape = {request.batch_size, channels, request.height / factor, request.width / factor};
+  if (!request.latents.empty() && request.latents.shape() != latent_shape)
+    throw InvalidArgument("initial latents must be " + shape_to_string(latent_shape) + ", got " +
+                          shape_to_string(request.latents.shape()));
+  std::unique_ptr<Scheduler> scheduler = make_scheduler(request.sampler, scheduler_config_);
+  scheduler->set_timesteps(request.steps);
+  Result result;
+
+  auto t0 = std::chrono::steady_clock::now();
+  const bool guided = request.cfg_scale > 1.0f;
+  const Tensor embeddings =
+      repeat_each(guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
+                         : encode_prompts({request.prompt}, request.clip_skip),
+                  request.batch_size);
+  result.times.text_encode_s = seconds_since(t0);
+
   TorchGenerator generator(request.seed);
-  Tensor latents = generator.randn({1, channels, request.height / factor, request.width / factor});
+  // Given latents are copied: scale_ below must not write into the caller's tensor.
+  Tensor latents = request.latents.empty() ? generator.randn(latent_shape) : request.latents.clone();
   scale_(latents, static_cast<float>(scheduler->init_noise_sigma()));
 
   const auto& timesteps = scheduler->timesteps();
   const int steps = static_cast<int>(timesteps.size());
   for (int i = 0; i < steps; ++i) {
+    t0 = std::chrono::steady_clock::now();
     latents = denoise_step(*scheduler, i, latents, embeddings, request.cfg_scale, generator);
+    result.times.denoise_step_s.push_back(seconds_since(t0));
     if (on_step) on_step(i, steps, latents);
   }
 
-  return Result{latents, decode_latents(latents)};
+  t0 = std::chrono::steady_clock::now();
+  result.image = decode_latents(latents);
+  result.times.vae_decode_s = seconds_since(t0);
+  result.latents = std::move(latents);
+  result.times.total_s = seconds_since(t_start);
+  return result;
 }
 
 }  // namespace sdcpu

@@ -1,7 +1,7 @@
 // Text-to-image: diffusers' StableDiffusionPipeline.__call__, step for step.
 //
-//   embeddings = text_encoder(tokenize([negative_prompt, prompt]))
-//   latents    = randn([1, C, H/8, W/8], generator(seed)) * init_noise_sigma
+//   embeddings = text_encoder(tokenize([negative_prompt, prompt]))    -> [uncond x B, cond x B]
+//   latents    = randn([B, C, H/8, W/8], generator(seed)) * init_noise_sigma
 //   for t in timesteps:
 //     eps     = unet(scale_model_input(cat[latents, latents], t), t, embeddings)
 //     eps     = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
@@ -10,6 +10,11 @@
 //
 // With cfg_scale <= 1 diffusers skips the unconditional half (do_classifier_free_guidance is false),
 // and so do we: the UNet runs on batch 1.
+//
+// B = batch_size is diffusers' num_images_per_prompt: one generator for the whole batch, each prompt
+// embedding repeated B times, one UNet call on the guidance batch 2B per step, one scheduler step and one
+// VAE decode over the whole batch. (GenerateOptions::batch_count, images one after another with seeds
+// seed + k, is a different thing and lives in the public API.)
 #pragma once
 #include <functional>
 #include <memory>
@@ -37,6 +42,20 @@ struct Txt2ImgRequest {
   int width = 512;
   int height = 512;
   int clip_skip = 0;
+  // Images per UNet call (num_images_per_prompt); the guidance batch is 2 * batch_size.
+  int batch_size = 1;
+  // diffusers' `latents` argument: when not empty, the initial noise [batch_size, C, H/8, W/8] used instead
+  // of randn from the seed (the generator is still seeded, for ancestral samplers' noise). It is scaled by
+  // the scheduler's init_noise_sigma as diffusers does.
+  Tensor latents;
+};
+
+// Wall-clock seconds of each stage of one run(), measured inside the pipeline.
+struct StageTimes {
+  double text_encode_s = 0;
+  std::vector<double> denoise_step_s;  // per step: UNet on the guidance batch, guidance mix, scheduler step
+  double vae_decode_s = 0;
+  double total_s = 0;  // the whole run(), validation to decoded image
 };
 
 // Throws InvalidArgument naming the first invalid field; called before any work is done.
@@ -50,17 +69,19 @@ class Txt2ImgPipeline {
   using StepCallback = std::function<void(int step, int steps, const Tensor& latents)>;
 
   struct Result {
-    Tensor latents;  // final latents [1, C, H/8, W/8]
-    Tensor image;    // VAE output [1, 3, H, W] in about [-1, 1], not clamped
+    Tensor latents;  // final latents [B, C, H/8, W/8]
+    Tensor image;    // VAE output [B, 3, H, W] in about [-1, 1], not clamped
+    StageTimes times;
   };
   Result run(const Txt2ImgRequest& request, const StepCallback& on_step = {}) const;
 
   // One iteration of the denoising loop at scheduler step i: UNet on the guidance batch (when
-  // embeddings hold [uncond, cond]), guidance mix, scheduler step. Returns the new latents.
+  // embeddings hold [uncond x B, cond x B] for B latents), guidance mix, scheduler step. Returns the new
+  // latents.
   Tensor denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings, float cfg_scale,
                       TorchGenerator& generator) const;
 
-  // VAE decode of final latents (divided by the scaling factor first): [1, 3, H, W] in about [-1, 1].
+  // VAE decode of final latents (divided by the scaling factor first): [B, 3, H, W] in about [-1, 1].
   Tensor decode_latents(const Tensor& latents) const;
 
   // Prompt embeddings [batch, 77, hidden] for the given prompts.

@@ -1,0 +1,79 @@
+// sdcpu bench: speed and memory, measured (README, "Benchmark"). The table goes to stdout, progress to
+// stderr, the JSON report to --json.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "commands.h"
+#include "sdcpu/sdcpu.h"
+
+namespace sdcpu::app {
+namespace {
+
+struct BenchArgs {
+  BenchOptions options;
+  std::string batch_sizes = "1";
+  std::string json_path;
+  bool quiet = false;
+};
+
+// "1,2,4" -> {1, 2, 4}; anything else is an InvalidArgument naming the option.
+std::vector<int> parse_batch_sizes(const std::string& text) {
+  std::vector<int> sizes;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, comma - start);
+    size_t used = 0;
+    int value = 0;
+    try {
+      value = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size())
+      throw InvalidArgument("batch sizes must be a comma-separated list of integers, got '" + text + "'");
+    sizes.push_back(value);
+    start = comma + 1;
+  }
+  return sizes;
+}
+
+int run_bench(BenchArgs& a) {
+  a.options.batch_sizes = parse_batch_sizes(a.batch_sizes);
+  if (!a.quiet) a.options.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  const BenchResult result = bench(a.options);
+  std::printf("%s", result.table.c_str());
+  if (!a.json_path.empty()) {
+    std::ofstream out(a.json_path, std::ios::binary | std::ios::trunc);
+    if (!out || !(out << result.json) || !out.flush()) throw IoError("cannot write " + a.json_path);
+    std::printf("wrote %s\n", a.json_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  BenchOptions& o = a->options;
+  auto* cli = app.add_subcommand("bench", "Measure speed and memory; print a table and write JSON");
+  cli->add_option("--model,-m", o.model_path, "Diffusers folder or single-file .safetensors checkpoint")->required();
+  cli->add_option("--width,-W", o.width, "Image width, a multiple of 8")->capture_default_str();
+  cli->add_option("--height,-H", o.height, "Image height, a multiple of 8")->capture_default_str();
+  cli->add_option("--steps", o.steps, "Denoising steps")->capture_default_str();
+  cli->add_option("--sampler", o.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
+  cli->add_option("--cfg-scale", o.cfg_scale, "Classifier-free guidance scale")->capture_default_str();
+  // Checked by bench() rather than by CLI11 so that bf16 gets its own message ("not implemented yet").
+  cli->add_option("--precision", o.precision, "fp32, bf16 or auto")->capture_default_str();
+  cli->add_option("--batch-sizes", a->batch_sizes, "Images per UNet call to measure, e.g. 1,2,4,8")
+      ->capture_default_str();
+  cli->add_option("--runs", o.runs, "Timed runs per batch size, after a warm-up")->capture_default_str();
+  cli->add_option("--threads", o.threads, "Compute threads (0: all cores)")->capture_default_str();
+  cli->add_option("--json", a->json_path, "Write the report as JSON to this file");
+  cli->add_flag("--quiet,-q", a->quiet, "No progress output");
+  return {cli, [a] { return run_bench(*a); }};
+}
+
+}  // namespace sdcpu::app

@@ -1,0 +1,78 @@
+// sdcpu generate: text to image(s), written as PNGs with their generation parameters.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "commands.h"
+#include "progress_bar.h"
+#include "sdcpu/sdcpu.h"
+
+namespace sdcpu::app {
+namespace {
+
+// out.png -> out-2.png for the k-th image of a batch (k from 1; the first keeps the name).
+std::string numbered(const std::string& path, int k) {
+  if (k == 0) return path;
+  std::filesystem::path p(path);
+  return (p.parent_path() / (p.stem().string() + "-" + std::to_string(k + 1) + p.extension().string())).string();
+}
+
+struct GenerateArgs {
+  std::string model;
+  LoadOptions load;
+  GenerateOptions gen;
+  std::string output = "sdcpu.png";
+  bool quiet = false;
+};
+
+int run_generate(const GenerateArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto pipe = Pipeline::load(a.model, a.load);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!a.quiet) std::fprintf(stderr, "loaded %s in %.2fs\n", a.model.c_str(), load_s);
+  ProgressBar bar(!a.quiet);
+  int current = 0;
+  bar.restart();
+  auto images = pipe->generate(a.gen, [&](int image, int step, int steps) {
+    if (image != current) {
+      current = image;
+      bar.restart();
+    }
+    bar.update("image " + std::to_string(image + 1) + "/" + std::to_string(a.gen.batch_count), step, steps);
+  });
+  for (size_t k = 0; k < images.size(); ++k) {
+    const std::string path = numbered(a.output, static_cast<int>(k));
+    images[k].save_png(path);
+    std::printf("%s (seed %llu)\n", path.c_str(), static_cast<unsigned long long>(images[k].seed));
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_generate_command(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  GenerateOptions& gen = a->gen;
+  auto* cli = app.add_subcommand("generate", "Generate images from a prompt");
+  cli->add_option("--model,-m", a->model, "Diffusers folder or single-file .safetensors checkpoint")->required();
+  cli->add_option("--prompt,-p", gen.prompt, "What to draw")->required();
+  cli->add_option("--negative-prompt,-n", gen.negative_prompt, "What to avoid");
+  cli->add_option("--steps", gen.steps, "Denoising steps")->capture_default_str();
+  cli->add_option("--cfg-scale", gen.cfg_scale, "Classifier-free guidance scale (<= 1: no guidance)")
+      ->capture_default_str();
+  cli->add_option("--sampler", gen.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
+  cli->add_option("--seed", gen.seed, "Seed; image k of a batch uses seed + k")->capture_default_str();
+  cli->add_option("--width,-W", gen.width, "Image width, a multiple of 8")->capture_default_str();
+  cli->add_option("--height,-H", gen.height, "Image height, a multiple of 8")->capture_default_str();
+  cli->add_option("--batch-count", gen.batch_count, "Images to generate, one after another")->capture_default_str();
+  cli->add_option("--clip-skip", gen.clip_skip, "Text encoder layers to skip from the end")->capture_default_str();
+  cli->add_option("--threads", a->load.threads, "Compute threads (0: all cores)")->capture_default_str();
+  cli->add_option("--variant", a->load.variant, "Weights variant of a diffusers folder, e.g. fp16");
+  cli->add_option("--output,-o", a->output, "Output PNG (batches: name-2.png, name-3.png, ...)")->capture_default_str();
+  cli->add_flag("--quiet,-q", a->quiet, "No progress output");
+  return {cli, [a] { return run_generate(*a); }};
+}
+
+}  // namespace sdcpu::app

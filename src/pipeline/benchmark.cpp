@@ -1,0 +1,352 @@
+#include "pipeline/benchmark.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include "core/error.h"
+#include "kernels/fma_peak.h"
+#include "pipeline/txt2img.h"
+
+namespace sdcpu {
+namespace {
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+std::string resolved_precision(const std::string& precision) {
+  if (precision == "fp32" || precision == "auto") return "fp32";  // auto: fp32 until bf16 exists
+  if (precision == "bf16") throw InvalidArgument("bf16 is not implemented yet");
+  throw InvalidArgument("precision must be fp32, bf16 or auto, got '" + precision + "'");
+}
+
+Txt2ImgRequest make_request(const BenchOptions& o, int batch_size) {
+  Txt2ImgRequest r;
+  r.prompt = o.prompt;
+  r.steps = o.steps;
+  r.cfg_scale = o.cfg_scale;
+  r.sampler = o.sampler;
+  r.seed = o.seed;
+  r.width = o.width;
+  r.height = o.height;
+  r.batch_size = batch_size;
+  return r;
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Mirrors UNet2DConditionModel's structure (nets/unet.cpp) for FLOPs only; shapes follow the same rules,
+// including the stride-2 downsampler's rounding and the upsampler's target size (the next skip's).
+class UNetFlopCounter {
+ public:
+  UNetFlopCounter(const UNetConfig& c, int64_t batch, int64_t text_tokens)
+      : c_(c), b_(static_cast<double>(batch)), tokens_(static_cast<double>(text_tokens)) {}
+
+  UNetFlops count(int64_t h, int64_t w) {
+    const auto& ch = c_.block_out_channels;
+    const int levels = static_cast<int>(ch.size());
+    const int64_t temb = int64_t{4} * ch[0];
+    linear(1, ch[0], temb);  // time_embedding.linear_1 (one row per batch element)
+    linear(1, temb, temb);   // time_embedding.linear_2
+    conv(c_.in_channels, ch[0], c_.conv_in_kernel, h, w);
+
+    struct Skip {
+      int64_t channels, h, w;
+    };
+    std::vector<Skip> skips = {{ch[0], h, w}};
+    int64_t out = ch[0];
+    for (int i = 0; i < levels; ++i) {
+      const int64_t in = out;
+      out = ch[i];
+      const bool attn = c_.down_block_types[i] == "CrossAttnDownBlock2D";
+      for (int j = 0; j < c_.layers_per_block; ++j) {
+        resnet(j == 0 ? in : out, out, temb, h, w);
+        if (attn) transformer(out, c_.transformer_layers_per_block[i], h, w);
+        skips.push_back({out, h, w});
+      }
+      if (i < levels - 1) {  // Downsample2D: 3x3 stride 2; padding 0 means F.pad(0, 1, 0, 1) first
+        const int64_t pad_total = c_.downsample_padding == 0 ? 1 : 2 * c_.downsample_padding;
+        h = (h + pad_total - 3) / 2 + 1;
+        w = (w + pad_total - 3) / 2 + 1;
+        conv(out, out, 3, h, w);
+        skips.push_back({out, h, w});
+      }
+    }
+
+    resnet(ch.back(), ch.back(), temb, h, w);  // mid block
+    transformer(ch.back(), c_.transformer_layers_per_block.back(), h, w);
+    resnet(ch.back(), ch.back(), temb, h, w);
+
+    int64_t prev = ch.back();
+    for (int i = 0; i < levels; ++i) {
+      const int level = levels - 1 - i;
+      out = ch[level];
+      const bool attn = c_.up_block_types[i] == "CrossAttnUpBlock2D";
+      for (int j = 0; j < c_.layers_per_block + 1; ++j) {
+        if (skips.empty()) throw InvalidArgument("unet flops: more up than down resolution levels");
+        const Skip skip = skips.back();
+        skips.pop_back();
+        resnet((j == 0 ? prev : out) + skip.channels, out, temb, h, w);
+        if (attn) transformer(out, c_.transformer_layers_per_block[level], h, w);
+      }
+      prev = out;
+      if (i < levels - 1 && !skips.empty()) {  // Upsample2D: nearest to the next skip's size, then 3x3
+        h = skips.back().h;
+        w = skips.back().w;
+        conv(out, out, 3, h, w);
+      }
+    }
+    conv(ch[0], c_.out_channels, c_.conv_out_kernel, h, w);
+    return f_;
+  }
+
+ private:
+  void conv(int64_t cin, int64_t cout, int64_t k, int64_t ho, int64_t wo) {
+    const double flops = 2.0 * b_ * static_cast<double>(cin * cout * k * k * ho * wo);
+    (k > 1 ? f_.conv3x3 : f_.conv1x1) += flops;
+  }
+  void linear(double m, int64_t k, int64_t n) { f_.linear += 2.0 * b_ * m * static_cast<double>(k * n); }
+
+  void resnet(int64_t cin, int64_t cout, int64_t temb, int64_t h, int64_t w) {
+    conv(cin, cout, 3, h, w);
+    linear(1, temb, cout);  // time_emb_proj
+    conv(cout, cout, 3, h, w);
+    if (cin != cout) conv(cin, cout, 1, h, w);  // conv_shortcut
+  }
+
+  // Transformer2DModel: proj_in, `layers` BasicTransformerBlocks, proj_out. heads * head_dim = channels, so
+  // the head count does not change the FLOPs.
+  void transformer(int64_t c, int layers, int64_t h, int64_t w) {
+    const double n = static_cast<double>(h * w);
+    auto proj = [&] { c_.use_linear_projection ? linear(n, c, c) : conv(c, c, 1, h, w); };
+    proj();
+    const int64_t ctx = c_.cross_attention_dim;
+    for (int l = 0; l < layers; ++l) {
+      for (int k = 0; k < 4; ++k) linear(n, c, c);  // attn1: to_q, to_k, to_v, to_out
+      f_.attention += 2.0 * 2.0 * b_ * n * n * static_cast<double>(c);
+      linear(n, c, c);  // attn2: to_q
+      linear(tokens_, ctx, c);
+      linear(tokens_, ctx, c);
+      linear(n, c, c);  // to_out
+      f_.attention += 2.0 * 2.0 * b_ * n * tokens_ * static_cast<double>(c);
+      linear(n, c, 8 * c);  // ff: GEGLU proj to 2 x 4c
+      linear(n, 4 * c, c);
+    }
+    proj();
+  }
+
+  const UNetConfig& c_;
+  double b_, tokens_;
+  UNetFlops f_;
+};
+
+std::string fixed(double v, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+}  // namespace
+
+CpuInfo detect_cpu() {
+  CpuInfo info;
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  std::set<std::string> flags;
+  while (std::getline(in, line)) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    const std::string value = colon + 2 <= line.size() ? line.substr(colon + 2) : "";
+    if (key == "model name" && info.model.empty()) info.model = value;
+    if (key == "flags" && flags.empty()) {
+      std::istringstream words(value);
+      for (std::string f; words >> f;) flags.insert(f);
+    }
+  }
+  if (info.model.empty()) info.model = "unknown";
+  // The levels the kernels dispatch on (oneDNN: avx2, avx512_core, avx512_core_bf16, avx512_core_amx).
+  if (flags.count("avx2") && flags.count("fma")) info.isa.push_back("avx2");
+  if (flags.count("avx512f")) info.isa.push_back("avx512");
+  if (flags.count("avx512_bf16")) info.isa.push_back("avx512_bf16");
+  if (flags.count("amx_tile")) info.isa.push_back("amx");
+  return info;
+}
+
+UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w,
+                           int64_t text_tokens) {
+  if (batch < 1 || latent_h < 1 || latent_w < 1 || text_tokens < 1)
+    throw InvalidArgument("unet flops: batch, latent size and tokens must be positive");
+  if (config.block_out_channels.empty() || config.down_block_types.size() != config.block_out_channels.size() ||
+      config.up_block_types.size() != config.block_out_channels.size() ||
+      config.transformer_layers_per_block.size() != config.block_out_channels.size())
+    throw InvalidArgument("unet flops: inconsistent configuration");
+  return UNetFlopCounter(config, batch, text_tokens).count(latent_h, latent_w);
+}
+
+void validate(const BenchOptions& o) {
+  resolved_precision(o.precision);
+  if (o.runs < 1 || o.runs > 1000) throw InvalidArgument("runs must be between 1 and 1000");
+  if (o.threads < 0) throw InvalidArgument("threads must be >= 0");
+  if (o.batch_sizes.empty()) throw InvalidArgument("batch sizes must list at least one size");
+  for (int b : o.batch_sizes) validate(make_request(o, b));  // sizes, steps, cfg, batch size
+  const std::vector<std::string> samplers = sampler_names();
+  if (std::find(samplers.begin(), samplers.end(), o.sampler) == samplers.end())
+    throw InvalidArgument("unknown sampler '" + o.sampler + "'");
+}
+
+BenchReport run_benchmark(const BenchOptions& o) {
+  validate(o);
+  auto log = [&](const std::string& s) {
+    if (o.log) o.log(s);
+  };
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  BenchReport r;
+  r.cpu = detect_cpu();
+  r.threads = omp_get_max_threads();
+  r.precision = resolved_precision(o.precision);
+  r.width = o.width;
+  r.height = o.height;
+  r.steps = o.steps;
+  r.sampler = o.sampler;
+  r.cfg_scale = o.cfg_scale;
+  r.runs = o.runs;
+  r.stage_batch_size = o.batch_sizes.front();
+
+  // The peak first, while the machine is quiet and before the model takes memory bandwidth and cache.
+  r.machine_peak_gflops_fp32 = measure_fma_peak_gflops(PeakPrecision::kFp32, r.threads);
+  r.machine_peak_gflops_bf16 = measure_fma_peak_gflops(PeakPrecision::kBf16, r.threads);
+  r.machine_peak_gflops = r.precision == "bf16" ? r.machine_peak_gflops_bf16 : r.machine_peak_gflops_fp32;
+  log("fma peak: fp32 " + fixed(r.machine_peak_gflops_fp32, 0) + " GFLOP/s, bf16 " +
+      fixed(r.machine_peak_gflops_bf16, 0) + " GFLOP/s (" + std::to_string(r.threads) + " threads)");
+
+  auto t0 = std::chrono::steady_clock::now();
+  const auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path));
+  r.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  log("loaded in " + fixed(r.load_s, 2) + " s");
+
+  for (size_t bi = 0; bi < o.batch_sizes.size(); ++bi) {
+    const int batch = o.batch_sizes[bi];
+    const Txt2ImgRequest request = make_request(o, batch);
+    // A warm-up run first for every batch size: the first at a new shape creates its kernel primitives.
+    const auto warm = pipe->run(request);
+    if (bi == 0) r.first_image_s = warm.times.total_s;
+    log("batch " + std::to_string(batch) + " warm-up: " + fixed(warm.times.total_s, 2) + " s");
+    std::vector<double> totals, encodes, steps, decodes;
+    for (int run = 0; run < o.runs; ++run) {
+      const StageTimes t = pipe->run(request).times;
+      totals.push_back(t.total_s);
+      encodes.push_back(t.text_encode_s);
+      steps.insert(steps.end(), t.denoise_step_s.begin(), t.denoise_step_s.end());
+      decodes.push_back(t.vae_decode_s);
+      log("batch " + std::to_string(batch) + " run " + std::to_string(run + 1) + "/" + std::to_string(o.runs) + ": " +
+          fixed(t.total_s, 2) + " s (step " + fixed(median(t.denoise_step_s), 3) + " s, decode " +
+          fixed(t.vae_decode_s, 2) + " s)");
+    }
+    r.images_per_min[batch] = 60.0 * batch / median(totals);
+    if (bi == 0) {
+      r.text_encode_s = median(encodes);
+      r.unet_step_s = median(steps);
+      r.vae_decode_s = median(decodes);
+      r.total_s = median(totals) / batch;
+    }
+  }
+
+  const ModelFiles& files = pipe->files();
+  const int64_t factor = int64_t{1} << (files.vae_config.block_out_channels.size() - 1);
+  const int64_t unet_batch = (o.cfg_scale > 1.0f ? 2 : 1) * int64_t{r.stage_batch_size};
+  r.unet_flops = count_unet_flops(files.unet_config, unet_batch, o.height / factor, o.width / factor,
+                                  files.text_encoder_config.max_position_embeddings);
+  r.unet_gflops_achieved = r.unet_step_s > 0 ? r.unet_flops.total() / 1e9 / r.unet_step_s : 0;
+  r.unet_efficiency = r.machine_peak_gflops > 0 ? r.unet_gflops_achieved / r.machine_peak_gflops : 0;
+  r.peak_rss_mb = peak_rss_mb();
+  return r;
+}
+
+std::string to_json(const BenchReport& r) {
+  nlohmann::ordered_json j;
+  j["cpu"] = {{"model", r.cpu.model}, {"isa", r.cpu.isa}};
+  j["threads"] = r.threads;
+  j["precision"] = r.precision;
+  j["width"] = r.width;
+  j["height"] = r.height;
+  j["steps"] = r.steps;
+  j["sampler"] = r.sampler;
+  j["cfg_scale"] = r.cfg_scale;
+  j["runs"] = r.runs;
+  j["stage_batch_size"] = r.stage_batch_size;
+  j["load_s"] = r.load_s;
+  j["first_image_s"] = r.first_image_s;
+  j["text_encode_s"] = r.text_encode_s;
+  j["unet_step_s"] = r.unet_step_s;
+  j["vae_decode_s"] = r.vae_decode_s;
+  j["total_s"] = r.total_s;
+  nlohmann::ordered_json per_batch = nlohmann::ordered_json::object();
+  for (const auto& [batch, ipm] : r.images_per_min) per_batch[std::to_string(batch)] = ipm;
+  j["images_per_min"] = per_batch;
+  j["peak_rss_mb"] = r.peak_rss_mb;
+  j["unet_gflop_per_step"] = r.unet_flops.total() / 1e9;
+  j["unet_gflop_breakdown"] = {{"conv3x3", r.unet_flops.conv3x3 / 1e9},
+                               {"conv1x1", r.unet_flops.conv1x1 / 1e9},
+                               {"linear", r.unet_flops.linear / 1e9},
+                               {"attention", r.unet_flops.attention / 1e9}};
+  j["unet_gflops_achieved"] = r.unet_gflops_achieved;
+  j["machine_peak_gflops"] = r.machine_peak_gflops;
+  j["machine_peak_gflops_by_precision"] = {{"fp32", r.machine_peak_gflops_fp32}, {"bf16", r.machine_peak_gflops_bf16}};
+  j["unet_efficiency"] = r.unet_efficiency;
+  // Quality against fp32 exists only for the lower precisions, none of which is implemented yet.
+  j["psnr_db_vs_fp32"] = nullptr;
+  j["max_abs_latent_diff_vs_fp32"] = nullptr;
+  return j.dump(2) + "\n";
+}
+
+std::string format_table(const BenchReport& r) {
+  std::ostringstream s;
+  auto row = [&](const std::string& name, const std::string& value) {
+    s << "  " << name << std::string(name.size() < 24 ? 24 - name.size() : 1, ' ') << value << "\n";
+  };
+  std::string isa;
+  for (const auto& f : r.cpu.isa) isa += (isa.empty() ? "" : " ") + f;
+  s << "sdcpu bench: " << r.width << "x" << r.height << ", " << r.steps << " steps, " << r.sampler << ", cfg "
+    << fixed(r.cfg_scale, 1) << ", " << r.precision << ", " << r.threads << " threads, median of " << r.runs
+    << " runs\n";
+  row("cpu", r.cpu.model + " (" + isa + ")");
+  row("load", fixed(r.load_s, 2) + " s");
+  row("first image (cold)", fixed(r.first_image_s, 2) + " s" +
+                                (r.stage_batch_size > 1 ? " (batch " + std::to_string(r.stage_batch_size) + ")" : ""));
+  row("text encode", fixed(r.text_encode_s, 3) + " s");
+  row("unet step", fixed(r.unet_step_s, 3) + " s  (" + fixed(r.unet_flops.total() / 1e9, 1) + " GFLOP, " +
+                       fixed(r.unet_gflops_achieved, 1) + " GFLOP/s)");
+  row("vae decode", fixed(r.vae_decode_s, 3) + " s");
+  row("total per image", fixed(r.total_s, 2) + " s");
+  for (const auto& [batch, ipm] : r.images_per_min) row("images/min, batch " + std::to_string(batch), fixed(ipm, 2));
+  row("peak rss", fixed(r.peak_rss_mb, 0) + " MB");
+  row("machine peak", fixed(r.machine_peak_gflops, 1) + " GFLOP/s " + r.precision);
+  row("unet efficiency", fixed(100.0 * r.unet_efficiency, 1) + " % of peak");
+  return s.str();
+}
+
+BenchResult bench(const BenchOptions& options) {
+  const BenchReport report = run_benchmark(options);
+  return {format_table(report), to_json(report)};
+}
+
+}  // namespace sdcpu

@@ -1,0 +1,67 @@
+// `sdcpu bench`: the one way speed and memory are measured in this project. Loads a model, generates
+// images, and reports the stage timings the pipeline measures itself (Txt2ImgPipeline's StageTimes),
+// throughput against batch size, peak memory, and the UNet's efficiency: its FLOPs per step (counted
+// analytically from the configuration) over its measured time, against the machine's measured FMA peak.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "formats/model_config.h"
+#include "sdcpu/sdcpu.h"  // BenchOptions
+
+namespace sdcpu {
+
+// Throws InvalidArgument naming the first bad option (before loading anything).
+void validate(const BenchOptions& options);
+
+struct CpuInfo {
+  std::string model;             // "model name" from /proc/cpuinfo
+  std::vector<std::string> isa;  // of avx2, avx512, avx512_bf16, amx, in that order
+};
+CpuInfo detect_cpu();
+
+// Multiply-add FLOPs of one UNet forward (2 per multiply-add), by kind.
+struct UNetFlops {
+  double conv3x3 = 0;    // every k x k convolution with k > 1: 2 Cin Cout k k Ho Wo
+  double conv1x1 = 0;    // conv_shortcut, and proj_in/proj_out when they are convolutions
+  double linear = 0;     // 2 M K N: attention projections, feed-forward, time embedding, linear proj_in/out
+  double attention = 0;  // Q K^T and P V: 2 * 2 Lq Lk D per head
+  double total() const { return conv3x3 + conv1x1 + linear + attention; }
+};
+// For a UNet batch of `batch` latents of latent_h x latent_w (batch 2 for one guided image), with
+// `text_tokens` of context. Elementwise work (norms, activations, softmax) is not counted.
+UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w,
+                           int64_t text_tokens = 77);
+
+struct BenchReport {
+  CpuInfo cpu;
+  int threads = 0;
+  std::string precision;  // the precision that ran (auto resolved)
+  int width = 0, height = 0, steps = 0;
+  std::string sampler;
+  float cfg_scale = 0;
+  int runs = 0;
+  int stage_batch_size = 1;  // the batch size the per-stage figures below come from (the first listed)
+  double load_s = 0;         // open + build every network
+  double first_image_s = 0;  // the first generate (cold), at stage_batch_size
+  double text_encode_s = 0;  // medians over the warm runs
+  double unet_step_s = 0;    // per denoising step: UNet on the guidance batch + guidance mix + scheduler step
+  double vae_decode_s = 0;
+  double total_s = 0;                    // per image, warm
+  std::map<int, double> images_per_min;  // per batch size, warm
+  double peak_rss_mb = 0;                // getrusage ru_maxrss, the whole process
+  UNetFlops unet_flops;                  // per step, guidance batch included
+  double unet_gflops_achieved = 0;       // unet_flops.total() / unet_step_s
+  double machine_peak_gflops = 0;        // FMA microbenchmark in the precision used
+  double machine_peak_gflops_fp32 = 0;   // both, for reference
+  double machine_peak_gflops_bf16 = 0;   // 0 when the CPU lacks AVX512_BF16
+  double unet_efficiency = 0;            // achieved / peak
+};
+
+BenchReport run_benchmark(const BenchOptions& options);
+std::string to_json(const BenchReport& report);  // pretty-printed, stable key names (see README)
+std::string format_table(const BenchReport& report);
+
+}  // namespace sdcpu

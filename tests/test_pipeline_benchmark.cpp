@@ -1,0 +1,175 @@
+// sdcpu bench: the analytic UNet FLOP count against the figures in issue 3, a whole bench on the tiny model,
+// and the batch semantics (num_images_per_prompt) the throughput figures rely on.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/torch_rng.h"
+#include "formats/model_config.h"
+#include "kernels/fma_peak.h"
+#include "pipeline/benchmark.h"
+#include "pipeline/txt2img.h"
+#include "test_support.h"
+
+namespace sdcpu {
+namespace {
+
+UNetConfig sd15_unet_config() {
+  const auto manifest = nlohmann::json::parse(testing::read_text(SDCPU_FIXTURES_DIR "/../tools/sd15_manifest.json"));
+  return parse_unet_config(manifest.at("configs").at("unet").dump());
+}
+
+TEST(BenchFlops, Sd15UNetStepMatchesIssueFigures) {
+  // Issue 3: one guided step (UNet batch 2) at 512x512 = 1606 GFLOP (3x3 conv 801, linear 467, 1x1 conv 87,
+  // attention matmuls 252); at 256x256 = 360 GFLOP.
+  const UNetConfig config = sd15_unet_config();
+  const UNetFlops f512 = count_unet_flops(config, 2, 64, 64);
+  EXPECT_NEAR(f512.total() / 1e9, 1606, 1.0);
+  EXPECT_NEAR(f512.conv3x3 / 1e9, 801, 1.0);
+  EXPECT_NEAR(f512.linear / 1e9, 467, 1.0);
+  EXPECT_NEAR(f512.conv1x1 / 1e9, 87, 1.0);
+  EXPECT_NEAR(f512.attention / 1e9, 252, 1.0);
+  EXPECT_NEAR(count_unet_flops(config, 2, 32, 32).total() / 1e9, 360, 1.0);
+  // Linear in the batch: the guidance batch is counted, not assumed.
+  EXPECT_NEAR(count_unet_flops(config, 1, 64, 64).total() * 2, f512.total(), 1.0);
+  EXPECT_THROW(count_unet_flops(config, 0, 64, 64), InvalidArgument);
+}
+
+TEST(BenchFlops, FmaPeakIsMeasured) {
+  EXPECT_GT(measure_fma_peak_gflops(PeakPrecision::kFp32, 1, 0.01), 0.0);
+  if (fma_peak_supported(PeakPrecision::kBf16)) {
+    EXPECT_GT(measure_fma_peak_gflops(PeakPrecision::kBf16, 1, 0.01), 0.0);
+  }
+}
+
+TEST(Bench, TinyModelReportHasEveryField) {
+  BenchOptions o;
+  o.model_path = testing::fixture("tiny-sd");
+  o.width = o.height = 64;
+  o.steps = 2;
+  o.runs = 1;
+  o.batch_sizes = {1, 2};
+  const BenchReport report = run_benchmark(o);
+  const auto j = nlohmann::json::parse(to_json(report));
+  for (const char* key : {"threads", "width", "height", "steps", "load_s", "first_image_s", "text_encode_s",
+                          "unet_step_s", "vae_decode_s", "total_s", "peak_rss_mb", "unet_gflop_per_step",
+                          "unet_gflops_achieved", "machine_peak_gflops", "unet_efficiency"}) {
+    SCOPED_TRACE(key);
+    ASSERT_TRUE(j.contains(key));
+    EXPECT_GT(j.at(key).get<double>(), 0.0);
+  }
+  EXPECT_EQ(j.at("precision"), "fp32");
+  EXPECT_EQ(j.at("sampler"), "dpmpp_2m");
+  EXPECT_FALSE(j.at("cpu").at("model").get<std::string>().empty());
+  EXPECT_GT(j.at("images_per_min").at("1").get<double>(), 0.0);
+  EXPECT_GT(j.at("images_per_min").at("2").get<double>(), 0.0);
+  EXPECT_TRUE(j.at("psnr_db_vs_fp32").is_null());
+  EXPECT_LE(report.unet_efficiency, 1.5);  // a sanity bound: far above 1 would mean a wrong count or peak
+  EXPECT_FALSE(format_table(report).empty());
+}
+
+TEST(Bench, BadOptionsAreRejectedBeforeLoading) {
+  BenchOptions o;
+  o.model_path = "/does/not/exist";
+  auto message = [&](const BenchOptions& bad) {
+    try {
+      run_benchmark(bad);
+    } catch (const InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  BenchOptions b = o;
+  b.precision = "bf16";
+  EXPECT_EQ(message(b), "bf16 is not implemented yet");
+  b = o;
+  b.precision = "fp64";
+  EXPECT_NE(message(b).find("precision"), std::string::npos);
+  b = o;
+  b.batch_sizes = {0};
+  EXPECT_NE(message(b).find("batch size"), std::string::npos);
+  b = o;
+  b.runs = 0;
+  EXPECT_NE(message(b).find("runs"), std::string::npos);
+  b = o;
+  b.width = 100;
+  EXPECT_NE(message(b).find("width"), std::string::npos);
+}
+
+// A batch of B (num_images_per_prompt) must give each image what a batch-1 run from the same initial
+// latents gives: the batch only shares the UNet calls.
+TEST(Txt2ImgBatch, EachImageOfABatchMatchesItsOwnRun) {
+  const Txt2ImgPipeline pipe(open_model(testing::fixture("tiny-sd")));
+  for (const float cfg : {7.5f, 1.0f}) {
+    SCOPED_TRACE("cfg " + std::to_string(cfg));
+    Txt2ImgRequest r;
+    r.prompt = "a photo of an astronaut riding a horse on mars";
+    r.negative_prompt = "blurry";
+    r.sampler = "dpmpp_2m";  // deterministic: no noise drawn during sampling
+    r.steps = 3;
+    r.cfg_scale = cfg;
+    r.seed = 7;
+    r.width = 64;
+    r.height = 72;  // not square, so a transposed latent would show
+    r.batch_size = 2;
+    const auto batch = pipe.run(r);
+    ASSERT_EQ(batch.latents.shape(), (Shape{2, 4, 9, 8}));
+    ASSERT_EQ(batch.image.shape(), (Shape{2, 3, 72, 64}));
+    EXPECT_EQ(batch.times.denoise_step_s.size(), 3u);
+
+    // diffusers draws the batch's noise in one randn([B, C, h, w]) from the seeded generator.
+    const Tensor noise = TorchGenerator(r.seed).randn({2, 4, 9, 8});
+    Txt2ImgRequest given = r;
+    given.latents = noise;
+    EXPECT_EQ(pipe.run(given).latents.to_vector(), batch.latents.to_vector());
+
+    for (int k = 0; k < 2; ++k) {
+      SCOPED_TRACE("image " + std::to_string(k));
+      Txt2ImgRequest single = r;
+      single.batch_size = 1;
+      single.latents = noise.slice0(k, k + 1).clone();
+      const auto one = pipe.run(single);
+      // Different batch sizes may take different kernel blockings, so allow rounding-level differences.
+      EXPECT_TENSOR_NEAR(batch.latents.slice0(k, k + 1), one.latents, 1e-5);
+      EXPECT_TENSOR_NEAR(batch.image.slice0(k, k + 1), one.image, 1e-5);
+    }
+  }
+}
+
+TEST(Txt2ImgBatch, StageTimesAreReported) {
+  const Txt2ImgPipeline pipe(open_model(testing::fixture("tiny-sd")));
+  Txt2ImgRequest r;
+  r.prompt = "x";
+  r.steps = 2;
+  r.width = r.height = 64;
+  const StageTimes t = pipe.run(r).times;
+  ASSERT_EQ(t.denoise_step_s.size(), 2u);
+  EXPECT_GT(t.text_encode_s, 0);
+  EXPECT_GT(t.vae_decode_s, 0);
+  double sum = t.text_encode_s + t.vae_decode_s;
+  for (double s : t.denoise_step_s) {
+    EXPECT_GT(s, 0);
+    sum += s;
+  }
+  EXPECT_LE(sum, t.total_s);
+}
+
+TEST(Txt2ImgBatch, BadBatchOrLatentsAreRejected) {
+  const Txt2ImgPipeline pipe(open_model(testing::fixture("tiny-sd")));
+  Txt2ImgRequest r;
+  r.prompt = "x";
+  r.steps = 1;
+  r.width = r.height = 64;
+  r.batch_size = 0;
+  EXPECT_THROW(pipe.run(r), InvalidArgument);
+  r.batch_size = 1000;
+  EXPECT_THROW(pipe.run(r), InvalidArgument);
+  r.batch_size = 2;
+  r.latents = Tensor::zeros({1, 4, 8, 8});  // batch 1 latents for a batch of 2
+  EXPECT_THROW(pipe.run(r), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace sdcpu
