@@ -1,6 +1,16 @@
 // 2-D convolution, fp32, NCHW, through oneDNN (torch.nn.functional.conv2d semantics, dilation 1,
 // groups 1).
+//
+// Two paths:
+// - conv2d(x, weight, bias, ...): plain weights, plain layouts; oneDNN then falls back to its im2col +
+//   sgemm implementation (gemm:jit). For one-off calls and as the "before" of bench_kernels_conv2d.
+// - PreparedConv2d: the weights are reordered once into the blocked layout oneDNN's fastest implementation
+//   on this CPU asks for (format_tag::any; e.g. OIhw16i16o for brgconv/jit:avx512_core), and its primitives
+//   are created once per input shape and reused (DESIGN.md principles 1-2). The networks use this one.
 #pragma once
+#include <memory>
+#include <string>
+
 #include "core/tensor.h"
 
 namespace sdcpu {
@@ -14,5 +24,48 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int str
 // Ho = (H + pad_top + pad_bottom - kh) / stride + 1, Wo likewise.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int stride, int pad_top, int pad_left,
               int pad_bottom, int pad_right);
+
+// Zero padding on each side of the two spatial dimensions.
+struct Conv2dPadding {
+  int top = 0, left = 0, bottom = 0, right = 0;
+  static Conv2dPadding same(int p) { return {p, p, p, p}; }
+};
+
+// A convolution with its weights prepacked once. Copies share the packed weights and the primitive cache,
+// which is guarded by a mutex, so one object may be used from several threads. Memory formats: oneDNN's
+// "Understanding Memory Formats" (dev_guide_understanding_memory_formats) and format_tag::any
+// (dev_guide_memory_format_propagation): a primitive created with `any` picks the layout its best
+// implementation wants, and the caller reorders into it.
+class PreparedConv2d {
+ public:
+  PreparedConv2d() = default;
+  // weight [O, C, kh, kw], bias [O] or empty. Packs the weight now (the plain tensor is not kept).
+  PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding);
+  PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, int padding)
+      : PreparedConv2d(weight, bias, stride, Conv2dPadding::same(padding)) {}
+
+  bool empty() const { return weights_ == nullptr; }
+  int64_t out_channels() const;
+  int64_t in_channels() const;
+  int stride() const { return stride_; }
+  const Conv2dPadding& padding() const { return padding_; }
+  // The same packed weights with other padding (no copy): Downsample2D's (0, 1, 0, 1).
+  PreparedConv2d with_padding(Conv2dPadding padding) const;
+
+  // oneDNN's implementation name for input shape `x_shape` (e.g. "brgconv:avx512_core"); for benchmarks/logs.
+  std::string implementation(const Shape& x_shape) const;
+
+  struct Weights;  // packed weights + per-shape primitives, shared by copies
+
+ private:
+  friend Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residual);
+  std::shared_ptr<Weights> weights_;
+  int stride_ = 1;
+  Conv2dPadding padding_;
+};
+
+// y = conv(x) + bias, and + residual when given (residual [N, O, Ho, Wo], added after the bias, as
+// `conv(x) + residual` in PyTorch; ResnetBlock2D's skip).
+Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residual = Tensor());
 
 }  // namespace sdcpu

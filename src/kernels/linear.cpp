@@ -3,6 +3,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/dnnl_context.h"
@@ -11,12 +12,23 @@ namespace sdcpu {
 namespace {
 
 using dnnl::memory;
+using Tag = memory::format_tag;
+constexpr auto kF32 = memory::data_type::f32;
 using Key = std::tuple<int64_t, int64_t, int64_t, bool>;
 
 struct MatmulPrimitive {
   dnnl::matmul::primitive_desc pd;
   dnnl::matmul prim;
 };
+
+dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has_bias, Tag weight_tag) {
+  memory::desc src({m, k}, kF32, Tag::ab);
+  memory::desc wei({k, n}, kF32, weight_tag);
+  memory::desc dst({m, n}, kF32, Tag::ab);
+  auto desc = has_bias ? dnnl::matmul::desc(src, wei, memory::desc({1, n}, kF32, Tag::ab), dst)
+                       : dnnl::matmul::desc(src, wei, dst);
+  return dnnl::matmul::primitive_desc(desc, dnnl_engine());
+}
 
 const MatmulPrimitive& matmul_primitive(const Key& key) {
   static std::map<Key, MatmulPrimitive> cache;
@@ -25,15 +37,16 @@ const MatmulPrimitive& matmul_primitive(const Key& key) {
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   auto [m, k, n, has_bias] = key;
-  memory::desc src({m, k}, memory::data_type::f32, memory::format_tag::ab);
   // The weight is stored [N, K] (PyTorch's layout); oneDNN sees it as the [K, N] matrix W^T.
-  memory::desc wei({k, n}, memory::data_type::f32, memory::format_tag::ba);
-  memory::desc bia({1, n}, memory::data_type::f32, memory::format_tag::ab);
-  memory::desc dst({m, n}, memory::data_type::f32, memory::format_tag::ab);
-  auto desc = has_bias ? dnnl::matmul::desc(src, wei, bia, dst) : dnnl::matmul::desc(src, wei, dst);
-  dnnl::matmul::primitive_desc pd(desc, dnnl_engine());
+  const auto pd = matmul_pd(m, k, n, has_bias, Tag::ba);
   auto [pos, inserted] = cache.emplace(key, MatmulPrimitive{pd, dnnl::matmul(pd)});
   return pos->second;
+}
+
+void check_linear_args(const Shape& x, int64_t k) {
+  if (x.empty() || x.back() != k)
+    throw InvalidArgument("linear: input " + shape_to_string(x) + " does not fit " + std::to_string(k) +
+                          " input features");
 }
 
 }  // namespace
@@ -57,6 +70,86 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       {DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, y.data())}};
   if (has_bias) args[DNNL_ARG_BIAS] = memory(p.pd.bias_desc(), eng, const_cast<float*>(bias.data()));
   p.prim.execute(dnnl_stream(), args);
+  dnnl_stream().wait();
+  return y;
+}
+
+struct PreparedLinear::Weights {
+  int64_t k = 0, n = 0;
+  Tensor bias;  // [N] or empty, as the [1, N] bias oneDNN reads
+  std::mutex mutex;
+  // The weight in every layout a primitive has asked for; in practice one (BA16a64b for every row count).
+  std::vector<std::unique_ptr<memory>> packed;
+  struct Plan {
+    dnnl::matmul::primitive_desc pd;
+    dnnl::matmul prim;
+    const memory* weights = nullptr;
+  };
+  std::map<int64_t, std::unique_ptr<Plan>> plans;  // by row count m
+
+  const memory* weights_in(const memory::desc& desc) {
+    for (const auto& m : packed)
+      if (m->get_desc() == desc) return m.get();
+    auto m = std::make_unique<memory>(desc, dnnl_engine());
+    dnnl::reorder(*packed.front(), *m).execute(dnnl_stream(), *packed.front(), *m);
+    dnnl_stream().wait();
+    packed.push_back(std::move(m));
+    return packed.back().get();
+  }
+
+  const Plan& plan(int64_t m) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = plans.find(m);
+    if (it != plans.end()) return *it->second;
+    auto plan = std::make_unique<Plan>();
+    plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any);
+    plan->prim = dnnl::matmul(plan->pd);
+    plan->weights = weights_in(plan->pd.weights_desc());
+    auto [pos, inserted] = plans.emplace(m, std::move(plan));
+    return *pos->second;
+  }
+};
+
+PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias) : weights_(std::make_shared<Weights>()) {
+  if (weight.ndim() != 2)
+    throw InvalidArgument("linear: weight must be [N, K], got " + shape_to_string(weight.shape()));
+  if (!bias.empty() && bias.numel() != weight.dim(0)) throw InvalidArgument("linear: bias size mismatch");
+  Weights& wt = *weights_;
+  wt.n = weight.dim(0);
+  wt.k = weight.dim(1);
+  if (!bias.empty()) wt.bias = bias.reshape({1, wt.n}).clone();
+  // Pack now into the layout the primitive for a representative row count asks for; with AVX-512 oneDNN 2.6
+  // wants BA16a64b for every m (checked with ONEDNN_VERBOSE from 1 to 8192 rows), and a plan that wants another
+  // layout gets its own copy reordered from this one, so the plain weight need not be kept.
+  const auto pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any);
+  auto& eng = dnnl_engine();
+  // PyTorch's [N, K] is oneDNN's [K, N] matrix W^T in format ba.
+  memory plain(memory::desc({wt.k, wt.n}, kF32, Tag::ba), eng, const_cast<float*>(weight.data()));
+  auto packed = std::make_unique<memory>(pd.weights_desc(), eng);
+  dnnl::reorder(plain, *packed).execute(dnnl_stream(), plain, *packed);
+  dnnl_stream().wait();
+  wt.packed.push_back(std::move(packed));
+}
+
+int64_t PreparedLinear::in_features() const { return weights_ ? weights_->k : 0; }
+int64_t PreparedLinear::out_features() const { return weights_ ? weights_->n : 0; }
+
+Tensor linear(const Tensor& x, const PreparedLinear& layer) {
+  if (layer.empty()) throw InvalidArgument("linear: empty layer");
+  PreparedLinear::Weights& wt = *layer.weights_;
+  check_linear_args(x.shape(), wt.k);
+  const int64_t m = x.numel() / wt.k;
+  Shape out_shape = x.shape();
+  out_shape.back() = wt.n;
+  Tensor y(out_shape);
+  if (m == 0) return y;
+  const auto& plan = wt.plan(m);
+  auto& eng = dnnl_engine();
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(plan.pd.src_desc(), eng, const_cast<float*>(x.data()))},
+                                          {DNNL_ARG_WEIGHTS, *plan.weights},
+                                          {DNNL_ARG_DST, memory(plan.pd.dst_desc(), eng, y.data())}};
+  if (!wt.bias.empty()) args[DNNL_ARG_BIAS] = memory(plan.pd.bias_desc(), eng, wt.bias.data());
+  plan.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();
   return y;
 }

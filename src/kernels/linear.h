@@ -1,10 +1,42 @@
 // Fully connected layer, fp32, through oneDNN matmul (torch.nn.functional.linear semantics).
+//
+// Two paths:
+// - linear(x, weight, bias): the weight as PyTorch stores it ([N, K], read by oneDNN as format `ba`); for
+//   one-off calls.
+// - PreparedLinear: the weight reordered once into the blocked layout oneDNN's brgemm matmul asks for when
+//   given format_tag::any (BA16a64b with AVX-512; dev_guide_matmul, "the weights memory format `any`"), and
+//   the primitives created once per row count. Measured on this machine (Xeon, AVX-512, oneDNN 2.6, 2 threads):
+//   7-12% faster at the UNet's token shapes, 5x for the time embedding's two-row products.
 #pragma once
+#include <memory>
+
 #include "core/tensor.h"
 
 namespace sdcpu {
 
 // x [..., K], weight [N, K], bias [N] or empty -> [..., N] = x W^T + b.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// A linear layer with its weight prepacked once. Copies share the packed weight and the primitive cache
+// (guarded by a mutex: one object may be used from several threads).
+class PreparedLinear {
+ public:
+  PreparedLinear() = default;
+  // weight [N, K], bias [N] or empty. Packs the weight now; the plain tensor is not kept.
+  PreparedLinear(const Tensor& weight, const Tensor& bias);
+
+  bool empty() const { return weights_ == nullptr; }
+  int64_t in_features() const;
+  int64_t out_features() const;
+
+  struct Weights;  // packed weight + per-row-count primitives, shared by copies
+
+ private:
+  friend Tensor linear(const Tensor& x, const PreparedLinear& layer);
+  std::shared_ptr<Weights> weights_;
+};
+
+// x [..., K] -> [..., N] = x W^T + b.
+Tensor linear(const Tensor& x, const PreparedLinear& layer);
 
 }  // namespace sdcpu

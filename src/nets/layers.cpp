@@ -7,25 +7,29 @@
 namespace sdcpu {
 
 Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, bool bias) {
+  // Weight first, then bias (separate statements: argument evaluation order is unspecified), so a wrong
+  // checkpoint's error names the weight, as the networks' tests expect.
+  const Tensor weight = w.get(prefix + ".weight", {out, in});
   Linear l;
-  l.weight = w.get(prefix + ".weight", {out, in});
-  if (bias) l.bias = w.get(prefix + ".bias", {out});
+  l.prepared = PreparedLinear(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor());
   return l;
 }
 
-Tensor Linear::operator()(const Tensor& x) const { return linear(x, weight, bias); }
+Tensor Linear::operator()(const Tensor& x) const { return linear(x, prepared); }
 
 Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel, int stride,
                     int padding) {
+  const Tensor weight = w.get(prefix + ".weight", {out, in, kernel, kernel});  // before the bias, as in Linear
   Conv2d c;
-  c.weight = w.get(prefix + ".weight", {out, in, kernel, kernel});
-  c.bias = w.get(prefix + ".bias", {out});
-  c.stride = stride;
-  c.padding = padding < 0 ? kernel / 2 : padding;
+  c.prepared = PreparedConv2d(weight, w.get(prefix + ".bias", {out}), stride, padding < 0 ? kernel / 2 : padding);
   return c;
 }
 
-Tensor Conv2d::operator()(const Tensor& x) const { return conv2d(x, weight, bias, stride, padding); }
+Tensor Conv2d::operator()(const Tensor& x) const { return conv2d(x, prepared); }
+
+Tensor Conv2d::padded(const Tensor& x, int top, int left, int bottom, int right) const {
+  return conv2d(x, prepared.with_padding({top, left, bottom, right}));
+}
 
 GroupNorm GroupNorm::load(const WeightStore& w, const std::string& prefix, int64_t channels, int groups, float eps) {
   GroupNorm g;

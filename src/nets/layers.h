@@ -6,24 +6,30 @@
 
 #include "core/tensor.h"
 #include "formats/weight_store.h"
+#include "kernels/conv2d.h"
+#include "kernels/linear.h"
 
 namespace sdcpu {
 
+// The weight is prepacked at load into oneDNN's blocked layout (kernels/linear.h); the plain weight is not
+// kept. Copies share the packed weight.
 struct Linear {
-  Tensor weight;  // [out, in]
-  Tensor bias;    // [out] or empty
+  PreparedLinear prepared;
   static Linear load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, bool bias = true);
+  bool empty() const { return prepared.empty(); }
   Tensor operator()(const Tensor& x) const;
 };
 
+// The weights are prepacked at load into oneDNN's blocked layout (kernels/conv2d.h); the plain weight is not
+// kept. Copies share the packed weights.
 struct Conv2d {
-  Tensor weight;  // [out, in, k, k]
-  Tensor bias;    // [out]
-  int stride = 1;
-  int padding = 0;
+  PreparedConv2d prepared;  // stride and padding included
   static Conv2d load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel,
                      int stride = 1, int padding = -1 /* -1: kernel / 2 */);
+  bool empty() const { return prepared.empty(); }
   Tensor operator()(const Tensor& x) const;
+  // The same weights with other zero padding per side: Downsample2D's F.pad(x, (0, 1, 0, 1)) then padding 0.
+  Tensor padded(const Tensor& x, int top, int left, int bottom, int right) const;
 };
 
 struct GroupNorm {

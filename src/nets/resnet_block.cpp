@@ -25,7 +25,7 @@ ResnetBlock2D ResnetBlock2D::load(const WeightStore& w, const std::string& prefi
 
 Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb) const {
   Tensor h = conv1(norm1(x, /*silu=*/true));
-  if (!time_emb_proj.weight.empty()) {
+  if (!time_emb_proj.empty()) {
     if (temb.empty()) throw InvalidArgument("ResnetBlock2D: the block needs a time embedding");
     Tensor t = temb.clone();  // the caller's embedding is shared by every block
     silu_(t);
@@ -34,7 +34,7 @@ Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb) const {
   h = conv2(norm2(h, /*silu=*/true));  // dropout is the identity at inference
   // output = (input_tensor + hidden_states) / output_scale_factor; fp32 addition is commutative, so adding
   // in place into h gives the same bits.
-  if (conv_shortcut.weight.empty()) {
+  if (conv_shortcut.empty()) {
     add_(h, x);
   } else {
     add_(h, conv_shortcut(x));

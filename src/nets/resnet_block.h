@@ -15,8 +15,8 @@ namespace sdcpu {
 struct ResnetBlock2D {
   GroupNorm norm1, norm2;
   Conv2d conv1, conv2;
-  Linear time_emb_proj;  // empty weight: the block has no time embedding (temb_channels = None)
-  Conv2d conv_shortcut;  // empty weight: in_channels == out_channels, identity shortcut
+  Linear time_emb_proj;  // empty(): the block has no time embedding (temb_channels = None)
+  Conv2d conv_shortcut;  // empty(): in_channels == out_channels, identity shortcut
   float output_scale_factor = 1.0f;
 
   // `prefix` is the module path, e.g. "decoder.up_blocks.0.resnets.1". temb_channels 0 means none.

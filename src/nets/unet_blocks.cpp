@@ -142,7 +142,7 @@ Downsample2D Downsample2D::load(const WeightStore& w, const std::string& prefix,
 
 Tensor Downsample2D::operator()(const Tensor& x) const {
   if (padding == 0)  // F.pad(hidden_states, (0, 1, 0, 1)) then the convolution without padding
-    return conv2d(x, conv.weight, conv.bias, conv.stride, /*top=*/0, /*left=*/0, /*bottom=*/1, /*right=*/1);
+    return conv.padded(x, /*top=*/0, /*left=*/0, /*bottom=*/1, /*right=*/1);
   return conv(x);
 }
 

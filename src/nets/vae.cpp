@@ -95,7 +95,7 @@ Tensor VaeDecoder::forward(const Tensor& latent) const {
   for (const UpBlock& block : up_blocks_) {
     for (const ResnetBlock2D& resnet : block.resnets) x = resnet(x);
     // Upsample2D: F.interpolate(scale_factor=2.0, mode="nearest"), then the conv.
-    if (!block.upsampler.weight.empty()) x = block.upsampler(upsample_nearest_2x(x));
+    if (!block.upsampler.empty()) x = block.upsampler(upsample_nearest_2x(x));
   }
   return conv_out_(conv_norm_out_(x, /*silu=*/true));
 }
@@ -136,11 +136,10 @@ VaeEncoder::Output VaeEncoder::forward(const Tensor& image) const {
   Tensor x = conv_in_(image);
   for (const DownBlock& block : down_blocks_) {
     for (const ResnetBlock2D& resnet : block.resnets) x = resnet(x);
-    if (!block.downsampler.weight.empty()) {
+    if (!block.downsampler.empty()) {
       // Downsample2D with padding=0 pads F.pad(x, (0, 1, 0, 1)): one zero row below and one column to the
       // right only, then convolves without padding. The conv kernel takes the sides separately.
-      const Conv2d& d = block.downsampler;
-      x = conv2d(x, d.weight, d.bias, d.stride, /*top=*/0, /*left=*/0, /*bottom=*/1, /*right=*/1);
+      x = block.downsampler.padded(x, /*top=*/0, /*left=*/0, /*bottom=*/1, /*right=*/1);
     }
   }
   x = mid_block_(x);

@@ -45,7 +45,7 @@ class VaeDecoder {
   // diffusers UpDecoderBlock2D: layers_per_block + 1 resnets, then nearest 2x + 3x3 conv (not in the last).
   struct UpBlock {
     std::vector<ResnetBlock2D> resnets;
-    Conv2d upsampler;  // empty weight: no upsampler
+    Conv2d upsampler;  // empty(): no upsampler
   };
   VaeConfig config_;
   Conv2d post_quant_conv_, conv_in_, conv_out_;
@@ -69,7 +69,7 @@ class VaeEncoder {
   // diffusers DownEncoderBlock2D: layers_per_block resnets, then a stride-2 3x3 conv (not in the last).
   struct DownBlock {
     std::vector<ResnetBlock2D> resnets;
-    Conv2d downsampler;  // empty weight: no downsampler
+    Conv2d downsampler;  // empty(): no downsampler
   };
   VaeConfig config_;
   Conv2d conv_in_, conv_out_, quant_conv_;

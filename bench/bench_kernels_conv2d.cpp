@@ -1,0 +1,97 @@
+// Microbenchmark of the 3x3 (and conv_in) convolutions of Stable Diffusion 1.5 at 512x512: the plain path
+// (conv2d(x, weight, bias): nchw/oihw, oneDNN's gemm fallback) against PreparedConv2d (weights prepacked once
+// into oneDNN's preferred blocked layout, activations reordered to it and back at the edges), and the residual
+// add fused as a sum post-op against a separate add_. GFLOP/s counts 2 * Cin * Cout * kh * kw * Ho * Wo * N;
+// the label is oneDNN's implementation name.
+//
+//   build-*/bench_kernels_conv2d [--benchmark_filter=unet]
+#include <benchmark/benchmark.h>
+
+#include <random>
+
+#include "kernels/conv2d.h"
+#include "kernels/tensor_ops.h"
+
+namespace sdcpu {
+namespace {
+
+Tensor random_tensor(Shape shape, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Tensor t(std::move(shape));
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
+  return t;
+}
+
+enum Mode { kPlain = 0, kPrepared = 1, kPreparedThenAdd = 2, kPreparedFusedAdd = 3 };
+
+// Args: batch, Cin, Cout, H (= W), kernel, mode.
+void BM_Conv2d(benchmark::State& state) {
+  const int64_t n = state.range(0), c = state.range(1), o = state.range(2), h = state.range(3), k = state.range(4);
+  const auto mode = static_cast<Mode>(state.range(5));
+  const int pad = static_cast<int>(k / 2);
+  const Tensor x = random_tensor({n, c, h, h}, 1), w = random_tensor({o, c, k, k}, 2), b = random_tensor({o}, 3);
+  const Tensor residual = random_tensor({n, o, h, h}, 4);
+  if (mode == kPlain) {
+    for (auto _ : state) benchmark::DoNotOptimize(conv2d(x, w, b, 1, pad));
+    state.SetLabel("plain nchw/oihw");
+  } else {
+    const PreparedConv2d conv(w, b, 1, pad);
+    for (auto _ : state) {
+      if (mode == kPrepared) {
+        benchmark::DoNotOptimize(conv2d(x, conv));
+      } else if (mode == kPreparedThenAdd) {
+        Tensor y = conv2d(x, conv);
+        add_(y, residual);
+        benchmark::DoNotOptimize(y);
+      } else {
+        benchmark::DoNotOptimize(conv2d(x, conv, residual));
+      }
+    }
+    state.SetLabel(conv.implementation(x.shape()));
+  }
+  const double flop = 2.0 * static_cast<double>(n * c * o * k * k * h * h);
+  state.counters["GFLOP/s"] = benchmark::Counter(flop * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void shapes(benchmark::internal::Benchmark* b, std::initializer_list<int64_t> modes) {
+  b->ArgNames({"n", "cin", "cout", "hw", "k", "mode"});
+  for (int64_t mode : modes) {
+    // UNet, guidance batch 2: the 3x3 convs of the four levels (64, 32, 16->8 latents) and conv_in.
+    b->Args({2, 320, 320, 64, 3, mode});
+    b->Args({2, 640, 640, 32, 3, mode});
+    b->Args({2, 1280, 1280, 8, 3, mode});
+    b->Args({2, 4, 320, 64, 3, mode});
+    // VAE decoder, batch 1.
+    b->Args({1, 512, 512, 64, 3, mode});
+    b->Args({1, 512, 512, 128, 3, mode});
+    b->Args({1, 256, 256, 256, 3, mode});
+    b->Args({1, 128, 128, 512, 3, mode});
+  }
+}
+
+BENCHMARK(BM_Conv2d)
+    ->Name("conv")
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      shapes(b, {kPlain, kPrepared});
+    })
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5)
+    ->UseRealTime();  // oneDNN's OpenMP threads do the work: CPU time of the main thread would overstate GFLOP/s
+
+// ResnetBlock2D's conv2 + skip: separate add_ against the sum post-op (UNet and VAE shapes only).
+BENCHMARK(BM_Conv2d)
+    ->Name("conv_residual")
+    ->ArgNames({"n", "cin", "cout", "hw", "k", "mode"})
+    ->Args({2, 320, 320, 64, 3, kPreparedThenAdd})
+    ->Args({2, 320, 320, 64, 3, kPreparedFusedAdd})
+    ->Args({1, 256, 256, 256, 3, kPreparedThenAdd})
+    ->Args({1, 256, 256, 256, 3, kPreparedFusedAdd})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5)
+    ->UseRealTime();  // oneDNN's OpenMP threads do the work: CPU time of the main thread would overstate GFLOP/s
+
+}  // namespace
+}  // namespace sdcpu
+
+BENCHMARK_MAIN();

@@ -1,0 +1,147 @@
+// PreparedConv2d (weights prepacked once into oneDNN's blocked layout, activations reordered at the edges)
+// against a scalar reference: odd sizes, 1x1 and 3x3, stride 2, asymmetric padding, channel counts that are
+// and are not multiples of oneDNN's blocks, with and without bias and the fused residual add.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/conv2d.h"
+#include "test_support.h"
+
+namespace sdcpu {
+namespace {
+
+Tensor random_tensor(Shape shape, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Tensor t(std::move(shape));
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
+  return t;
+}
+
+// Zero padding per side, then the plain convolution, in double; + residual when given.
+Tensor conv_reference(const Tensor& x, const Tensor& w, const Tensor& b, int stride, Conv2dPadding p,
+                      const Tensor& residual = Tensor()) {
+  const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), wd = x.dim(3), o = w.dim(0), kh = w.dim(2), kw = w.dim(3);
+  const int64_t ho = (h + p.top + p.bottom - kh) / stride + 1, wo = (wd + p.left + p.right - kw) / stride + 1;
+  Tensor y({n, o, ho, wo});
+  for (int64_t bi = 0; bi < n; ++bi)
+    for (int64_t oc = 0; oc < o; ++oc)
+      for (int64_t i = 0; i < ho; ++i)
+        for (int64_t j = 0; j < wo; ++j) {
+          double acc = b.empty() ? 0.0 : b[oc];
+          for (int64_t ic = 0; ic < c; ++ic)
+            for (int64_t di = 0; di < kh; ++di)
+              for (int64_t dj = 0; dj < kw; ++dj) {
+                const int64_t yi = i * stride - p.top + di, xj = j * stride - p.left + dj;
+                if (yi < 0 || yi >= h || xj < 0 || xj >= wd) continue;
+                acc +=
+                    static_cast<double>(x[((bi * c + ic) * h + yi) * wd + xj]) * w[((oc * c + ic) * kh + di) * kw + dj];
+              }
+          const int64_t idx = ((bi * o + oc) * ho + i) * wo + j;
+          y[idx] = static_cast<float>(acc + (residual.empty() ? 0.0 : residual[idx]));
+        }
+  return y;
+}
+
+struct Case {
+  int64_t n, c, o, h, w, k;
+  int stride;
+  Conv2dPadding pad;
+};
+
+TEST(Kernels, PreparedConv2dMatchesReference) {
+  const std::vector<Case> cases = {
+      {2, 5, 6, 9, 7, 3, 1, {1, 1, 1, 1}},      // odd sizes, channels below one block
+      {2, 5, 6, 9, 7, 3, 2, {1, 1, 1, 1}},      // stride 2
+      {1, 32, 48, 8, 8, 3, 2, {0, 0, 1, 1}},    // Downsample2D with padding 0
+      {1, 32, 32, 9, 7, 3, 2, {1, 0, 2, 1}},    // arbitrary asymmetric padding
+      {2, 40, 24, 6, 5, 1, 1, {0, 0, 0, 0}},    // 1x1 (conv_shortcut)
+      {2, 4, 32, 10, 10, 3, 1, {1, 1, 1, 1}},   // conv_in: 4 latent channels
+      {2, 32, 4, 10, 10, 3, 1, {1, 1, 1, 1}},   // conv_out: 4 output channels
+      {1, 64, 64, 12, 12, 3, 1, {1, 1, 1, 1}},  // whole blocks
+      {1, 17, 35, 5, 11, 3, 1, {2, 2, 2, 2}},   // padding wider than the kernel's half
+  };
+  for (const Case& t : cases) {
+    SCOPED_TRACE(shape_to_string({t.n, t.c, t.o, t.h, t.w, t.k, t.stride}));
+    const Tensor x = random_tensor({t.n, t.c, t.h, t.w}, 1), w = random_tensor({t.o, t.c, t.k, t.k}, 2),
+                 b = random_tensor({t.o}, 3);
+    for (bool with_bias : {true, false}) {
+      const Tensor bias = with_bias ? b : Tensor();
+      const PreparedConv2d conv(w, bias, t.stride, t.pad);
+      const Tensor expected = conv_reference(x, w, bias, t.stride, t.pad);
+      const Tensor y = conv2d(x, conv);
+      EXPECT_TENSOR_NEAR(y, expected, 1e-5);
+      // The plain path agrees too.
+      EXPECT_TENSOR_NEAR(conv2d(x, w, bias, t.stride, t.pad.top, t.pad.left, t.pad.bottom, t.pad.right), expected,
+                         1e-5);
+      // Residual add fused into the convolution (a sum post-op).
+      const Tensor residual = random_tensor(y.shape(), 4);
+      EXPECT_TENSOR_NEAR(conv2d(x, conv, residual), conv_reference(x, w, bias, t.stride, t.pad, residual), 1e-5);
+      // Second call reuses the cached plan and gives the same bits.
+      EXPECT_TENSOR_NEAR(conv2d(x, conv), y, 0.0);
+    }
+  }
+}
+
+TEST(Kernels, PreparedConv2dSeveralShapesShareTheWeights) {
+  const Tensor w = random_tensor({48, 32, 3, 3}, 5), b = random_tensor({48}, 6);
+  const PreparedConv2d conv(w, b, 1, 1);
+  EXPECT_EQ(conv.in_channels(), 32);
+  EXPECT_EQ(conv.out_channels(), 48);
+  EXPECT_FALSE(conv.implementation({1, 32, 8, 8}).empty());
+  for (Shape xs : {Shape{1, 32, 8, 8}, Shape{3, 32, 5, 13}, Shape{1, 32, 1, 1}, Shape{1, 32, 8, 8}}) {
+    const Tensor x = random_tensor(xs, 7);
+    EXPECT_TENSOR_NEAR(conv2d(x, conv), conv_reference(x, w, b, 1, Conv2dPadding::same(1)), 1e-5);
+  }
+  // with_padding shares the packed weights.
+  const PreparedConv2d down = conv.with_padding({0, 0, 1, 1});
+  const Tensor x = random_tensor({2, 32, 8, 8}, 8);
+  EXPECT_TENSOR_NEAR(conv2d(x, down), conv_reference(x, w, b, 1, {0, 0, 1, 1}), 1e-5);
+  EXPECT_EQ(conv2d(x, down).shape(), (Shape{2, 48, 7, 7}));
+}
+
+TEST(Kernels, PreparedConv2dUsesAnOptimizedImplementation) {
+  // Stable Diffusion's channel counts: conv_in (4 latent / 3 image channels), conv_out (4), 3x3 and 1x1 convs on
+  // multiples of 16. oneDNN's reference implementation would be orders of magnitude slower.
+  for (auto [c, o, k] : {std::tuple{4, 32, 3}, {3, 32, 3}, {32, 4, 3}, {64, 64, 3}, {64, 32, 1}, {32, 8, 3}}) {
+    const PreparedConv2d conv(random_tensor({o, c, k, k}, 20), random_tensor({o}, 21), 1, k / 2);
+    const std::string impl = conv.implementation({2, c, 16, 16});
+    EXPECT_NE(impl.rfind("ref", 0), 0u) << c << " -> " << o << " k" << k << ": " << impl;
+  }
+}
+
+TEST(Kernels, PreparedConv2dFromSeveralThreads) {
+  const Tensor w = random_tensor({32, 16, 3, 3}, 9), b = random_tensor({32}, 10);
+  const PreparedConv2d conv(w, b, 1, 1);
+  std::vector<Tensor> inputs, outputs(4);
+  for (int i = 0; i < 4; ++i) inputs.push_back(random_tensor({1, 16, 6 + i, 7}, 11 + i));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&, i] { outputs[i] = conv2d(inputs[i], conv); });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 4; ++i)
+    EXPECT_TENSOR_NEAR(outputs[i], conv_reference(inputs[i], w, b, 1, Conv2dPadding::same(1)), 1e-5);
+}
+
+TEST(Kernels, PreparedConv2dRejectsBadArguments) {
+  const Tensor w = random_tensor({8, 4, 3, 3}, 12);
+  EXPECT_THROW(PreparedConv2d(random_tensor({8, 4, 3}, 13), Tensor(), 1, 1), InvalidArgument);
+  EXPECT_THROW(PreparedConv2d(w, random_tensor({7}, 14), 1, 1), InvalidArgument);
+  EXPECT_THROW(PreparedConv2d(w, Tensor(), 0, 1), InvalidArgument);
+  const PreparedConv2d conv(w, Tensor(), 2, 0);
+  EXPECT_THROW(conv2d(random_tensor({1, 5, 8, 8}, 15), conv), InvalidArgument);  // channel mismatch
+  EXPECT_THROW(conv2d(random_tensor({1, 4, 2, 2}, 16), conv), InvalidArgument);  // smaller than the kernel
+  EXPECT_THROW(conv2d(random_tensor({4, 8, 8}, 17), conv), InvalidArgument);     // not 4-D
+  EXPECT_THROW(conv2d(random_tensor({1, 4, 8, 8}, 18), conv, random_tensor({1, 8, 4, 4}, 19)),
+               InvalidArgument);  // residual shape (the output is [1, 8, 3, 3])
+  EXPECT_THROW(conv2d(random_tensor({1, 4, 8, 8}, 18), PreparedConv2d()), InvalidArgument);
+  EXPECT_THROW(conv.with_padding({-1, 0, 0, 0}), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace sdcpu
