@@ -244,7 +244,18 @@ Tensor SafetensorsFile::read_f32(const TensorInfo& info) const {
   } catch (const ModelError& e) {
     throw ModelError(path_ + ": tensor '" + info.name + "': " + e.what());
   }
+  release_pages(info);
   return t;
+}
+
+void SafetensorsFile::release_pages(const TensorInfo& info) const {
+  // Once a tensor is converted its file pages are not needed: without this they stay resident in the
+  // mapping and the weights count twice in the process's memory. The mapping is private and read-only,
+  // so dropped pages are simply read from the file again if anything touches them later.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(bytes(info)) + page - 1) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(bytes(info) + (info.end - info.begin)) & ~(page - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {

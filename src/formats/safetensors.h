@@ -68,6 +68,9 @@ class SafetensorsFile {
   std::vector<int64_t> read_i64(const std::string& name) const;
 
  private:
+  // Drops the pages wholly inside `info`'s bytes from memory (madvise MADV_DONTNEED).
+  void release_pages(const TensorInfo& info) const;
+
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
