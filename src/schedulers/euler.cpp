@@ -40,9 +40,7 @@ class EulerScheduler final : public Scheduler {
       for (size_t i = 0; i < sigmas.size(); ++i)
         timesteps[i] = static_cast<float>(noise::sigma_to_t(sigmas[i], log_sigmas_));  // astype(np.float32)
     }
-    sigmas_f32_.resize(sigmas.size() + 1);
-    for (size_t i = 0; i < sigmas.size(); ++i) sigmas_f32_[i] = static_cast<float>(sigmas[i]);
-    sigmas_f32_.back() = 0.0f;
+    sigmas_f32_ = noise::sigmas_with_final_zero(sigmas);
     if (config_.timestep_type == "continuous" && config_.prediction_type == "v_prediction") {
       // EDM-style conditioning: c_noise = log(sigma) / 4 (Karras et al. 2022, Table 1)
       for (size_t i = 0; i < timesteps.size(); ++i) timesteps[i] = 0.25f * std::log(sigmas_f32_[i]);
@@ -53,12 +51,8 @@ class EulerScheduler final : public Scheduler {
   }
 
   float init_noise_sigma() const override {
-    // "standard deviation of the initial noise distribution"
     // (before set_timesteps(): the training table's, as diffusers' __init__ sigmas)
-    const std::vector<float>& sigmas = sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_;
-    const float max_sigma = *std::max_element(sigmas.begin(), sigmas.end());
-    if (spacing_ == "linspace" || spacing_ == "trailing") return max_sigma;
-    return std::sqrt(max_sigma * max_sigma + 1.0f);
+    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, spacing_);
   }
 
   Tensor scale_model_input(const Tensor& sample, int step_index) const override {

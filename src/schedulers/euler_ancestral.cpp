@@ -33,10 +33,9 @@ class EulerAncestralScheduler final : public Scheduler {
     const int T = config_.num_train_timesteps;
     check_num_inference_steps(num_inference_steps, T);
     const std::vector<float> ts = noise::sigma_timesteps(spacing_, T, num_inference_steps, config_.steps_offset);
-    sigmas_f32_.resize(ts.size() + 1);
-    for (size_t i = 0; i < ts.size(); ++i)
-      sigmas_f32_[i] = static_cast<float>(noise::np_interp_index(ts[i], sigma_table_));
-    sigmas_f32_.back() = 0.0f;
+    std::vector<double> sigmas(ts.size());
+    for (size_t i = 0; i < ts.size(); ++i) sigmas[i] = noise::np_interp_index(ts[i], sigma_table_);
+    sigmas_f32_ = noise::sigmas_with_final_zero(sigmas);
     timesteps_.assign(ts.begin(), ts.end());
     sigmas_.assign(sigmas_f32_.begin(), sigmas_f32_.end());
     reset_steps();
@@ -44,10 +43,7 @@ class EulerAncestralScheduler final : public Scheduler {
 
   float init_noise_sigma() const override {
     // (before set_timesteps(): the training table's, as diffusers' __init__ sigmas)
-    const std::vector<float>& sigmas = sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_;
-    const float max_sigma = *std::max_element(sigmas.begin(), sigmas.end());
-    if (spacing_ == "linspace" || spacing_ == "trailing") return max_sigma;
-    return std::sqrt(max_sigma * max_sigma + 1.0f);
+    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, spacing_);
   }
 
   Tensor scale_model_input(const Tensor& sample, int step_index) const override {

@@ -45,9 +45,7 @@ class LmsScheduler final : public Scheduler {
       sigmas = noise::karras_sigmas(sigmas.back(), sigmas.front(), num_inference_steps);
       for (size_t i = 0; i < sigmas.size(); ++i) timesteps[i] = noise::sigma_to_t(sigmas[i], log_sigmas_);
     }
-    sigmas_f32_.resize(sigmas.size() + 1);
-    for (size_t i = 0; i < sigmas.size(); ++i) sigmas_f32_[i] = static_cast<float>(sigmas[i]);
-    sigmas_f32_.back() = 0.0f;
+    sigmas_f32_ = noise::sigmas_with_final_zero(sigmas);
     timesteps_ = timesteps;
     sigmas_.assign(sigmas_f32_.begin(), sigmas_f32_.end());
     derivatives_.clear();
@@ -56,10 +54,7 @@ class LmsScheduler final : public Scheduler {
 
   float init_noise_sigma() const override {
     // (before set_timesteps(): the training table's, as diffusers' __init__ sigmas)
-    const std::vector<float>& sigmas = sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_;
-    const float max_sigma = *std::max_element(sigmas.begin(), sigmas.end());
-    if (spacing_ == "linspace" || spacing_ == "trailing") return max_sigma;
-    return std::sqrt(max_sigma * max_sigma + 1.0f);
+    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, spacing_);
   }
 
   Tensor scale_model_input(const Tensor& sample, int step_index) const override {

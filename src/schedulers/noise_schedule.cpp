@@ -313,6 +313,18 @@ void check_same_shape(const Tensor& a, const Tensor& b, const char* what) {
                           shape_to_string(b.shape()) + " differ in shape");
 }
 
+std::vector<float> sigmas_with_final_zero(const std::vector<double>& sigmas) {
+  std::vector<float> out(sigmas.size() + 1, 0.0f);
+  for (size_t i = 0; i < sigmas.size(); ++i) out[i] = static_cast<float>(sigmas[i]);
+  return out;
+}
+
+float sigma_init_noise_sigma(const std::vector<float>& sigmas, const std::string& spacing) {
+  const float max_sigma = *std::max_element(sigmas.begin(), sigmas.end());
+  if (spacing == "linspace" || spacing == "trailing") return max_sigma;
+  return std::sqrt(max_sigma * max_sigma + 1.0f);
+}
+
 Tensor scale_by_sigma(const Tensor& sample, float sigma) {
   const float denom = std::sqrt(sigma * sigma + 1.0f);
   Tensor out(sample.shape());

@@ -102,6 +102,15 @@ double gauss_kronrod_21(const std::function<double(double)>& f, double a, double
 std::string resolve_timestep_spacing(const SchedulerConfig& config, const std::string& target_class,
                                      const std::string& target_default);
 
+// ---- shared by the sigma-parameterized schedulers: Euler, Euler a and LMS ----
+
+// The schedule's float32 sigmas followed by the final 0 diffusers appends (np.concatenate([sigmas, [0.0]])).
+std::vector<float> sigmas_with_final_zero(const std::vector<double>& sigmas);
+
+// init_noise_sigma: the largest sigma, or sqrt(max ** 2 + 1) for "leading" spacing. `sigmas` is the
+// inference schedule, or the training table before set_timesteps() (as diffusers' __init__ sigmas).
+float sigma_init_noise_sigma(const std::vector<float>& sigmas, const std::string& spacing);
+
 // ---- float32 step arithmetic shared by Euler, Euler a and LMS ----
 
 // sample / ((sigma ** 2 + 1) ** 0.5): the k-diffusion input scaling (EulerDiscreteScheduler.scale_model_input).
