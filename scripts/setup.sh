@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libdnnl-dev          # oneDNN: convolutions and matmuls
+  ocl-icd-opencl-dev opencl-headers  # only so dnnl-config.cmake (which looks for OpenCL) configures
   libcli11-dev         # command-line parsing
   nlohmann-json3-dev   # config.json, safetensors headers, tokenizer vocab
   libfmt-dev libspdlog-dev
