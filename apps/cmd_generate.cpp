@@ -69,6 +69,9 @@ Command add_generate_command(CLI::App& app) {
   cli->add_option("--batch-count", gen.batch_count, "Images to generate, one after another")->capture_default_str();
   cli->add_option("--clip-skip", gen.clip_skip, "Text encoder layers to skip from the end")->capture_default_str();
   cli->add_option("--threads", a->load.threads, "Compute threads (0: all cores)")->capture_default_str();
+  cli->add_option("--precision", a->load.precision,
+                  "fp32 (matches diffusers), bf16 (faster, half the memory; CPUs with AVX512_BF16 or AMX) or auto")
+      ->capture_default_str();
   cli->add_option("--variant", a->load.variant, "Weights variant of a diffusers folder, e.g. fp16");
   cli->add_option("--output,-o", a->output, "Output PNG (batches: name-2.png, name-3.png, ...)")->capture_default_str();
   cli->add_flag("--quiet,-q", a->quiet, "No progress output");

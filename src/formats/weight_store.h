@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/compute_type.h"
 #include "core/tensor.h"
 #include "formats/safetensors.h"
 
@@ -34,6 +35,11 @@ class WeightStore {
   // as the original VAE attention layers store it); the result has the expected shape.
   Tensor get(const std::string& name, const Shape& expected) const;
 
+  // The precision the network built from this store computes in (core/compute_type.h): its layers pack their
+  // weights for it at load. get() still returns fp32; the layers convert once while packing.
+  ComputeType compute_type() const { return compute_type_; }
+  void set_compute_type(ComputeType type) { compute_type_ = type; }
+
   const std::string& component() const { return component_; }
   std::vector<std::string> names() const;
   // Names never fetched with get(), in sorted order.
@@ -48,6 +54,7 @@ class WeightStore {
   const Entry& entry(const std::string& name) const;
 
   std::string component_;
+  ComputeType compute_type_ = ComputeType::f32;
   std::map<std::string, Entry> entries_;
   mutable std::set<std::string> used_;
 };

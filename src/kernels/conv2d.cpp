@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "kernels/dnnl_context.h"
+#include "kernels/scratch.h"
 
 namespace sdcpu {
 namespace {
@@ -18,6 +19,7 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 constexpr auto kF32 = memory::data_type::f32;
+constexpr auto kBF16 = memory::data_type::bf16;
 
 // ---- Plain path ---------------------------------------------------------------------------------------------
 
@@ -69,26 +71,6 @@ void check_conv_args(const Shape& x, const Shape& w, int stride, const Conv2dPad
     throw InvalidArgument("conv2d: input " + shape_to_string(x) + " too small for the kernel");
 }
 
-// Reusable per-thread buffers for activations in oneDNN's blocked layouts (the reorders at the edges of a
-// prepared convolution). Grown, never shrunk, so steady-state steps allocate (and page-fault) nothing.
-float* scratch(int slot, size_t bytes) {
-  struct Buffer {
-    float* data = nullptr;
-    size_t size = 0;
-    ~Buffer() { std::free(data); }
-  };
-  thread_local Buffer buffers[2];
-  Buffer& b = buffers[slot];
-  if (b.size < bytes) {
-    std::free(b.data);
-    b.size = 0;
-    b.data = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-    if (b.data == nullptr) throw std::bad_alloc();
-    b.size = bytes;
-  }
-  return b.data;
-}
-
 // The primitive for a prepared convolution. Measured on this machine (Xeon with AVX-512, oneDNN 2.6, 2 threads,
 // UNet/VAE shapes): with every format `any` oneDNN picks brgconv on nhwc activations; jit:avx512_core on nChw16c
 // (channel blocks of 16, see oneDNN's dev_guide_understanding_memory_formats) computes as fast (347 vs 350
@@ -97,16 +79,21 @@ float* scratch(int slot, size_t bytes) {
 // multiple of 16 (conv_in on 4 latent channels, the VAE encoder on 3 image channels) oneDNN's jit kernel reads
 // nchw directly. Weights are always `any` (OIhw16i16o-style), prepacked once. A combination that only the
 // reference implementation supports falls back to all-`any`, then to the plain gemm path.
+//
+// In bf16 (`compute` = bf16) the source and the weights are bf16 and the destination stays fp32: the reorder that
+// brings our nchw activations into nChw16c rounds them to bf16 on the way (no extra pass), the products accumulate
+// in fp32 (vdpbf16ps), and bias, residual and everything after the convolution see fp32.
 dnnl::convolution_forward::primitive_desc prepared_pd(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh,
                                                       int64_t kw, const memory::desc& bias, int stride,
-                                                      const Conv2dPadding& p, const dnnl::primitive_attr& attr) {
+                                                      const Conv2dPadding& p, const dnnl::primitive_attr& attr,
+                                                      memory::data_type compute) {
   const int64_t ho = (h + p.top + p.bottom - kh) / stride + 1, wo = (w + p.left + p.right - kw) / stride + 1;
   const Tag src_tag = c % 16 == 0 ? Tag::nChw16c : Tag::nchw;
   const std::pair<Tag, Tag> candidates[] = {{src_tag, Tag::nChw16c}, {Tag::any, Tag::any}, {Tag::nchw, Tag::nchw}};
-  const memory::desc wei({o, c, kh, kw}, kF32, Tag::any);
+  const memory::desc wei({o, c, kh, kw}, compute, Tag::any);
   for (size_t i = 0;; ++i) {
     auto [s, d] = candidates[i];
-    const memory::desc src({n, c, h, w}, kF32, s), dst({n, o, ho, wo}, kF32, d);
+    const memory::desc src({n, c, h, w}, compute, s), dst({n, o, ho, wo}, kF32, d);
     try {
       dnnl::convolution_forward::primitive_desc pd(conv_desc(src, wei, bias, dst, stride, p), attr, dnnl_engine());
       if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0 || i + 1 == std::size(candidates)) return pd;
@@ -166,6 +153,7 @@ struct Plan {
 
 struct PreparedConv2d::Weights {
   int64_t o = 0, c = 0, kh = 0, kw = 0;
+  memory::data_type compute = kF32;  // of the source and the weights; the destination is always fp32
   memory::desc bias_desc;  // [O], format x; a zero desc when there is none
   memory bias;
   Tensor bias_storage;
@@ -200,7 +188,7 @@ struct PreparedConv2d::Weights {
       ops.append_sum(1.0f);
       attr.set_post_ops(ops);
     }
-    const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, attr);
+    const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, attr, compute);
     auto plan = std::make_unique<Plan>();
     plan->pd = pd;
     plan->prim = dnnl::convolution_forward(pd);
@@ -222,7 +210,8 @@ struct PreparedConv2d::Weights {
   }
 };
 
-PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding)
+PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding,
+                               ComputeType compute)
     : weights_(std::make_shared<Weights>()), stride_(stride), padding_(padding) {
   if (weight.ndim() != 4)
     throw InvalidArgument("conv2d: weight must be [O, C, kh, kw], got " + shape_to_string(weight.shape()));
@@ -244,8 +233,18 @@ PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int str
   // VAE decoder's latent size) asks for. The weight layout depends on the ISA and the channel counts, not on the
   // spatial size, so later shapes find it already packed; one that wants another layout gets its own copy,
   // reordered from this one, so the plain weight need not be kept.
-  const auto pd = prepared_pd(1, wt.c, std::max<int64_t>(64, wt.kh), std::max<int64_t>(64, wt.kw), wt.o, wt.kh, wt.kw,
-                              wt.bias_desc, stride, padding, dnnl::primitive_attr());
+  auto representative_pd = [&] {
+    return prepared_pd(1, wt.c, std::max<int64_t>(64, wt.kh), std::max<int64_t>(64, wt.kw), wt.o, wt.kh, wt.kw,
+                       wt.bias_desc, stride, padding, dnnl::primitive_attr(), wt.compute);
+  };
+  wt.compute = compute == ComputeType::bf16 ? kBF16 : kF32;
+  auto pd = representative_pd();
+  // A shape oneDNN has no bf16 kernel for (e.g. conv_in's 4 input channels on some ISAs) would run on its
+  // reference implementation, far slower than fp32: such a convolution stays fp32.
+  if (wt.compute == kBF16 && std::string(pd.impl_info_str()).rfind("ref", 0) == 0) {
+    wt.compute = kF32;
+    pd = representative_pd();
+  }
   memory plain(memory::desc({wt.o, wt.c, wt.kh, wt.kw}, kF32, Tag::oihw), eng, const_cast<float*>(weight.data()));
   auto packed = std::make_unique<memory>(pd.weights_desc(), eng);
   dnnl::reorder(plain, *packed).execute(dnnl_stream(), plain, *packed);
@@ -254,6 +253,9 @@ PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int str
 }
 
 int64_t PreparedConv2d::out_channels() const { return weights_ ? weights_->o : 0; }
+ComputeType PreparedConv2d::compute_type() const {
+  return weights_ && weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
+}
 int64_t PreparedConv2d::in_channels() const { return weights_ ? weights_->c : 0; }
 
 PreparedConv2d PreparedConv2d::with_padding(Conv2dPadding padding) const {
@@ -288,8 +290,8 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residua
   auto& s = dnnl_stream();
   memory x_plain(plan.src_plain, eng, const_cast<float*>(x.data()));
   memory y_plain(plan.dst_plain, eng, y.data());
-  memory src = plan.reorder_src ? memory(plan.pd.src_desc(), eng, scratch(0, plan.pd.src_desc().get_size())) : x_plain;
-  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng, scratch(1, plan.pd.dst_desc().get_size())) : y_plain;
+  memory src = plan.reorder_src ? memory(plan.pd.src_desc(), eng, scratch_buffer(ScratchSlot::conv_src, plan.pd.src_desc().get_size())) : x_plain;
+  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng, scratch_buffer(ScratchSlot::conv_dst, plan.pd.dst_desc().get_size())) : y_plain;
   if (plan.reorder_src) plan.src_in.execute(s, x_plain, src);
   if (has_residual) {
     memory r_plain(plan.dst_plain, eng, const_cast<float*>(residual.data()));

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "core/compute_type.h"
 #include "core/tensor.h"
 
 namespace sdcpu {
@@ -39,14 +40,19 @@ struct Conv2dPadding {
 class PreparedConv2d {
  public:
   PreparedConv2d() = default;
-  // weight [O, C, kh, kw], bias [O] or empty. Packs the weight now (the plain tensor is not kept).
-  PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding);
-  PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, int padding)
-      : PreparedConv2d(weight, bias, stride, Conv2dPadding::same(padding)) {}
+  // weight [O, C, kh, kw], bias [O] or empty. Packs the weight now (the plain tensor is not kept), in fp32 or,
+  // with `compute` = bf16, as bfloat16 (inputs are then rounded to bf16 too; accumulation, bias, residual and
+  // the output stay fp32). A shape oneDNN has no fast bf16 kernel for stays fp32 (compute_type() tells).
+  PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding,
+                 ComputeType compute = ComputeType::f32);
+  PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, int padding,
+                 ComputeType compute = ComputeType::f32)
+      : PreparedConv2d(weight, bias, stride, Conv2dPadding::same(padding), compute) {}
 
   bool empty() const { return weights_ == nullptr; }
   int64_t out_channels() const;
   int64_t in_channels() const;
+  ComputeType compute_type() const;
   int stride() const { return stride_; }
   const Conv2dPadding& padding() const { return padding_; }
   // The same packed weights with other padding (no copy): Downsample2D's (0, 1, 0, 1).

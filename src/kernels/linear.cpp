@@ -1,12 +1,14 @@
 #include "kernels/linear.h"
 
 #include <map>
+#include <string>
 #include <mutex>
 #include <tuple>
 #include <vector>
 
 #include "core/error.h"
 #include "kernels/dnnl_context.h"
+#include "kernels/scratch.h"
 
 namespace sdcpu {
 namespace {
@@ -14,6 +16,7 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 constexpr auto kF32 = memory::data_type::f32;
+constexpr auto kBF16 = memory::data_type::bf16;
 using Key = std::tuple<int64_t, int64_t, int64_t, bool>;
 
 struct MatmulPrimitive {
@@ -21,9 +24,12 @@ struct MatmulPrimitive {
   dnnl::matmul prim;
 };
 
-dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has_bias, Tag weight_tag) {
-  memory::desc src({m, k}, kF32, Tag::ab);
-  memory::desc wei({k, n}, kF32, weight_tag);
+// `compute`: the data type of the source and the weights; the bias and the destination are always fp32 (in bf16
+// the products accumulate in fp32 and the output is not rounded).
+dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has_bias, Tag weight_tag,
+                                       memory::data_type compute = kF32) {
+  memory::desc src({m, k}, compute, Tag::ab);
+  memory::desc wei({k, n}, compute, weight_tag);
   memory::desc dst({m, n}, kF32, Tag::ab);
   auto desc = has_bias ? dnnl::matmul::desc(src, wei, memory::desc({1, n}, kF32, Tag::ab), dst)
                        : dnnl::matmul::desc(src, wei, dst);
@@ -76,6 +82,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
 struct PreparedLinear::Weights {
   int64_t k = 0, n = 0;
+  memory::data_type compute = kF32;  // of the source and the weight
   Tensor bias;  // [N] or empty, as the [1, N] bias oneDNN reads
   std::mutex mutex;
   // The weight in every layout a primitive has asked for; in practice one (BA16a64b for every row count).
@@ -84,6 +91,8 @@ struct PreparedLinear::Weights {
     dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
     const memory* weights = nullptr;
+    memory::desc src_plain;       // our fp32 [m, k] rows
+    dnnl::reorder src_to_compute;  // fp32 -> bf16 rounding of the rows, when compute is bf16
   };
   std::map<int64_t, std::unique_ptr<Plan>> plans;  // by row count m
 
@@ -102,15 +111,20 @@ struct PreparedLinear::Weights {
     auto it = plans.find(m);
     if (it != plans.end()) return *it->second;
     auto plan = std::make_unique<Plan>();
-    plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any);
+    plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any, compute);
     plan->prim = dnnl::matmul(plan->pd);
     plan->weights = weights_in(plan->pd.weights_desc());
+    plan->src_plain = memory::desc({m, k}, kF32, Tag::ab);
+    if (plan->pd.src_desc() != plan->src_plain)
+      plan->src_to_compute = dnnl::reorder(
+          dnnl::reorder::primitive_desc(dnnl_engine(), plan->src_plain, dnnl_engine(), plan->pd.src_desc()));
     auto [pos, inserted] = plans.emplace(m, std::move(plan));
     return *pos->second;
   }
 };
 
-PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias) : weights_(std::make_shared<Weights>()) {
+PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias, ComputeType compute)
+    : weights_(std::make_shared<Weights>()) {
   if (weight.ndim() != 2)
     throw InvalidArgument("linear: weight must be [N, K], got " + shape_to_string(weight.shape()));
   if (!bias.empty() && bias.numel() != weight.dim(0)) throw InvalidArgument("linear: bias size mismatch");
@@ -121,7 +135,13 @@ PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias) : weigh
   // Pack now into the layout the primitive for a representative row count asks for; with AVX-512 oneDNN 2.6
   // wants BA16a64b for every m (checked with ONEDNN_VERBOSE from 1 to 8192 rows), and a plan that wants another
   // layout gets its own copy reordered from this one, so the plain weight need not be kept.
-  const auto pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any);
+  wt.compute = compute == ComputeType::bf16 ? kBF16 : kF32;
+  auto pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
+  // Without a fast bf16 kernel for this shape on this CPU oneDNN would use its reference code: stay fp32.
+  if (wt.compute == kBF16 && std::string(pd.impl_info_str()).rfind("ref", 0) == 0) {
+    wt.compute = kF32;
+    pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
+  }
   auto& eng = dnnl_engine();
   // PyTorch's [N, K] is oneDNN's [K, N] matrix W^T in format ba.
   memory plain(memory::desc({wt.k, wt.n}, kF32, Tag::ba), eng, const_cast<float*>(weight.data()));
@@ -133,6 +153,9 @@ PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias) : weigh
 
 int64_t PreparedLinear::in_features() const { return weights_ ? weights_->k : 0; }
 int64_t PreparedLinear::out_features() const { return weights_ ? weights_->n : 0; }
+ComputeType PreparedLinear::compute_type() const {
+  return weights_ && weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
+}
 
 Tensor linear(const Tensor& x, const PreparedLinear& layer) {
   if (layer.empty()) throw InvalidArgument("linear: empty layer");
@@ -145,7 +168,14 @@ Tensor linear(const Tensor& x, const PreparedLinear& layer) {
   if (m == 0) return y;
   const auto& plan = wt.plan(m);
   auto& eng = dnnl_engine();
-  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(plan.pd.src_desc(), eng, const_cast<float*>(x.data()))},
+  memory src(plan.src_plain, eng, const_cast<float*>(x.data()));
+  if (plan.src_to_compute) {
+    memory rounded(plan.pd.src_desc(), eng,
+                   scratch_buffer(ScratchSlot::linear_src, plan.pd.src_desc().get_size()));
+    plan.src_to_compute.execute(dnnl_stream(), src, rounded);
+    src = rounded;
+  }
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
                                           {DNNL_ARG_WEIGHTS, *plan.weights},
                                           {DNNL_ARG_DST, memory(plan.pd.dst_desc(), eng, y.data())}};
   if (!wt.bias.empty()) args[DNNL_ARG_BIAS] = memory(plan.pd.bias_desc(), eng, wt.bias.data());

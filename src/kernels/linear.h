@@ -10,6 +10,7 @@
 #pragma once
 #include <memory>
 
+#include "core/compute_type.h"
 #include "core/tensor.h"
 
 namespace sdcpu {
@@ -22,12 +23,15 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 class PreparedLinear {
  public:
   PreparedLinear() = default;
-  // weight [N, K], bias [N] or empty. Packs the weight now; the plain tensor is not kept.
-  PreparedLinear(const Tensor& weight, const Tensor& bias);
+  // weight [N, K], bias [N] or empty. Packs the weight now (the plain tensor is not kept), in fp32 or, with
+  // `compute` = bf16, as bfloat16: the input rows are then rounded to bf16 too; accumulation, bias and output
+  // stay fp32. Without a fast bf16 kernel on this CPU the layer stays fp32 (compute_type() tells).
+  PreparedLinear(const Tensor& weight, const Tensor& bias, ComputeType compute = ComputeType::f32);
 
   bool empty() const { return weights_ == nullptr; }
   int64_t in_features() const;
   int64_t out_features() const;
+  ComputeType compute_type() const;
 
   struct Weights;  // packed weight + per-row-count primitives, shared by copies
 

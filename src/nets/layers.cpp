@@ -11,7 +11,7 @@ Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in,
   // checkpoint's error names the weight, as the networks' tests expect.
   const Tensor weight = w.get(prefix + ".weight", {out, in});
   Linear l;
-  l.prepared = PreparedLinear(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor());
+  l.prepared = PreparedLinear(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor(), w.compute_type());
   return l;
 }
 
@@ -21,7 +21,8 @@ Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in,
                     int padding) {
   const Tensor weight = w.get(prefix + ".weight", {out, in, kernel, kernel});  // before the bias, as in Linear
   Conv2d c;
-  c.prepared = PreparedConv2d(weight, w.get(prefix + ".bias", {out}), stride, padding < 0 ? kernel / 2 : padding);
+  c.prepared = PreparedConv2d(weight, w.get(prefix + ".bias", {out}), stride, padding < 0 ? kernel / 2 : padding,
+                              w.compute_type());
   return c;
 }
 

@@ -11,7 +11,8 @@
 
 namespace sdcpu {
 
-// The weight is prepacked at load into oneDNN's blocked layout (kernels/linear.h); the plain weight is not
+// The weight is prepacked at load into oneDNN's blocked layout (kernels/linear.h), in the store's compute type
+// (fp32 or bf16, WeightStore::compute_type); the plain weight is not
 // kept. Copies share the packed weight.
 struct Linear {
   PreparedLinear prepared;
@@ -20,7 +21,8 @@ struct Linear {
   Tensor operator()(const Tensor& x) const;
 };
 
-// The weights are prepacked at load into oneDNN's blocked layout (kernels/conv2d.h); the plain weight is not
+// The weights are prepacked at load into oneDNN's blocked layout (kernels/conv2d.h), in the store's compute
+// type; the plain weight is not
 // kept. Copies share the packed weights.
 struct Conv2d {
   PreparedConv2d prepared;  // stride and padding included

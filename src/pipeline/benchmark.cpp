@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -15,6 +16,7 @@
 
 #include "core/error.h"
 #include "kernels/fma_peak.h"
+#include "pipeline/precision.h"
 #include "pipeline/txt2img.h"
 
 namespace sdcpu {
@@ -27,10 +29,22 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-std::string resolved_precision(const std::string& precision) {
-  if (precision == "fp32" || precision == "auto") return "fp32";  // auto: fp32 until bf16 exists
-  if (precision == "bf16") throw InvalidArgument("bf16 is not implemented yet");
-  throw InvalidArgument("precision must be fp32, bf16 or auto, got '" + precision + "'");
+// PSNR in dB of image `a` against the reference `b`, both VAE outputs [B, 3, H, W] in about [-1, 1], taken as
+// displayed: clamped to [-1, 1] and mapped to [0, 1] (peak 1). Infinite when they are equal.
+double image_psnr_db(const Tensor& a, const Tensor& b) {
+  double sq = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = (std::clamp(a[i], -1.0f, 1.0f) + 1.0) / 2, y = (std::clamp(b[i], -1.0f, 1.0f) + 1.0) / 2;
+    sq += (x - y) * (x - y);
+  }
+  const double mse = sq / static_cast<double>(std::max<int64_t>(1, a.numel()));
+  return mse == 0 ? INFINITY : 10.0 * std::log10(1.0 / mse);
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
+  return m;
 }
 
 Txt2ImgRequest make_request(const BenchOptions& o, int batch_size) {
@@ -203,7 +217,7 @@ UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t late
 }
 
 void validate(const BenchOptions& o) {
-  resolved_precision(o.precision);
+  resolve_precision(o.precision);
   if (o.runs < 1 || o.runs > 1000) throw InvalidArgument("runs must be between 1 and 1000");
   if (o.threads < 0) throw InvalidArgument("threads must be >= 0");
   if (o.batch_sizes.empty()) throw InvalidArgument("batch sizes must list at least one size");
@@ -222,7 +236,8 @@ BenchReport run_benchmark(const BenchOptions& o) {
   BenchReport r;
   r.cpu = detect_cpu();
   r.threads = omp_get_max_threads();
-  r.precision = resolved_precision(o.precision);
+  const ComputeType compute = resolve_precision(o.precision);
+  r.precision = compute_type_name(compute);
   r.width = o.width;
   r.height = o.height;
   r.steps = o.steps;
@@ -239,16 +254,20 @@ BenchReport run_benchmark(const BenchOptions& o) {
       fixed(r.machine_peak_gflops_bf16, 0) + " GFLOP/s (" + std::to_string(r.threads) + " threads)");
 
   auto t0 = std::chrono::steady_clock::now();
-  const auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path));
+  auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path), compute);
   r.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   log("loaded in " + fixed(r.load_s, 2) + " s");
 
+  Txt2ImgPipeline::Result stage_result;  // a run at the stage batch size, for the quality check
   for (size_t bi = 0; bi < o.batch_sizes.size(); ++bi) {
     const int batch = o.batch_sizes[bi];
     const Txt2ImgRequest request = make_request(o, batch);
     // A warm-up run first for every batch size: the first at a new shape creates its kernel primitives.
-    const auto warm = pipe->run(request);
-    if (bi == 0) r.first_image_s = warm.times.total_s;
+    auto warm = pipe->run(request);
+    if (bi == 0) {
+      r.first_image_s = warm.times.total_s;
+      stage_result = std::move(warm);
+    }
     log("batch " + std::to_string(batch) + " warm-up: " + fixed(warm.times.total_s, 2) + " s");
     std::vector<double> totals, encodes, steps, decodes;
     for (int run = 0; run < o.runs; ++run) {
@@ -277,7 +296,19 @@ BenchReport run_benchmark(const BenchOptions& o) {
                                   files.text_encoder_config.max_position_embeddings);
   r.unet_gflops_achieved = r.unet_step_s > 0 ? r.unet_flops.total() / 1e9 / r.unet_step_s : 0;
   r.unet_efficiency = r.machine_peak_gflops > 0 ? r.unet_gflops_achieved / r.machine_peak_gflops : 0;
-  r.peak_rss_mb = peak_rss_mb();
+  r.peak_rss_mb = peak_rss_mb();  // before the fp32 reference below adds its own weights
+
+  if (compute != ComputeType::f32) {
+    // Quality: the same request (prompt, seed, size, batch) in fp32, from a fresh fp32 pipeline, after this one is
+    // gone so that both never hold their weights at once.
+    pipe.reset();
+    log("quality: running the fp32 reference");
+    const Txt2ImgPipeline reference(open_model(o.model_path), ComputeType::f32);
+    const auto ref = reference.run(make_request(o, r.stage_batch_size));
+    r.psnr_db_vs_fp32 = image_psnr_db(stage_result.image, ref.image);
+    r.max_abs_latent_diff_vs_fp32 = max_abs_diff(stage_result.latents, ref.latents);
+    r.has_quality = true;
+  }
   return r;
 }
 
@@ -312,9 +343,14 @@ std::string to_json(const BenchReport& r) {
   j["machine_peak_gflops"] = r.machine_peak_gflops;
   j["machine_peak_gflops_by_precision"] = {{"fp32", r.machine_peak_gflops_fp32}, {"bf16", r.machine_peak_gflops_bf16}};
   j["unet_efficiency"] = r.unet_efficiency;
-  // Quality against fp32 exists only for the lower precisions, none of which is implemented yet.
+  // Quality against fp32 exists only for the lower precisions; an identical image has an infinite PSNR, which
+  // JSON cannot hold: it is written as null there too, with the latent difference 0 telling the two apart.
   j["psnr_db_vs_fp32"] = nullptr;
   j["max_abs_latent_diff_vs_fp32"] = nullptr;
+  if (r.has_quality) {
+    if (std::isfinite(r.psnr_db_vs_fp32)) j["psnr_db_vs_fp32"] = r.psnr_db_vs_fp32;
+    j["max_abs_latent_diff_vs_fp32"] = r.max_abs_latent_diff_vs_fp32;
+  }
   return j.dump(2) + "\n";
 }
 
@@ -341,6 +377,10 @@ std::string format_table(const BenchReport& r) {
   row("peak rss", fixed(r.peak_rss_mb, 0) + " MB");
   row("machine peak", fixed(r.machine_peak_gflops, 1) + " GFLOP/s " + r.precision);
   row("unet efficiency", fixed(100.0 * r.unet_efficiency, 1) + " % of peak");
+  if (r.has_quality) {
+    row("psnr vs fp32", fixed(r.psnr_db_vs_fp32, 2) + " dB (image)");
+    row("latents vs fp32", "max abs diff " + fixed(r.max_abs_latent_diff_vs_fp32, 5));
+  }
   return s.str();
 }
 

@@ -58,6 +58,10 @@ struct BenchReport {
   double machine_peak_gflops_fp32 = 0;   // both, for reference
   double machine_peak_gflops_bf16 = 0;   // 0 when the CPU lacks AVX512_BF16
   double unet_efficiency = 0;            // achieved / peak
+  // Below fp32 only: the stage batch's image and final latents against an fp32 run of the same request.
+  bool has_quality = false;
+  double psnr_db_vs_fp32 = 0;  // of the decoded image, clamped to [-1, 1] and taken as [0, 1] (peak 1)
+  double max_abs_latent_diff_vs_fp32 = 0;
 };
 
 BenchReport run_benchmark(const BenchOptions& options);

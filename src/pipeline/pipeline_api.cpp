@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/image_png.h"
 #include "pipeline/generation_parameters.h"
+#include "pipeline/precision.h"
 #include "pipeline/txt2img.h"
 #include "sdcpu/sdcpu.h"
 
@@ -30,7 +31,7 @@ std::string model_name(const std::string& path) {
 
 class PipelineImpl : public Pipeline {
  public:
-  explicit PipelineImpl(ModelFiles files) : txt2img_(std::move(files)) {}
+  PipelineImpl(ModelFiles files, ComputeType compute) : txt2img_(std::move(files), compute) {}
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
     if (o.batch_count < 1 || o.batch_count > 1000) throw InvalidArgument("batch count must be between 1 and 1000");
@@ -78,6 +79,7 @@ class PipelineImpl : public Pipeline {
       << (f.unet_config.use_linear_projection ? ", linear projections" : ", conv projections") << "\n"
       << "vae:          channels " << join(f.vae_config.block_out_channels) << ", latent channels "
       << f.vae_config.latent_channels << ", scaling factor " << f.vae_config.scaling_factor << "\n"
+      << "precision:    " << compute_type_name(txt2img_.compute_type()) << "\n"
       << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir) << "\n";
     std::vector<std::string> ignored = f.ignored_tensors;
     int vae_encoder_tensors = 0;
@@ -110,7 +112,8 @@ std::vector<std::string> sampler_names() {
 std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const LoadOptions& options) {
   if (options.threads < 0) throw InvalidArgument("threads must be >= 0");
   if (options.threads > 0) omp_set_num_threads(options.threads);
-  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant));
+  const ComputeType compute = resolve_precision(options.precision);  // refuses bad names before any loading
+  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute);
 }
 
 void Image::save_png(const std::string& path) const {

@@ -58,8 +58,20 @@ void validate(const Txt2ImgRequest& r) {
                           std::to_string(r.batch_size));
 }
 
-Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files)
-    : files_(std::move(files)),
+namespace {
+
+// Sets every network's compute type on its weight store before the networks are built (they pack for it).
+ModelFiles with_compute_type(ModelFiles files, ComputeType compute) {
+  for (const auto& store : {files.text_encoder, files.unet, files.vae})
+    if (store) store->set_compute_type(compute);
+  return files;
+}
+
+}  // namespace
+
+Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute)
+    : files_(with_compute_type(std::move(files), compute)),
+      compute_(compute),
       tokenizer_(make_tokenizer(files_)),
       text_encoder_(files_.text_encoder_config, *files_.text_encoder),
       unet_(files_.unet_config, *files_.unet),

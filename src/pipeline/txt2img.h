@@ -63,7 +63,9 @@ void validate(const Txt2ImgRequest& request);
 
 class Txt2ImgPipeline {
  public:
-  explicit Txt2ImgPipeline(ModelFiles files);
+  // Builds every network, computing in `compute` (core/compute_type.h): fp32 matches diffusers within 1e-4; bf16
+  // packs the text encoder, UNet and VAE weights as bfloat16 (half the memory) and runs their products in bf16.
+  explicit Txt2ImgPipeline(ModelFiles files, ComputeType compute = ComputeType::f32);
 
   // Called after every scheduler step with the step index and the new latents.
   using StepCallback = std::function<void(int step, int steps, const Tensor& latents)>;
@@ -88,9 +90,11 @@ class Txt2ImgPipeline {
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
 
   const ModelFiles& files() const { return files_; }
+  ComputeType compute_type() const { return compute_; }
 
  private:
   ModelFiles files_;
+  ComputeType compute_;
   ClipTokenizer tokenizer_;
   ClipTextModel text_encoder_;
   UNet2DConditionModel unet_;

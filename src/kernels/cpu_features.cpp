@@ -1,0 +1,18 @@
+#include "kernels/cpu_features.h"
+
+#include <dnnl.hpp>
+
+namespace sdcpu {
+
+bool cpu_has_native_bf16() {
+  using isa = dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case isa::avx512_core_bf16:
+    case isa::avx512_core_amx:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace sdcpu
