@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "kernels/conv2d.h"
+#include "kernels/cpu_features.h"
 #include "test_support.h"
 
 namespace sdcpu {
@@ -86,6 +87,48 @@ TEST(Kernels, PreparedConv2dMatchesReference) {
       // Second call reuses the cached plan and gives the same bits.
       EXPECT_TENSOR_NEAR(conv2d(x, conv), y, 0.0);
     }
+  }
+}
+
+// bf16: the weights and the input are rounded to bfloat16, the products accumulate in fp32. So the result must
+// equal the fp32 reference run on the rounded input and weights, to fp32 accumulation error (the same 1e-5 as
+// the fp32 path); and it must differ from the unrounded reference by about bf16's rounding (2^-9 relative per
+// operand), which shows the bf16 kernel really ran.
+TEST(Kernels, PreparedConv2dBf16MatchesReferenceOnRoundedOperands) {
+  if (!cpu_has_native_bf16()) GTEST_SKIP() << "no AVX512_BF16 / AMX on this CPU";
+  const std::vector<Case> cases = {
+      {2, 32, 48, 9, 7, 3, 1, {1, 1, 1, 1}},    // odd sizes
+      {1, 32, 32, 9, 8, 3, 2, {0, 0, 1, 1}},    // Downsample2D with padding 0
+      {2, 48, 32, 6, 5, 1, 1, {0, 0, 0, 0}},    // 1x1 (conv_shortcut)
+      {2, 4, 32, 10, 10, 3, 1, {1, 1, 1, 1}},   // conv_in: 4 latent channels
+      {2, 32, 4, 10, 10, 3, 1, {1, 1, 1, 1}},   // conv_out: 4 output channels
+      {1, 17, 35, 5, 11, 3, 1, {2, 2, 2, 2}},   // channels not a multiple of a block
+  };
+  for (const Case& t : cases) {
+    SCOPED_TRACE(shape_to_string({t.n, t.c, t.o, t.h, t.w, t.k, t.stride}));
+    const Tensor x = random_tensor({t.n, t.c, t.h, t.w}, 1), w = random_tensor({t.o, t.c, t.k, t.k}, 2),
+                 b = random_tensor({t.o}, 3);
+    const PreparedConv2d conv(w, b, t.stride, t.pad, ComputeType::bf16);
+    const Tensor y = conv2d(x, conv);
+    if (conv.compute_type() == ComputeType::f32) {  // no fast bf16 kernel for this shape: it stayed fp32
+      EXPECT_TENSOR_NEAR(y, conv_reference(x, w, b, t.stride, t.pad), 1e-5);
+      continue;
+    }
+    const Tensor xr = testing::round_to_bf16(x), wr = testing::round_to_bf16(w);
+    EXPECT_TENSOR_NEAR(y, conv_reference(xr, wr, b, t.stride, t.pad), 1e-5);
+    const auto d = testing::compare(y, conv_reference(x, w, b, t.stride, t.pad));
+    EXPECT_GT(d.max_abs, 1e-4 * d.max_ref) << "the bf16 convolution did not round its operands";
+    EXPECT_LT(d.max_abs, 2e-2 * d.max_ref);
+    // The fused residual stays fp32: added after the products, not rounded.
+    const Tensor residual = random_tensor(y.shape(), 4);
+    EXPECT_TENSOR_NEAR(conv2d(x, conv, residual), conv_reference(xr, wr, b, t.stride, t.pad, residual), 1e-5);
+  }
+  // At Stable Diffusion's channel counts bf16 must really be taken (a silent fp32 fallback would be slow).
+  for (auto [c, o, k] : {std::tuple{64, 64, 3}, {64, 32, 1}, {320, 320, 3}}) {
+    const PreparedConv2d conv(random_tensor({o, c, k, k}, 20), random_tensor({o}, 21), 1, k / 2, ComputeType::bf16);
+    EXPECT_EQ(conv.compute_type(), ComputeType::bf16) << c << " -> " << o << " k" << k;
+    const std::string impl = conv.implementation({2, c, 16, 16});
+    EXPECT_NE(impl.rfind("ref", 0), 0u) << impl;
   }
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu_features.h"
 #include "kernels/linear.h"
 #include "test_support.h"
 
@@ -52,6 +53,27 @@ TEST(Kernels, PreparedLinearMatchesReference) {
         EXPECT_TENSOR_NEAR(y, linear_reference(x, w, bias), 1e-5);
         EXPECT_TENSOR_NEAR(linear(x, w, bias), y, 1e-5);  // the plain path agrees
       }
+    }
+  }
+}
+
+// bf16: weight and input rows rounded to bfloat16, fp32 accumulation, fp32 bias and output. Equal to the fp32
+// reference on rounded operands up to accumulation error, and visibly different from the unrounded one.
+TEST(Kernels, PreparedLinearBf16MatchesReferenceOnRoundedOperands) {
+  if (!cpu_has_native_bf16()) GTEST_SKIP() << "no AVX512_BF16 / AMX on this CPU";
+  for (auto [k, n] : {std::tuple{17, 11}, {64, 128}, {320, 96}, {768, 320}}) {
+    const Tensor w = random_tensor({n, k}, 1), b = random_tensor({n}, 2);
+    const PreparedLinear layer(w, b, ComputeType::bf16);
+    EXPECT_EQ(layer.compute_type(), ComputeType::bf16) << k << " -> " << n;
+    const Tensor wr = testing::round_to_bf16(w);
+    for (Shape xs : {Shape{1, k}, Shape{2, 77, k}, Shape{300, k}}) {
+      SCOPED_TRACE(shape_to_string(xs) + " -> " + std::to_string(n));
+      const Tensor x = random_tensor(xs, 3);
+      const Tensor y = linear(x, layer);
+      EXPECT_TENSOR_NEAR(y, linear_reference(testing::round_to_bf16(x), wr, b), 1e-5);
+      const auto d = testing::compare(y, linear_reference(x, w, b));
+      EXPECT_GT(d.max_abs, 1e-4 * d.max_ref) << "the bf16 linear did not round its operands";
+      EXPECT_LT(d.max_abs, 2e-2 * d.max_ref);
     }
   }
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -70,6 +71,18 @@ Diff compare(const Tensor& actual, const Tensor& expected) {
     }
   }
   return d;
+}
+
+Tensor round_to_bf16(const Tensor& t) {
+  Tensor r(t.shape());
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    uint32_t bits;
+    const float v = t[i];
+    std::memcpy(&bits, &v, 4);
+    bits = (bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff0000u;  // round half to even on the dropped 16 bits
+    std::memcpy(&r[i], &bits, 4);
+  }
+  return r;
 }
 
 }  // namespace sdcpu::testing

@@ -35,6 +35,11 @@ struct Diff {
 };
 Diff compare(const Tensor& actual, const Tensor& expected);
 
+// Each value rounded to the nearest bfloat16 (ties to even, as oneDNN's and AVX512_BF16's conversions round),
+// returned as fp32: what a bf16 kernel's inputs are, so that a bf16 kernel can be checked against an fp32
+// reference run on rounded inputs.
+Tensor round_to_bf16(const Tensor& t);
+
 }  // namespace sdcpu::testing
 
 // Asserts equal shapes and max |actual - expected| <= rel_tol * max(1, max |expected|).
