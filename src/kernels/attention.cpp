@@ -146,6 +146,20 @@ Tensor attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int head
 }
 
 #if defined(__AVX512BF16__)
+// The packed K and V of attention_bf16, kept by the calling thread from one call to the next and grown as needed
+// (8 MiB at most for SD 1.5 at 512x512: the VAE's 4096 tokens of 512): a fresh multi-MiB buffer per call would
+// be page-faulted in again every time, which costs as much as the packing itself.
+uint32_t* packed_kv_scratch(int64_t count) {
+  thread_local std::unique_ptr<uint32_t[], FreeDeleter> buffer;
+  thread_local int64_t capacity = 0;
+  if (count > capacity) {
+    buffer.reset();
+    buffer = aligned_array<uint32_t>(count);
+    capacity = count;
+  }
+  return buffer.get();
+}
+
 // The bf16 variant (attention_microkernels_bf16.h has the layouts): the same tasks, blocks and online softmax as
 // attention_f32, with S = Q K^T and O = P V on bf16 pairs through vdpbf16ps. K and V are converted to bf16 once
 // for the whole call, before any task, into one buffer of per-(batch, head) panels: K as rows of D2 = ceil(D / 2)
@@ -163,7 +177,7 @@ Tensor attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int hea
   if (tasks == 0 || lk == 0) return attention_f32(q, k, v, heads, causal);  // nothing to round
   const bool heads_inner = heads_inner_order(lk, width, sizeof(uint16_t));
   const int64_t k_panel = lk * d2, panel = k_panel + lk2 * d;  // uint32 pairs per (batch, head)
-  auto kv = aligned_array<uint32_t>(batch * heads * panel);
+  uint32_t* const kv = packed_kv_scratch(batch * heads * panel);
   constexpr int64_t kPackPairs = 64;  // key pairs per packing task
   const int64_t pack_chunks = (lk2 + kPackPairs - 1) / kPackPairs, pack_tasks = batch * heads * pack_chunks;
 
@@ -188,7 +202,7 @@ Tensor attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int hea
       const int64_t r0 = task % pack_chunks * kPackPairs, r1 = std::min(lk2, r0 + kPackPairs);
       const float* kb = k.data() + b * lk * width + h * d;
       const float* vb = v.data() + b * lk * width + h * d;
-      uint32_t* kp = kv.get() + bh * panel;
+      uint32_t* kp = kv + bh * panel;
       uint32_t* vp = kp + k_panel;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t j = 2 * r;
@@ -211,7 +225,7 @@ Tensor attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int hea
       const int64_t i0 = t * kQueryBlock, rows = std::min(kQueryBlock, lq - i0);
       const int vecs = static_cast<int>((rows + kWidth - 1) / kWidth);
       const float* qb = q.data() + (b * lq + i0) * width + h * d;
-      const uint32_t* kp = kv.get() + (b * heads + h) * panel;
+      const uint32_t* kp = kv + (b * heads + h) * panel;
       const uint32_t* vp = kp + k_panel;
 
       for (int64_t i = 0; i < rows; ++i) {
