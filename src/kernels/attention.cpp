@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "kernels/attention_microkernels.h"
+#include "kernels/attention_microkernels_bf16.h"
 
 namespace sdcpu {
 namespace {
@@ -15,18 +16,31 @@ using attention_detail::kKeyBlock;
 using attention_detail::kQueryBlock;
 using simd::kWidth;
 
-// 64-byte aligned float scratch, one block per thread per call (never inside the loops).
+// 64-byte aligned scratch, one block per thread per call (never inside the loops).
 struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
+  void operator()(void* p) const { std::free(p); }
 };
-std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t count) {
-  const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + 63) / 64 * 64;
-  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+template <typename T>
+std::unique_ptr<T[], FreeDeleter> aligned_array(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+  auto* p = static_cast<T*>(std::aligned_alloc(64, bytes));
   if (!p) throw std::bad_alloc();
-  return std::unique_ptr<float[], FreeDeleter>(p);
+  return std::unique_ptr<T[], FreeDeleter>(p);
+}
+std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t count) { return aligned_array<float>(count); }
+
+void check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, int heads) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || heads <= 0 || q.dim(2) % heads != 0 ||
+      k.shape() != v.shape() || k.dim(0) != q.dim(0) || k.dim(2) != q.dim(2))
+    throw InvalidArgument("attention: shapes q " + shape_to_string(q.shape()) + ", k " + shape_to_string(k.shape()) +
+                          ", v " + shape_to_string(v.shape()) + " with " + std::to_string(heads) + " heads");
 }
 
-}  // namespace
+// Whether one batch's K and V for all heads fit in half the L2 (1 MiB), in which case heads vary fastest across
+// tasks (see the loops below).
+bool heads_inner_order(int64_t lk, int64_t width, int64_t element_bytes) {
+  return 2 * lk * width * element_bytes <= (int64_t{1} << 20);
+}
 
 // FlashAttention (Dao et al. 2022, Algorithm 1) on the CPU, one (batch, head, block of kQueryBlock queries) per
 // task, parallel over tasks. Everything per task lives transposed, queries along the SIMD lanes:
@@ -35,18 +49,14 @@ std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t count) {
 // 512, 3...) runs without padding or masked tails, and K and V need no transposed packing; (2) the softmax
 // statistics are per lane, so the running max, the row sums and the rescale factors are plain vector operations,
 // with no horizontal reductions. Only Q^T and the final O are transposed, once per task.
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
-  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || heads <= 0 || q.dim(2) % heads != 0 ||
-      k.shape() != v.shape() || k.dim(0) != q.dim(0) || k.dim(2) != q.dim(2))
-    throw InvalidArgument("attention: shapes q " + shape_to_string(q.shape()) + ", k " + shape_to_string(k.shape()) +
-                          ", v " + shape_to_string(v.shape()) + " with " + std::to_string(heads) + " heads");
+Tensor attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
   const int64_t batch = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   Tensor out(q.shape());
   const int64_t q_blocks = (lq + kQueryBlock - 1) / kQueryBlock;
   const int64_t tasks = batch * heads * q_blocks;
   if (tasks == 0) return out;
-  const bool heads_inner = 2 * lk * width * static_cast<int64_t>(sizeof(float)) <= (int64_t{1} << 20);
+  const bool heads_inner = heads_inner_order(lk, width, sizeof(float));
 
 #pragma omp parallel
   {
@@ -133,6 +143,154 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, b
     }
   }
   return out;
+}
+
+#if defined(__AVX512BF16__)
+// The packed K and V of attention_bf16, kept by the calling thread from one call to the next and grown as needed
+// (8 MiB at most for SD 1.5 at 512x512: the VAE's 4096 tokens of 512): a fresh multi-MiB buffer per call would
+// be page-faulted in again every time, which costs as much as the packing itself.
+uint32_t* packed_kv_scratch(int64_t count) {
+  thread_local std::unique_ptr<uint32_t[], FreeDeleter> buffer;
+  thread_local int64_t capacity = 0;
+  if (count > capacity) {
+    buffer.reset();
+    buffer = aligned_array<uint32_t>(count);
+    capacity = count;
+  }
+  return buffer.get();
+}
+
+// The bf16 variant (attention_microkernels_bf16.h has the layouts): the same tasks, blocks and online softmax as
+// attention_f32, with S = Q K^T and O = P V on bf16 pairs through vdpbf16ps. K and V are converted to bf16 once
+// for the whole call, before any task, into one buffer of per-(batch, head) panels: K as rows of D2 = ceil(D / 2)
+// pairs along the head dim, V as ceil(Lk / 2) rows of D pairs along the key index. A head's panels are
+// contiguous, and half the fp32 size, so they stay in the L2 across the query blocks that reuse them (2 x 4096 x
+// 40 bf16 = 640 KiB at SD's first level) and cross-attention's 77-token K and V for all heads even more so.
+Tensor attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
+  namespace bf = attention_bf16_detail;
+  const int64_t batch = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
+  const int64_t d2 = (d + 1) / 2, lk2 = (lk + 1) / 2;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  Tensor out(q.shape());
+  const int64_t q_blocks = (lq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t tasks = batch * heads * q_blocks;
+  if (tasks == 0 || lk == 0) return attention_f32(q, k, v, heads, causal);  // nothing to round
+  const bool heads_inner = heads_inner_order(lk, width, sizeof(uint16_t));
+  const int64_t k_panel = lk * d2, panel = k_panel + lk2 * d;  // uint32 pairs per (batch, head)
+  uint32_t* const kv = packed_kv_scratch(batch * heads * panel);
+  constexpr int64_t kPackPairs = 64;  // key pairs per packing task
+  const int64_t pack_chunks = (lk2 + kPackPairs - 1) / kPackPairs, pack_tasks = batch * heads * pack_chunks;
+
+#pragma omp parallel
+  {
+    // Q^T in fp32 with an even number of rows (the pad row of an odd D is zero), then as bf16 pairs.
+    auto qt = aligned_floats(2 * d2 * kQueryBlock), ot = aligned_floats(d * kQueryBlock);
+    auto qt2 = aligned_array<uint32_t>(d2 * kQueryBlock);
+    // S^T in fp32, overwritten in place by P^T as bf16 pairs (bf::online_softmax).
+    auto st = aligned_floats(kKeyBlock * kQueryBlock), stats = aligned_floats(4 * kQueryBlock);
+    float* tile_max = stats.get();
+    float* row_max = tile_max + kQueryBlock;
+    float* row_sum = row_max + kQueryBlock;
+    float* correction = row_sum + kQueryBlock;
+    // Row 2 D2 - 1 of Q^T is the zero pad row when D is odd (tasks write rows < D only), else overwritten.
+    std::fill(qt.get() + (2 * d2 - 1) * kQueryBlock, qt.get() + 2 * d2 * kQueryBlock, 0.0f);
+
+    // Pack K and V, kPackPairs key pairs of one (batch, head) per task; the loop's barrier ends it.
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < pack_tasks; ++task) {
+      const int64_t bh = task / pack_chunks, b = bh / heads, h = bh % heads;
+      const int64_t r0 = task % pack_chunks * kPackPairs, r1 = std::min(lk2, r0 + kPackPairs);
+      const float* kb = k.data() + b * lk * width + h * d;
+      const float* vb = v.data() + b * lk * width + h * d;
+      uint32_t* kp = kv + bh * panel;
+      uint32_t* vp = kp + k_panel;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t j = 2 * r;
+        const bool pair = j + 1 < lk;
+        bf::pack_k_row(kb + j * width, d, kp + j * d2);
+        if (pair) bf::pack_k_row(kb + (j + 1) * width, d, kp + (j + 1) * d2);
+        bf::pack_row_pairs(vb + j * width, pair ? vb + (j + 1) * width : nullptr, d, vp + r * d);
+      }
+    }
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      // Task order as in attention_f32.
+      int64_t b, h, t;
+      if (heads_inner) {
+        b = task / (q_blocks * heads), t = task / heads % q_blocks, h = task % heads;
+      } else {
+        b = task / (q_blocks * heads), h = task / q_blocks % heads, t = task % q_blocks;
+      }
+      const int64_t i0 = t * kQueryBlock, rows = std::min(kQueryBlock, lq - i0);
+      const int vecs = static_cast<int>((rows + kWidth - 1) / kWidth);
+      const float* qb = q.data() + (b * lq + i0) * width + h * d;
+      const uint32_t* kp = kv + (b * heads + h) * panel;
+      const uint32_t* vp = kp + k_panel;
+
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t e = 0; e < d; e += 64 / static_cast<int64_t>(sizeof(float)))
+          __builtin_prefetch(qb + i * width + e);
+        __builtin_prefetch(qb + i * width + d - 1);
+      }
+      // Q^T scaled in fp32 (zero padding lanes), then rounded to bf16 pairs of head dims.
+      for (int64_t e = 0; e < d; ++e)
+        for (int64_t i = rows; i < vecs * kWidth; ++i) qt[e * kQueryBlock + i] = 0.0f;
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t e = 0; e < d; ++e) qt[e * kQueryBlock + i] = qb[i * width + e] * scale;
+      for (int64_t e = 0; e < d2; ++e)
+        for (int m = 0; m < vecs; ++m)
+          _mm512_storeu_si512(qt2.get() + e * kQueryBlock + m * kWidth,
+                              bf::pack_pairs(simd::load(qt.get() + 2 * e * kQueryBlock + m * kWidth),
+                                             simd::load(qt.get() + (2 * e + 1) * kQueryBlock + m * kWidth)));
+      std::fill(ot.get(), ot.get() + d * kQueryBlock, 0.0f);
+      std::fill(row_max, row_max + kQueryBlock, -INFINITY);
+      std::fill(row_sum, row_sum + kQueryBlock, 0.0f);
+
+      const int64_t key_end = causal ? std::min(lk, i0 + rows) : lk;
+      for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {  // j0 even: kKeyBlock is
+        const int64_t n = std::min(kKeyBlock, key_end - j0);
+        bf::scores(vecs, qt2.get(), kp + j0 * d2, d2, n, st.get(), tile_max);
+        if (causal && j0 + n - 1 > i0) {
+          for (int64_t r = 0; r < n; ++r)
+            for (int64_t i = 0; i < std::min<int64_t>(vecs * kWidth, j0 + r - i0); ++i)
+              st[r * kQueryBlock + i] = -INFINITY;
+          attention_detail::block_max(vecs, n, st.get(), tile_max);
+        }
+        bf::online_softmax(vecs, n, tile_max, st.get(), row_max, row_sum, correction);
+        bf::accumulate_pv(vecs, reinterpret_cast<const uint32_t*>(st.get()), (n + 1) / 2, vp + j0 / 2 * d, d, d,
+                          correction, ot.get());
+      }
+
+      float* ob = out.data() + (b * lq + i0) * width + h * d;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float inv = 1.0f / row_sum[i];
+        for (int64_t e = 0; e < d; ++e) ob[i * width + e] = ot[e * kQueryBlock + i] * inv;
+      }
+    }
+  }
+  return out;
+}
+#endif  // __AVX512BF16__
+
+}  // namespace
+
+bool attention_bf16_native() {
+#if defined(__AVX512BF16__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal, ComputeType type) {
+  check_shapes(q, k, v, heads);
+#if defined(__AVX512BF16__)
+  if (type == ComputeType::bf16) return attention_bf16(q, k, v, heads, causal);
+#else
+  (void)type;  // no vdpbf16ps: bf16 requests run the fp32 kernel (see attention.h)
+#endif
+  return attention_f32(q, k, v, heads, causal);
 }
 
 }  // namespace sdcpu
