@@ -9,7 +9,8 @@
 
 namespace sdcpu {
 
-ClipTextModel::ClipTextModel(const ClipTextConfig& config, const WeightStore& w) : config_(config) {
+ClipTextModel::ClipTextModel(const ClipTextConfig& config, const WeightStore& w)
+    : config_(config), compute_(w.compute_type()) {
   const int64_t d = config.hidden_size, ff = config.intermediate_size;
   const float eps = config.layer_norm_eps;
   token_embedding_ = w.get("text_model.embeddings.token_embedding.weight", {config.vocab_size, d});
@@ -61,7 +62,7 @@ Tensor ClipTextModel::forward(const std::vector<std::vector<int>>& input_ids, in
     const EncoderLayer& layer = layers_[i];
     Tensor h = layer.layer_norm1(hidden);
     Tensor attn = attention(layer.q_proj(h), layer.k_proj(h), layer.v_proj(h), config_.num_attention_heads,
-                            /*causal=*/true);
+                            /*causal=*/true, compute_);
     add_(hidden, layer.out_proj(attn));
 
     h = layer.layer_norm2(hidden);

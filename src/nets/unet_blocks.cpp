@@ -75,12 +75,13 @@ Attention Attention::load(const WeightStore& w, const std::string& prefix, int64
   a.to_v = Linear::load(w, prefix + ".to_v", cross_attention_dim, query_dim, /*bias=*/false);
   a.to_out = Linear::load(w, prefix + ".to_out.0", query_dim, query_dim);
   a.heads = heads;
+  a.compute = w.compute_type();
   return a;
 }
 
 Tensor Attention::operator()(const Tensor& x, const Tensor& context) const {
   // AttnProcessor2_0 splits heads with view/transpose; the kernel reads them interleaved in place instead.
-  return to_out(attention(to_q(x), to_k(context), to_v(context), heads));
+  return to_out(attention(to_q(x), to_k(context), to_v(context), heads, /*causal=*/false, compute));
 }
 
 FeedForward FeedForward::load(const WeightStore& w, const std::string& prefix, int64_t dim) {

@@ -38,6 +38,7 @@ struct TimestepEmbedding {
 struct Attention {
   Linear to_q, to_k, to_v, to_out;
   int heads = 1;
+  ComputeType compute = ComputeType::f32;  // of the two attention products, the weight store's
   // query_dim = heads * dim_head (the block's channels); cross_attention_dim = query_dim for self-attention.
   static Attention load(const WeightStore& w, const std::string& prefix, int64_t query_dim, int64_t cross_attention_dim,
                         int heads);
