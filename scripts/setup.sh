@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev   # config.json, safetensors headers, tokenizer vocab
   libfmt-dev libspdlog-dev
   libpng-dev           # PNG output with text chunks
+  libgoogle-perftools-dev  # tcmalloc: reuses freed activation memory instead of page-faulting it in again
   libicu-dev           # Unicode normalization and character classes for the CLIP tokenizer
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy  # only to run ../shared/tools/make_random_sd.py for the full-size tests
