@@ -10,10 +10,13 @@ namespace sdcpu::app {
 
 Command add_info_command(CLI::App& app) {
   auto model = std::make_shared<std::string>();
+  auto load = std::make_shared<LoadOptions>();
   auto* cli = app.add_subcommand("info", "Show what sdcpu detects in a model");
   cli->add_option("--model,-m", *model, "Diffusers folder or single-file .safetensors checkpoint")->required();
-  return {cli, [model] {
-            auto pipe = Pipeline::load(*model);
+  cli->add_option("--precision", load->precision, "fp32, bf16 or auto: the precision it would run in")
+      ->capture_default_str();
+  return {cli, [model, load] {
+            auto pipe = Pipeline::load(*model, *load);
             std::printf("%s", pipe->describe().c_str());
             return 0;
           }};

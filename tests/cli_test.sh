@@ -41,7 +41,16 @@ expect 0 "single file" -- info --model "$fixtures/tiny-sd.safetensors"
 bench=(bench --model "$model" --width 64 --height 64 --steps 2 --runs 1 --quiet)
 expect 0 "unet step" -- "${bench[@]}" --batch-sizes 1,2 --json "$tmp/bench.json"
 grep -q '"unet_step_s"' "$tmp/bench.json" && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: bench JSON"; }
-expect 2 "bf16 is not implemented yet" -- "${bench[@]}" --precision bf16
+if grep -qwE "avx512_bf16|amx_bf16" /proc/cpuinfo; then
+  expect 0 "psnr vs fp32" -- "${bench[@]}" --precision bf16
+  expect 0 "precision:    bf16" -- info --model "$model" --precision auto
+  expect 0 "seed 7" -- "${gen[@]}" --seed 7 --precision bf16 --output "$tmp/bf16.png"
+else
+  expect 2 "AVX512_BF16" -- "${bench[@]}" --precision bf16
+  expect 2 "AVX512_BF16" -- "${gen[@]}" --precision bf16 --output "$tmp/x.png"
+fi
+expect 2 "precision" -- "${bench[@]}" --precision fp64
+expect 2 "precision" -- "${gen[@]}" --precision fp64 --output "$tmp/x.png"
 expect 2 "batch sizes" -- "${bench[@]}" --batch-sizes 1,x
 
 expect 2 "width" -- "${gen[@]}" --width 100 --output "$tmp/x.png"

@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/torch_rng.h"
 #include "formats/model_config.h"
+#include "kernels/cpu_features.h"
 #include "kernels/fma_peak.h"
 #include "pipeline/benchmark.h"
 #include "pipeline/txt2img.h"
@@ -70,6 +72,31 @@ TEST(Bench, TinyModelReportHasEveryField) {
   EXPECT_FALSE(format_table(report).empty());
 }
 
+// bf16 runs the quality check: the same request in fp32, compared. On the tiny random model bf16 moves the
+// latents visibly (its random weights amplify rounding) but the image stays far above noise level.
+TEST(Bench, Bf16ReportsQualityAgainstFp32) {
+  if (!cpu_has_native_bf16()) GTEST_SKIP() << "no AVX512_BF16 / AMX on this CPU";
+  BenchOptions o;
+  o.model_path = testing::fixture("tiny-sd");
+  o.width = o.height = 64;
+  o.steps = 2;
+  o.runs = 1;
+  o.precision = "bf16";
+  const BenchReport report = run_benchmark(o);
+  const auto j = nlohmann::json::parse(to_json(report));
+  EXPECT_EQ(j.at("precision"), "bf16");
+  ASSERT_TRUE(j.at("psnr_db_vs_fp32").is_number());
+  ASSERT_TRUE(j.at("max_abs_latent_diff_vs_fp32").is_number());
+  const double psnr = j.at("psnr_db_vs_fp32").get<double>(), diff = j.at("max_abs_latent_diff_vs_fp32").get<double>();
+  std::printf("[ bf16     ] tiny-sd 64x64, 2 steps: PSNR %.2f dB, max abs latent difference %.4g\n", psnr, diff);
+  EXPECT_GT(psnr, 30.0);
+  EXPECT_LT(psnr, 200.0);  // not identical to fp32: bf16 really ran
+  EXPECT_GT(diff, 0.0);
+  EXPECT_GT(j.at("machine_peak_gflops").get<double>(), 0.0);
+  o.precision = "auto";
+  EXPECT_EQ(run_benchmark(o).precision, "bf16");  // auto picks bf16 where the CPU has it
+}
+
 TEST(Bench, BadOptionsAreRejectedBeforeLoading) {
   BenchOptions o;
   o.model_path = "/does/not/exist";
@@ -82,8 +109,10 @@ TEST(Bench, BadOptionsAreRejectedBeforeLoading) {
     return std::string("(accepted)");
   };
   BenchOptions b = o;
-  b.precision = "bf16";
-  EXPECT_EQ(message(b), "bf16 is not implemented yet");
+  if (!cpu_has_native_bf16()) {
+    b.precision = "bf16";
+    EXPECT_NE(message(b).find("AVX512_BF16"), std::string::npos);
+  }
   b = o;
   b.precision = "fp64";
   EXPECT_NE(message(b).find("precision"), std::string::npos);

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace sdcpu {
 
@@ -30,14 +31,22 @@ int64_t shape_numel(const Shape& shape) {
 
 Tensor::Tensor(Shape shape) : shape_(std::move(shape)), numel_(shape_numel(shape_)) {
   if (numel_ == 0) return;
-  const size_t bytes = ((static_cast<size_t>(numel_) * sizeof(float) + 63) / 64) * 64;
-  void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw std::bad_alloc();
-  storage_.reset(static_cast<float*>(p), [](float* q) { std::free(q); });
+  void* p = allocate_buffer(static_cast<size_t>(numel_) * sizeof(float));
+  storage_.reset(static_cast<float*>(p), [](float* q) { free_buffer(q); });
   data_ = storage_.get();
 }
 
 Tensor Tensor::zeros(Shape shape) { return full(std::move(shape), 0.0f); }
+
+Tensor Tensor::view(Shape shape, std::shared_ptr<float> storage) {
+  Tensor t;
+  t.numel_ = shape_numel(shape);
+  t.shape_ = std::move(shape);
+  if (t.numel_ > 0 && !storage) throw InvalidArgument("Tensor::view: no storage");
+  t.storage_ = std::move(storage);
+  t.data_ = t.storage_.get();
+  return t;
+}
 
 Tensor Tensor::full(Shape shape, float value) {
   Tensor t(std::move(shape));

@@ -25,6 +25,9 @@ class Tensor {
   static Tensor zeros(Shape shape);
   static Tensor full(Shape shape, float value);
   static Tensor from_vector(Shape shape, const std::vector<float>& values);
+  // A tensor over memory it does not allocate (a weight inside a memory-mapped file): `storage` points at
+  // numel(shape) floats, 4-byte aligned, and its deleter runs when the last copy goes.
+  static Tensor view(Shape shape, std::shared_ptr<float> storage);
 
   const Shape& shape() const { return shape_; }
   int ndim() const { return static_cast<int>(shape_.size()); }

@@ -64,6 +64,11 @@ class SafetensorsFile {
   // A floating-point tensor converted to fp32. Throws ModelError if missing or not floating point.
   Tensor read_f32(const std::string& name) const;
   Tensor read_f32(const TensorInfo& info) const;
+  // The same values without a copy where the file stores them as 4-byte aligned fp32: a view into the mapping
+  // that keeps `file` open and, when its last copy goes, drops the tensor's pages from memory (as read_f32 does
+  // after converting). Other dtypes are converted, as read_f32. Writes to a view go to private copies of the
+  // pages (the mapping is copy-on-write), never to the file.
+  static Tensor view_f32(const std::shared_ptr<const SafetensorsFile>& file, const TensorInfo& info);
   // An integer tensor (I64 or I32) as int64 values.
   std::vector<int64_t> read_i64(const std::string& name) const;
 

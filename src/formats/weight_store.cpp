@@ -40,7 +40,8 @@ Tensor WeightStore::get(const std::string& name, const Shape& expected) const {
     throw ModelError(component_ + ": tensor '" + name + "' has shape " + shape_to_string(info.shape) +
                      ", the configuration needs " + shape_to_string(expected));
   used_.insert(name);
-  return e.file->read_f32(info).reshape(expected);
+  // fp32 weights are not copied: the layers pack straight from the mapping (one pass over the bytes, not two).
+  return SafetensorsFile::view_f32(e.file, info).reshape(expected);
 }
 
 std::vector<std::string> WeightStore::names() const {

@@ -37,6 +37,7 @@ class WeightStore {
 
   // The precision the network built from this store computes in (core/compute_type.h): its layers pack their
   // weights for it at load. get() still returns fp32; the layers convert once while packing.
+  // (fp32 weights come back as views into the memory-mapped file, not copies: SafetensorsFile::view_f32.)
   ComputeType compute_type() const { return compute_type_; }
   void set_compute_type(ComputeType type) { compute_type_ = type; }
 

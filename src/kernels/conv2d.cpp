@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "kernels/dnnl_context.h"
+#include "kernels/packed_weights.h"
 #include "kernels/scratch.h"
 
 namespace sdcpu {
@@ -158,21 +159,10 @@ struct PreparedConv2d::Weights {
   memory bias;
   Tensor bias_storage;
   std::mutex mutex;
-  // The weight in every layout a plan has asked for; nearly always exactly one (std::vector of unique_ptr
-  // so the memory objects plans point at stay put).
-  std::vector<std::unique_ptr<memory>> packed;
+  // The weight in every layout a plan has asked for; nearly always exactly one.
+  PackedWeights packed;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
 
-  // The packed weight in layout `desc`, reordered (once) from the first packed copy when new.
-  const memory* weights_in(const memory::desc& desc) {
-    for (const auto& m : packed)
-      if (m->get_desc() == desc) return m.get();
-    auto m = std::make_unique<memory>(desc, dnnl_engine());
-    dnnl::reorder(*packed.front(), *m).execute(dnnl_stream(), *packed.front(), *m);
-    dnnl_stream().wait();
-    packed.push_back(std::move(m));
-    return packed.back().get();
-  }
 
   const Plan& plan(int64_t n, int64_t h, int64_t w, int stride, const Conv2dPadding& p, bool residual) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -192,7 +182,7 @@ struct PreparedConv2d::Weights {
     auto plan = std::make_unique<Plan>();
     plan->pd = pd;
     plan->prim = dnnl::convolution_forward(pd);
-    plan->weights = weights_in(pd.weights_desc());
+    plan->weights = packed.in(pd.weights_desc());
     plan->src_plain = src_plain;
     plan->dst_plain = dst_plain;
     plan->reorder_src = pd.src_desc() != src_plain;
@@ -246,10 +236,7 @@ PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int str
     pd = representative_pd();
   }
   memory plain(memory::desc({wt.o, wt.c, wt.kh, wt.kw}, kF32, Tag::oihw), eng, const_cast<float*>(weight.data()));
-  auto packed = std::make_unique<memory>(pd.weights_desc(), eng);
-  dnnl::reorder(plain, *packed).execute(dnnl_stream(), plain, *packed);
-  dnnl_stream().wait();
-  wt.packed.push_back(std::move(packed));
+  wt.packed.pack(plain, pd.weights_desc());
 }
 
 int64_t PreparedConv2d::out_channels() const { return weights_ ? weights_->o : 0; }

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "kernels/dnnl_context.h"
+#include "kernels/packed_weights.h"
 #include "kernels/scratch.h"
 
 namespace sdcpu {
@@ -86,7 +87,7 @@ struct PreparedLinear::Weights {
   Tensor bias;  // [N] or empty, as the [1, N] bias oneDNN reads
   std::mutex mutex;
   // The weight in every layout a primitive has asked for; in practice one (BA16a64b for every row count).
-  std::vector<std::unique_ptr<memory>> packed;
+  PackedWeights packed;
   struct Plan {
     dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
@@ -96,15 +97,6 @@ struct PreparedLinear::Weights {
   };
   std::map<int64_t, std::unique_ptr<Plan>> plans;  // by row count m
 
-  const memory* weights_in(const memory::desc& desc) {
-    for (const auto& m : packed)
-      if (m->get_desc() == desc) return m.get();
-    auto m = std::make_unique<memory>(desc, dnnl_engine());
-    dnnl::reorder(*packed.front(), *m).execute(dnnl_stream(), *packed.front(), *m);
-    dnnl_stream().wait();
-    packed.push_back(std::move(m));
-    return packed.back().get();
-  }
 
   const Plan& plan(int64_t m) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -113,7 +105,7 @@ struct PreparedLinear::Weights {
     auto plan = std::make_unique<Plan>();
     plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any, compute);
     plan->prim = dnnl::matmul(plan->pd);
-    plan->weights = weights_in(plan->pd.weights_desc());
+    plan->weights = packed.in(plan->pd.weights_desc());
     plan->src_plain = memory::desc({m, k}, kF32, Tag::ab);
     if (plan->pd.src_desc() != plan->src_plain)
       plan->src_to_compute = dnnl::reorder(
@@ -145,10 +137,7 @@ PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias, Compute
   auto& eng = dnnl_engine();
   // PyTorch's [N, K] is oneDNN's [K, N] matrix W^T in format ba.
   memory plain(memory::desc({wt.k, wt.n}, kF32, Tag::ba), eng, const_cast<float*>(weight.data()));
-  auto packed = std::make_unique<memory>(pd.weights_desc(), eng);
-  dnnl::reorder(plain, *packed).execute(dnnl_stream(), plain, *packed);
-  dnnl_stream().wait();
-  wt.packed.push_back(std::move(packed));
+  wt.packed.pack(plain, pd.weights_desc());
 }
 
 int64_t PreparedLinear::in_features() const { return weights_ ? weights_->k : 0; }
