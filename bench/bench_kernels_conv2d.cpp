@@ -2,7 +2,8 @@
 // (conv2d(x, weight, bias): nchw/oihw, oneDNN's gemm fallback) against PreparedConv2d (weights prepacked once
 // into oneDNN's preferred blocked layout, activations reordered to it and back at the edges), and the residual
 // add fused as a sum post-op against a separate add_. GFLOP/s counts 2 * Cin * Cout * kh * kw * Ho * Wo * N;
-// the label is oneDNN's implementation name.
+// the label is oneDNN's implementation name. Mode 4 is the prepared path in bf16 (bf16 weights and input, fp32
+// accumulation and output).
 //
 //   build-*/bench_kernels_conv2d [--benchmark_filter=unet]
 #include <benchmark/benchmark.h>
@@ -23,7 +24,7 @@ Tensor random_tensor(Shape shape, uint32_t seed) {
   return t;
 }
 
-enum Mode { kPlain = 0, kPrepared = 1, kPreparedThenAdd = 2, kPreparedFusedAdd = 3 };
+enum Mode { kPlain = 0, kPrepared = 1, kPreparedThenAdd = 2, kPreparedFusedAdd = 3, kPreparedBf16 = 4 };
 
 // Args: batch, Cin, Cout, H (= W), kernel, mode.
 void BM_Conv2d(benchmark::State& state) {
@@ -36,9 +37,9 @@ void BM_Conv2d(benchmark::State& state) {
     for (auto _ : state) benchmark::DoNotOptimize(conv2d(x, w, b, 1, pad));
     state.SetLabel("plain nchw/oihw");
   } else {
-    const PreparedConv2d conv(w, b, 1, pad);
+    const PreparedConv2d conv(w, b, 1, pad, mode == kPreparedBf16 ? ComputeType::bf16 : ComputeType::f32);
     for (auto _ : state) {
-      if (mode == kPrepared) {
+      if (mode == kPrepared || mode == kPreparedBf16) {
         benchmark::DoNotOptimize(conv2d(x, conv));
       } else if (mode == kPreparedThenAdd) {
         Tensor y = conv2d(x, conv);
@@ -73,7 +74,7 @@ void shapes(benchmark::internal::Benchmark* b, std::initializer_list<int64_t> mo
 BENCHMARK(BM_Conv2d)
     ->Name("conv")
     ->Apply([](benchmark::internal::Benchmark* b) {
-      shapes(b, {kPlain, kPrepared});
+      shapes(b, {kPlain, kPrepared, kPreparedBf16});
     })
     ->Unit(benchmark::kMillisecond)
     ->MinTime(0.5)
