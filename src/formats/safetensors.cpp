@@ -281,9 +281,10 @@ Tensor SafetensorsFile::read_f32(const TensorInfo& info) const {
   return t;
 }
 
-Tensor SafetensorsFile::view_f32(const std::shared_ptr<const SafetensorsFile>& file, const TensorInfo& info) {
+Tensor SafetensorsFile::view_f32(const std::shared_ptr<const SafetensorsFile>& file, const TensorInfo& info,
+                                 bool prefault_pages) {
   const uint8_t* p = file->bytes(info);
-  prefault(p, info.end - info.begin);
+  if (prefault_pages) prefault(p, info.end - info.begin);
   if (info.dtype != DType::F32 || reinterpret_cast<uintptr_t>(p) % alignof(float) != 0) return file->read_f32(info);
   float* data = const_cast<float*>(reinterpret_cast<const float*>(p));  // copy-on-write mapping, see the constructor
   const TensorInfo* entry = &info;

@@ -68,7 +68,10 @@ class SafetensorsFile {
   // that keeps `file` open and, when its last copy goes, drops the tensor's pages from memory (as read_f32 does
   // after converting). Other dtypes are converted, as read_f32. Writes to a view go to private copies of the
   // pages (the mapping is copy-on-write), never to the file.
-  static Tensor view_f32(const std::shared_ptr<const SafetensorsFile>& file, const TensorInfo& info);
+  // `prefault`: map all its pages now, in one call (for a tensor about to be read whole, e.g. to be packed);
+  // without it pages come in as they are read (an embedding table of which a prompt reads 77 rows).
+  static Tensor view_f32(const std::shared_ptr<const SafetensorsFile>& file, const TensorInfo& info,
+                         bool prefault = true);
   // An integer tensor (I64 or I32) as int64 values.
   std::vector<int64_t> read_i64(const std::string& name) const;
 

@@ -33,15 +33,25 @@ const Shape& WeightStore::shape(const std::string& name) const {
   return e.file->find(e.file_name)->shape;
 }
 
-Tensor WeightStore::get(const std::string& name, const Shape& expected) const {
+const TensorInfo& WeightStore::checked(const std::string& name, const Shape& expected) const {
   const Entry& e = entry(name);
   const TensorInfo& info = *e.file->find(e.file_name);
   if (strip_trailing_ones(info.shape) != strip_trailing_ones(expected))
     throw ModelError(component_ + ": tensor '" + name + "' has shape " + shape_to_string(info.shape) +
                      ", the configuration needs " + shape_to_string(expected));
   used_.insert(name);
+  return info;
+}
+
+Tensor WeightStore::get(const std::string& name, const Shape& expected) const {
+  const TensorInfo& info = checked(name, expected);
   // fp32 weights are not copied: the layers pack straight from the mapping (one pass over the bytes, not two).
-  return SafetensorsFile::view_f32(e.file, info).reshape(expected);
+  return SafetensorsFile::view_f32(entry(name).file, info).reshape(expected);
+}
+
+Tensor WeightStore::get_table(const std::string& name, const Shape& expected) const {
+  const TensorInfo& info = checked(name, expected);
+  return SafetensorsFile::view_f32(entry(name).file, info, /*prefault=*/false).reshape(expected);
 }
 
 std::vector<std::string> WeightStore::names() const {

@@ -34,6 +34,9 @@ class WeightStore {
   // ignored in the comparison (a 1x1 convolution kernel [O, I, 1, 1] serves as a linear weight [O, I],
   // as the original VAE attention layers store it); the result has the expected shape.
   Tensor get(const std::string& name, const Shape& expected) const;
+  // The same for a lookup table read a few rows at a time (CLIP's token embedding: 152 MB, of which a prompt
+  // reads 77 rows): fp32 tables stay in the file's pages and only the rows read become resident.
+  Tensor get_table(const std::string& name, const Shape& expected) const;
 
   // The precision the network built from this store computes in (core/compute_type.h): its layers pack their
   // weights for it at load. get() still returns fp32; the layers convert once while packing.
@@ -53,6 +56,8 @@ class WeightStore {
     std::string file_name;
   };
   const Entry& entry(const std::string& name) const;
+  // The entry's tensor after checking its shape against `expected`; marks it used.
+  const TensorInfo& checked(const std::string& name, const Shape& expected) const;
 
   std::string component_;
   ComputeType compute_type_ = ComputeType::f32;

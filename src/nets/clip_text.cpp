@@ -13,7 +13,7 @@ ClipTextModel::ClipTextModel(const ClipTextConfig& config, const WeightStore& w)
     : config_(config), compute_(w.compute_type()) {
   const int64_t d = config.hidden_size, ff = config.intermediate_size;
   const float eps = config.layer_norm_eps;
-  token_embedding_ = w.get("text_model.embeddings.token_embedding.weight", {config.vocab_size, d});
+  token_embedding_ = w.get_table("text_model.embeddings.token_embedding.weight", {config.vocab_size, d});
   position_embedding_ = w.get("text_model.embeddings.position_embedding.weight", {config.max_position_embeddings, d});
   for (int i = 0; i < config.num_hidden_layers; ++i) {
     const std::string p = "text_model.encoder.layers." + std::to_string(i);
