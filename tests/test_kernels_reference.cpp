@@ -260,6 +260,21 @@ TEST(Kernels, ErfMatchesStdErf) {
   EXPECT_GT(so[7], 0.0f);
 }
 
+TEST(Kernels, LayoutTransposesMatchDefinition) {
+  // Sizes that are not multiples of the transpose tiles (16 x 64) on either side, and more than one tile.
+  for (const Shape& shape : {Shape{2, 37, 9, 11}, Shape{1, 70, 16, 5}, Shape{3, 1, 1, 130}}) {
+    SCOPED_TRACE(shape_to_string(shape));
+    Tensor x = random_tensor(shape, 24);
+    const int64_t n = shape[0], c = shape[1], hw = shape[2] * shape[3];
+    Tensor nlc = nchw_to_nlc(x), ref({n, hw, c});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t p = 0; p < hw; ++p) ref[(b * hw + p) * c + ch] = x[(b * c + ch) * hw + p];
+    EXPECT_EQ(nlc.to_vector(), ref.to_vector());
+    EXPECT_EQ(nlc_to_nchw(nlc, shape[2], shape[3]).to_vector(), x.to_vector());
+  }
+}
+
 TEST(Kernels, LayoutOpsRoundTrip) {
   Tensor x = random_tensor({2, 3, 4, 5}, 19);
   Tensor nlc = nchw_to_nlc(x);
