@@ -98,14 +98,15 @@ void split(double v, float& hi, float& lo) {
 
 }  // namespace
 
-// Three parallel phases over the same static schedule of tasks, so a thread normalizes the data whose statistics
-// it just read (from its own cache when a task fits, as the UNet's groups of 40-160 KB do):
-//  1. each task (one part of one (batch, group) pair) computes the Moments of its kChunk-value chunks;
-//  2. each (batch, group) merges its chunks' Moments in order: mean and 1 / sqrt(var + eps) in double;
-//  3. each task normalizes its part, channel by channel (gamma and beta are per channel).
-// A group is split into parts only when there are fewer (batch, group) pairs than twice the threads (a batch-1
-// VAE norm on a large machine); chunk boundaries are fixed relative to the group, so the statistics, and hence
-// the output, do not depend on the thread count.
+// Each task is one part of one (batch, group) pair: it computes the Moments of its part's kChunk-value chunks,
+// then, once every part of its group is done, merges the group's chunk Moments in order (mean and
+// 1 / sqrt(var + eps) in double) and normalizes its part, channel by channel (gamma and beta are per channel).
+// Usually a group is one part, and a task does all of this at once, on data it just read (from its own cache
+// when the group fits, as the UNet's groups of 40-160 KB do), with no barrier in between. A group is split into
+// parts only when there are fewer (batch, group) pairs than twice the threads (a batch-1 VAE norm on a large
+// machine): then the statistics and the normalization are two parallel loops over the same static schedule, so
+// a thread still normalizes what it read. Chunk boundaries are fixed relative to the group and merged in the same
+// order either way, so the statistics, and hence the output, do not depend on the thread count.
 Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu) {
   if (x.ndim() < 2 || groups <= 0 || x.dim(1) % groups != 0 || gamma.numel() != x.dim(1) || beta.numel() != x.dim(1))
     throw InvalidArgument("group_norm: input " + shape_to_string(x.shape()) + " does not fit " +
@@ -121,45 +122,51 @@ Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor
   const int64_t parts = std::clamp<int64_t>((2 * threads + pairs - 1) / pairs, 1, chunks);
   const int64_t chunks_per_part = (chunks + parts - 1) / parts;
   std::vector<Moments> chunk_stats(pairs * chunks);
-  std::vector<float> mean_hi(pairs), mean_lo(pairs);
-  std::vector<double> inv_std(pairs);
   const float* src = x.data();
   float* dst = y.data();
   const float* g = gamma.data();
   const float* bt = beta.data();
-#pragma omp parallel
-  {
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < pairs * parts; ++task) {
-      const int64_t pair = task / parts, part = task % parts;
-      const float* base = src + pair * count;
-      for (int64_t k = part * chunks_per_part; k < std::min(chunks, (part + 1) * chunks_per_part); ++k)
-        chunk_stats[pair * chunks + k] = chunk_moments(base + k * kChunk, std::min(kChunk, count - k * kChunk));
+
+  auto statistics = [&](int64_t pair, int64_t part) {
+    const float* base = src + pair * count;
+    for (int64_t k = part * chunks_per_part; k < std::min(chunks, (part + 1) * chunks_per_part); ++k)
+      chunk_stats[pair * chunks + k] = chunk_moments(base + k * kChunk, std::min(kChunk, count - k * kChunk));
+  };
+  auto normalize_part = [&](int64_t pair, int64_t part) {
+    Moments m;
+    for (int64_t k = 0; k < chunks; ++k) merge(m, chunk_stats[pair * chunks + k]);
+    // torch.nn.GroupNorm: biased variance, 1 / sqrt(var + eps).
+    const double inv_std = 1.0 / std::sqrt(m.m2 / m.count + eps);
+    float mean_hi, mean_lo;
+    split(m.mean, mean_hi, mean_lo);
+    const int64_t begin = std::min(count, part * chunks_per_part * kChunk);
+    const int64_t end = std::min(count, (part + 1) * chunks_per_part * kChunk);
+    const int64_t ch0 = (pair % groups) * cpg;
+    for (int64_t i = begin; i < end;) {
+      const int64_t ch = ch0 + i / spatial, stop = std::min(end, (i / spatial + 1) * spatial);
+      const float scale = static_cast<float>(inv_std * g[ch]);
+      const int64_t at = pair * count + i;
+      if (silu)
+        normalize<true>(src + at, dst + at, stop - i, mean_hi, mean_lo, scale, bt[ch]);
+      else
+        normalize<false>(src + at, dst + at, stop - i, mean_hi, mean_lo, scale, bt[ch]);
+      i = stop;
     }
-#pragma omp for schedule(static)
+  };
+
+  if (parts == 1) {
+#pragma omp parallel for schedule(static)
     for (int64_t pair = 0; pair < pairs; ++pair) {
-      Moments m;
-      for (int64_t k = 0; k < chunks; ++k) merge(m, chunk_stats[pair * chunks + k]);
-      // torch.nn.GroupNorm: biased variance, 1 / sqrt(var + eps).
-      inv_std[pair] = 1.0 / std::sqrt(m.m2 / m.count + eps);
-      split(m.mean, mean_hi[pair], mean_lo[pair]);
+      statistics(pair, 0);
+      normalize_part(pair, 0);
     }
+  } else {
+#pragma omp parallel
+    {
 #pragma omp for schedule(static)
-    for (int64_t task = 0; task < pairs * parts; ++task) {
-      const int64_t pair = task / parts, part = task % parts;
-      const int64_t begin = std::min(count, part * chunks_per_part * kChunk);
-      const int64_t end = std::min(count, (part + 1) * chunks_per_part * kChunk);
-      const int64_t ch0 = (pair % groups) * cpg;
-      for (int64_t i = begin; i < end;) {
-        const int64_t ch = ch0 + i / spatial, stop = std::min(end, (i / spatial + 1) * spatial);
-        const float scale = static_cast<float>(inv_std[pair] * g[ch]);
-        const int64_t at = pair * count + i;
-        if (silu)
-          normalize<true>(src + at, dst + at, stop - i, mean_hi[pair], mean_lo[pair], scale, bt[ch]);
-        else
-          normalize<false>(src + at, dst + at, stop - i, mean_hi[pair], mean_lo[pair], scale, bt[ch]);
-        i = stop;
-      }
+      for (int64_t task = 0; task < pairs * parts; ++task) statistics(task / parts, task % parts);
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < pairs * parts; ++task) normalize_part(task / parts, task % parts);
     }
   }
   return y;
