@@ -1,8 +1,14 @@
 // Every kernel against a plain scalar reference written straight from the PyTorch definition.
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <random>
+#include <vector>
 
 #include "kernels/activations.h"
 #include "kernels/attention.h"
@@ -10,6 +16,7 @@
 #include "kernels/linear.h"
 #include "kernels/norms.h"
 #include "kernels/tensor_ops.h"
+#include "kernels/vector_math.h"
 #include "test_support.h"
 
 namespace sdcpu {
@@ -67,43 +74,85 @@ TEST(Kernels, LinearMatchesReference) {
   EXPECT_TENSOR_NEAR(y, ref, 1e-5);
 }
 
+// torch.nn.GroupNorm in double, two passes: mean, then biased variance of the deviations.
+Tensor group_norm_reference(const Tensor& x, int groups, const Tensor& g, const Tensor& b, double eps, bool silu) {
+  const int64_t n = x.dim(0), c = x.dim(1), spatial = x.numel() / (n * c), cpg = c / groups, count = cpg * spatial;
+  Tensor ref(x.shape());
+  for (int64_t p = 0; p < n * groups; ++p) {
+    const int64_t base = p * count;
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < count; ++i) mean += x[base + i];
+    mean /= count;
+    for (int64_t i = 0; i < count; ++i) var += (x[base + i] - mean) * (x[base + i] - mean);
+    var /= count;
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t ch = (p % groups) * cpg + i / spatial;
+      double v = (x[base + i] - mean) / std::sqrt(var + eps) * g[ch] + b[ch];
+      if (silu) v = v / (1 + std::exp(-v));
+      ref[base + i] = static_cast<float>(v);
+    }
+  }
+  return ref;
+}
+
 TEST(Kernels, GroupNormMatchesReference) {
-  Tensor x = random_tensor({2, 8, 5, 3}, 7, 3.0f), g = random_tensor({8}, 8), b = random_tensor({8}, 9);
-  for (bool silu : {false, true}) {
-    Tensor y = group_norm(x, 4, g, b, 1e-5f, silu);
-    Tensor ref(x.shape());
-    for (int64_t n = 0; n < 2; ++n)
-      for (int64_t grp = 0; grp < 4; ++grp) {
-        double mean = 0, var = 0;
-        const int64_t base = (n * 8 + grp * 2) * 15;
-        for (int64_t i = 0; i < 30; ++i) mean += x[base + i];
-        mean /= 30;
-        for (int64_t i = 0; i < 30; ++i) var += (x[base + i] - mean) * (x[base + i] - mean);
-        var /= 30;
-        for (int64_t i = 0; i < 30; ++i) {
-          const int64_t ch = grp * 2 + i / 15;
-          double v = (x[base + i] - mean) / std::sqrt(var + 1e-5) * g[ch] + b[ch];
-          if (silu) v = v / (1 + std::exp(-v));
-          ref[base + i] = static_cast<float>(v);
-        }
+  struct Case {
+    Shape shape;
+    int groups;
+    float mean, std;
+  };
+  // Odd channel counts and spatial sizes (vector tails in every channel), a group of one channel, groups longer
+  // than one statistics chunk (2048 values) with a partial last chunk, and a mean far from 0 (mean 100, std 1:
+  // a naive fp32 sum of squares would lose everything to cancellation).
+  for (const Case& k : {Case{{2, 8, 5, 3}, 4, 0.0f, 3.0f}, Case{{1, 17, 7, 5}, 17, 0.0f, 1.0f},
+                        Case{{2, 34, 7, 5}, 2, 0.5f, 2.0f}, Case{{1, 4, 47, 45}, 2, 0.0f, 1.0f},
+                        Case{{2, 6, 33, 31}, 3, 100.0f, 1.0f}, Case{{1, 64, 16, 16}, 32, -100.0f, 0.1f}}) {
+    Tensor x = random_tensor(k.shape, 7, k.std);
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] += k.mean;
+    const int64_t c = k.shape[1];
+    Tensor g = random_tensor({c}, 8), b = random_tensor({c}, 9);
+    for (bool silu : {false, true})
+      for (float eps : {1e-5f, 1e-6f}) {
+        SCOPED_TRACE(shape_to_string(k.shape) + " groups " + std::to_string(k.groups) + " mean " +
+                     std::to_string(k.mean) + (silu ? " silu" : ""));
+        EXPECT_TENSOR_NEAR(group_norm(x, k.groups, g, b, eps, silu), group_norm_reference(x, k.groups, g, b, eps, silu),
+                           1e-6);
       }
-    EXPECT_TENSOR_NEAR(y, ref, 1e-5);
   }
 }
 
-TEST(Kernels, LayerNormMatchesReference) {
-  Tensor x = random_tensor({3, 10}, 10, 2.0f), g = random_tensor({10}, 11), b = random_tensor({10}, 12);
-  Tensor y = layer_norm(x, g, b, 1e-5f), ref(x.shape());
-  for (int64_t r = 0; r < 3; ++r) {
-    double mean = 0, var = 0;
-    for (int64_t i = 0; i < 10; ++i) mean += x[r * 10 + i];
-    mean /= 10;
-    for (int64_t i = 0; i < 10; ++i) var += (x[r * 10 + i] - mean) * (x[r * 10 + i] - mean);
-    var /= 10;
-    for (int64_t i = 0; i < 10; ++i)
-      ref[r * 10 + i] = static_cast<float>((x[r * 10 + i] - mean) / std::sqrt(var + 1e-5) * g[i] + b[i]);
+TEST(Kernels, GroupNormDoesNotDependOnThreadCount) {
+  // One group of 2 x 2115 values per batch: with several threads each group is split across them.
+  Tensor x = random_tensor({1, 4, 47, 45}, 21), g = random_tensor({4}, 22), b = random_tensor({4}, 23);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const std::vector<float> one = group_norm(x, 2, g, b, 1e-5f, true).to_vector();
+  for (int t : {2, 3, 7}) {
+    omp_set_num_threads(t);
+    EXPECT_EQ(group_norm(x, 2, g, b, 1e-5f, true).to_vector(), one) << t << " threads";
   }
-  EXPECT_TENSOR_NEAR(y, ref, 1e-5);
+  omp_set_num_threads(threads);
+}
+
+TEST(Kernels, LayerNormMatchesReference) {
+  // Tails (10, 17), the SD widths (320, 768, 1280), a row longer than a statistics chunk, and large means.
+  for (auto [rows, c, mean] :
+       {std::tuple{3, 10, 0.0f}, {5, 17, 0.0f}, {4, 320, 0.0f}, {3, 768, 1.0f}, {2, 1280, 100.0f}, {2, 4100, -50.0f}}) {
+    SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(c) + " mean " + std::to_string(mean));
+    Tensor x = random_tensor({rows, c}, 10, 2.0f), g = random_tensor({c}, 11), b = random_tensor({c}, 12);
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] += mean;
+    Tensor y = layer_norm(x, g, b, 1e-5f), ref(x.shape());
+    for (int64_t r = 0; r < rows; ++r) {
+      double m = 0, var = 0;
+      for (int64_t i = 0; i < c; ++i) m += x[r * c + i];
+      m /= c;
+      for (int64_t i = 0; i < c; ++i) var += (x[r * c + i] - m) * (x[r * c + i] - m);
+      var /= c;
+      for (int64_t i = 0; i < c; ++i)
+        ref[r * c + i] = static_cast<float>((x[r * c + i] - m) / std::sqrt(var + 1e-5) * g[i] + b[i]);
+    }
+    EXPECT_TENSOR_NEAR(y, ref, 1e-6);
+  }
 }
 
 Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
@@ -140,25 +189,90 @@ TEST(Kernels, AttentionMatchesReference) {
   EXPECT_TENSOR_NEAR(attention(q, kc, vc, 2, true), attention_reference(q, kc, vc, 2, true), 1e-5);
 }
 
+// Each element within tol of the double value, relative to max(1, |value|).
+#define EXPECT_NEAR_SCALED(actual, expected, tol) \
+  EXPECT_NEAR(actual, expected, (tol)*std::max(1.0, std::fabs(static_cast<double>(expected))))
+
 TEST(Kernels, ActivationsMatchDefinitions) {
-  Tensor x = random_tensor({4, 6}, 18, 3.0f);
+  // 5 x 38 = 190 values: whole vectors and a tail; N(0, 3) reaches the exp clamp-free range and erf's both branches.
+  Tensor x = random_tensor({5, 38}, 18, 3.0f);
+  for (int64_t i = 0; i < 6; ++i) x[i] = static_cast<float>(i - 3) * 9.0f;  // -27 .. 18: the tails
   Tensor s = x.clone(), g = x.clone(), qg = x.clone();
   silu_(s);
   gelu_(g);
   quick_gelu_(qg);
   for (int64_t i = 0; i < x.numel(); ++i) {
     const double v = x[i];
-    EXPECT_NEAR(s[i], v / (1 + std::exp(-v)), 1e-5);
-    EXPECT_NEAR(g[i], 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))), 1e-5);
-    EXPECT_NEAR(qg[i], v / (1 + std::exp(-1.702 * v)), 1e-5);
+    EXPECT_NEAR_SCALED(s[i], v / (1 + std::exp(-v)), 1e-6) << v;
+    EXPECT_NEAR_SCALED(g[i], 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))), 1e-6) << v;
+    EXPECT_NEAR_SCALED(qg[i], v / (1 + std::exp(-1.702 * v)), 1e-6) << v;
   }
   Tensor y = geglu(x);
-  ASSERT_EQ(y.shape(), (Shape{4, 3}));
-  for (int64_t r = 0; r < 4; ++r)
-    for (int64_t i = 0; i < 3; ++i) {
-      const double h = x[r * 6 + i], gate = x[r * 6 + 3 + i];
-      EXPECT_NEAR(y[r * 3 + i], h * 0.5 * gate * (1 + std::erf(gate / std::sqrt(2.0))), 1e-5);
+  ASSERT_EQ(y.shape(), (Shape{5, 19}));
+  for (int64_t r = 0; r < 5; ++r)
+    for (int64_t i = 0; i < 19; ++i) {
+      const double h = x[r * 38 + i], gate = x[r * 38 + 19 + i];
+      EXPECT_NEAR_SCALED(y[r * 19 + i], h * 0.5 * gate * (1 + std::erf(gate / std::sqrt(2.0))), 1e-6);
     }
+}
+
+// The vectorized erf behind gelu_ and geglu, against std::erf in double.
+TEST(Kernels, ErfMatchesStdErf) {
+  std::vector<float> in;
+  for (int i = -200000; i <= 200000; ++i) in.push_back(static_cast<float>(i) * 5e-5f);  // [-10, 10], step 5e-5
+  for (float v = 1e-30f; v < 1e3f; v *= 1.01f) {  // tiny to large magnitudes, both signs
+    in.push_back(v);
+    in.push_back(-v);
+  }
+  for (float v : {0.927734375f, std::nextafter(0.927734375f, 1.0f), 3.9f, 4.0f, 1e30f, FLT_MAX, FLT_MIN, 1e-45f})
+    for (float sign : {1.0f, -1.0f}) in.push_back(sign * v);
+  while (in.size() % simd::kWidth) in.push_back(0.0f);
+  std::vector<float> out(in.size());
+  for (size_t i = 0; i < in.size(); i += simd::kWidth) simd::store(&out[i], simd::erf(simd::load(&in[i])));
+  double max_abs = 0, max_rel_small = 0;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const double ref = std::erf(static_cast<double>(in[i]));
+    const double err = std::fabs(out[i] - ref);
+    max_abs = std::max(max_abs, err);
+    // Relative error near 0, for normal results (a subnormal one has fewer bits).
+    if (std::fabs(ref) >= FLT_MIN && std::fabs(in[i]) < 0.5f)
+      max_rel_small = std::max(max_rel_small, err / std::fabs(ref));
+  }
+  if (std::getenv("SDCPU_TEST_VERBOSE"))
+    std::printf("  erf: max abs error %.3g, max relative error for |x| < 0.5: %.3g\n", max_abs, max_rel_small);
+  EXPECT_LE(max_abs, 1e-7);        // measured 5.5e-8
+  EXPECT_LE(max_rel_small, 2e-7);  // measured 7.8e-8: erf keeps its relative accuracy toward 0
+
+  // Special values: signed zeros stay zeros, the infinities give +-1, NaN stays NaN.
+  const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 10.0f, -10.0f, 1e-45f};
+  float sp[16] = {}, so[16];
+  for (int i = 0; i < 8; ++i) sp[i] = specials[i];
+  for (int i = 0; i < 16; i += simd::kWidth) simd::store(so + i, simd::erf(simd::load(sp + i)));
+  EXPECT_EQ(so[0], 0.0f);
+  EXPECT_FALSE(std::signbit(so[0]));
+  EXPECT_EQ(so[1], 0.0f);
+  EXPECT_TRUE(std::signbit(so[1]));
+  EXPECT_EQ(so[2], 1.0f);
+  EXPECT_EQ(so[3], -1.0f);
+  EXPECT_TRUE(std::isnan(so[4]));
+  EXPECT_EQ(so[5], 1.0f);
+  EXPECT_EQ(so[6], -1.0f);
+  EXPECT_GT(so[7], 0.0f);
+}
+
+TEST(Kernels, LayoutTransposesMatchDefinition) {
+  // Sizes that are not multiples of the transpose tiles (16 x 64) on either side, and more than one tile.
+  for (const Shape& shape : {Shape{2, 37, 9, 11}, Shape{1, 70, 16, 5}, Shape{3, 1, 1, 130}}) {
+    SCOPED_TRACE(shape_to_string(shape));
+    Tensor x = random_tensor(shape, 24);
+    const int64_t n = shape[0], c = shape[1], hw = shape[2] * shape[3];
+    Tensor nlc = nchw_to_nlc(x), ref({n, hw, c});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t p = 0; p < hw; ++p) ref[(b * hw + p) * c + ch] = x[(b * c + ch) * hw + p];
+    EXPECT_EQ(nlc.to_vector(), ref.to_vector());
+    EXPECT_EQ(nlc_to_nchw(nlc, shape[2], shape[3]).to_vector(), x.to_vector());
+  }
 }
 
 TEST(Kernels, LayoutOpsRoundTrip) {
