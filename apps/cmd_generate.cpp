@@ -68,7 +68,8 @@ Command add_generate_command(CLI::App& app) {
   cli->add_option("--height,-H", gen.height, "Image height, a multiple of 8")->capture_default_str();
   cli->add_option("--batch-count", gen.batch_count, "Images to generate, one after another")->capture_default_str();
   cli->add_option("--clip-skip", gen.clip_skip, "Text encoder layers to skip from the end")->capture_default_str();
-  cli->add_option("--threads", a->load.threads, "Compute threads (0: all cores)")->capture_default_str();
+  cli->add_option("--threads", a->load.threads, "Compute threads (0: one per physical core)")->capture_default_str();
+  cli->add_flag("--pin", a->load.pin_threads, "Bind compute thread i to core i");
   cli->add_option("--precision", a->load.precision,
                   "fp32 (matches diffusers), bf16 (faster, half the memory; CPUs with AVX512_BF16 or AMX) or auto")
       ->capture_default_str();

@@ -24,8 +24,10 @@ std::vector<std::string> sampler_names();
 struct LoadOptions {
   // "fp16" selects *.fp16.safetensors weights in a diffusers folder when present.
   std::string variant;
-  // Threads for all compute; 0 = one per available core.
+  // Threads for all compute; 0 = one per physical core this process may use.
   int threads = 0;
+  // Bind compute thread i to core i (a process-wide setting, like `threads`).
+  bool pin_threads = false;
   // "fp32" (matches diffusers within 1e-4), "bf16" (bfloat16 products with fp32 accumulation: about twice as
   // fast and half the weight memory on CPUs with AVX512_BF16 or AMX; refused on others), or "auto" (bf16 where
   // the CPU has it natively, else fp32).
@@ -83,7 +85,8 @@ struct BenchOptions {
   std::string precision = "fp32";      // fp32 | bf16 | auto (as LoadOptions::precision)
   std::vector<int> batch_sizes = {1};  // images per UNet call; the first also gives the per-stage figures
   int runs = 3;                        // timed runs per batch size, after a warm-up run
-  int threads = 0;                     // 0: one per available core
+  int threads = 0;                     // 0: one per physical core
+  bool pin_threads = false;            // bind compute thread i to core i
   std::string prompt = "a photo of an astronaut riding a horse on mars";
   uint64_t seed = 42;
   // Receives a line per finished run (progress for a human); may be empty.

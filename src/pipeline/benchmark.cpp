@@ -1,6 +1,5 @@
 #include "pipeline/benchmark.h"
 
-#include <omp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "kernels/fma_peak.h"
 #include "pipeline/precision.h"
 #include "pipeline/txt2img.h"
@@ -232,10 +232,11 @@ BenchReport run_benchmark(const BenchOptions& o) {
   auto log = [&](const std::string& s) {
     if (o.log) o.log(s);
   };
-  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const int team = setup_threads(o.threads, o.pin_threads);
   BenchReport r;
   r.cpu = detect_cpu();
-  r.threads = omp_get_max_threads();
+  r.threads = team;
+  r.pinned = o.pin_threads;
   const ComputeType compute = resolve_precision(o.precision);
   r.precision = compute_type_name(compute);
   r.width = o.width;
@@ -316,6 +317,7 @@ std::string to_json(const BenchReport& r) {
   nlohmann::ordered_json j;
   j["cpu"] = {{"model", r.cpu.model}, {"isa", r.cpu.isa}};
   j["threads"] = r.threads;
+  j["pinned"] = r.pinned;
   j["precision"] = r.precision;
   j["width"] = r.width;
   j["height"] = r.height;
@@ -362,7 +364,7 @@ std::string format_table(const BenchReport& r) {
   std::string isa;
   for (const auto& f : r.cpu.isa) isa += (isa.empty() ? "" : " ") + f;
   s << "sdcpu bench: " << r.width << "x" << r.height << ", " << r.steps << " steps, " << r.sampler << ", cfg "
-    << fixed(r.cfg_scale, 1) << ", " << r.precision << ", " << r.threads << " threads, median of " << r.runs
+    << fixed(r.cfg_scale, 1) << ", " << r.precision << ", " << r.threads << (r.pinned ? " pinned" : "") << " threads, median of " << r.runs
     << " runs\n";
   row("cpu", r.cpu.model + " (" + isa + ")");
   row("load", fixed(r.load_s, 2) + " s");

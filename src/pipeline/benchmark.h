@@ -38,6 +38,7 @@ UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t late
 struct BenchReport {
   CpuInfo cpu;
   int threads = 0;
+  bool pinned = false;
   std::string precision;  // the precision that ran (auto resolved)
   int width = 0, height = 0, steps = 0;
   std::string sampler;

@@ -1,11 +1,10 @@
 // The public API (include/sdcpu/sdcpu.h) over Txt2ImgPipeline.
-#include <omp.h>
-
 #include <filesystem>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/image_png.h"
+#include "core/threads.h"
 #include "pipeline/generation_parameters.h"
 #include "pipeline/precision.h"
 #include "pipeline/txt2img.h"
@@ -111,8 +110,8 @@ std::vector<std::string> sampler_names() {
 
 std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const LoadOptions& options) {
   if (options.threads < 0) throw InvalidArgument("threads must be >= 0");
-  if (options.threads > 0) omp_set_num_threads(options.threads);
   const ComputeType compute = resolve_precision(options.precision);  // refuses bad names before any loading
+  setup_threads(options.threads, options.pin_threads);
   return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute);
 }
 
