@@ -66,8 +66,7 @@ Command add_bench_command(CLI::App& app) {
   cli->add_option("--sampler", o.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
   cli->add_option("--cfg-scale", o.cfg_scale, "Classifier-free guidance scale")->capture_default_str();
   // Checked by bench() rather than by CLI11 so that bf16 on a CPU without it gets its own message.
-  cli->add_option("--precision", o.precision, "fp32, bf16 or auto (bf16 where the CPU has it)")
-      ->capture_default_str();
+  cli->add_option("--precision", o.precision, "fp32, bf16 or auto (bf16 where the CPU has it)")->capture_default_str();
   cli->add_option("--batch-sizes", a->batch_sizes, "Images per UNet call to measure, e.g. 1,2,4,8")
       ->capture_default_str();
   cli->add_option("--runs", o.runs, "Timed runs per batch size, after a warm-up")->capture_default_str();

@@ -97,12 +97,12 @@ TEST(Kernels, PreparedConv2dMatchesReference) {
 TEST(Kernels, PreparedConv2dBf16MatchesReferenceOnRoundedOperands) {
   if (!cpu_has_native_bf16()) GTEST_SKIP() << "no AVX512_BF16 / AMX on this CPU";
   const std::vector<Case> cases = {
-      {2, 32, 48, 9, 7, 3, 1, {1, 1, 1, 1}},    // odd sizes
-      {1, 32, 32, 9, 8, 3, 2, {0, 0, 1, 1}},    // Downsample2D with padding 0
-      {2, 48, 32, 6, 5, 1, 1, {0, 0, 0, 0}},    // 1x1 (conv_shortcut)
-      {2, 4, 32, 10, 10, 3, 1, {1, 1, 1, 1}},   // conv_in: 4 latent channels
-      {2, 32, 4, 10, 10, 3, 1, {1, 1, 1, 1}},   // conv_out: 4 output channels
-      {1, 17, 35, 5, 11, 3, 1, {2, 2, 2, 2}},   // channels not a multiple of a block
+      {2, 32, 48, 9, 7, 3, 1, {1, 1, 1, 1}},   // odd sizes
+      {1, 32, 32, 9, 8, 3, 2, {0, 0, 1, 1}},   // Downsample2D with padding 0
+      {2, 48, 32, 6, 5, 1, 1, {0, 0, 0, 0}},   // 1x1 (conv_shortcut)
+      {2, 4, 32, 10, 10, 3, 1, {1, 1, 1, 1}},  // conv_in: 4 latent channels
+      {2, 32, 4, 10, 10, 3, 1, {1, 1, 1, 1}},  // conv_out: 4 output channels
+      {1, 17, 35, 5, 11, 3, 1, {2, 2, 2, 2}},  // channels not a multiple of a block
   };
   for (const Case& t : cases) {
     SCOPED_TRACE(shape_to_string({t.n, t.c, t.o, t.h, t.w, t.k, t.stride}));

@@ -155,14 +155,13 @@ struct Plan {
 struct PreparedConv2d::Weights {
   int64_t o = 0, c = 0, kh = 0, kw = 0;
   memory::data_type compute = kF32;  // of the source and the weights; the destination is always fp32
-  memory::desc bias_desc;  // [O], format x; a zero desc when there is none
+  memory::desc bias_desc;            // [O], format x; a zero desc when there is none
   memory bias;
   Tensor bias_storage;
   std::mutex mutex;
   // The weight in every layout a plan has asked for; nearly always exactly one.
   PackedWeights packed;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
-
 
   const Plan& plan(int64_t n, int64_t h, int64_t w, int stride, const Conv2dPadding& p, bool residual) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -277,8 +276,12 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residua
   auto& s = dnnl_stream();
   memory x_plain(plan.src_plain, eng, const_cast<float*>(x.data()));
   memory y_plain(plan.dst_plain, eng, y.data());
-  memory src = plan.reorder_src ? memory(plan.pd.src_desc(), eng, scratch_buffer(ScratchSlot::conv_src, plan.pd.src_desc().get_size())) : x_plain;
-  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng, scratch_buffer(ScratchSlot::conv_dst, plan.pd.dst_desc().get_size())) : y_plain;
+  memory src = plan.reorder_src ? memory(plan.pd.src_desc(), eng,
+                                         scratch_buffer(ScratchSlot::conv_src, plan.pd.src_desc().get_size()))
+                                : x_plain;
+  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng,
+                                         scratch_buffer(ScratchSlot::conv_dst, plan.pd.dst_desc().get_size()))
+                                : y_plain;
   if (plan.reorder_src) plan.src_in.execute(s, x_plain, src);
   if (has_residual) {
     memory r_plain(plan.dst_plain, eng, const_cast<float*>(residual.data()));

@@ -1,8 +1,8 @@
 #include "kernels/linear.h"
 
 #include <map>
-#include <string>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -84,7 +84,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 struct PreparedLinear::Weights {
   int64_t k = 0, n = 0;
   memory::data_type compute = kF32;  // of the source and the weight
-  Tensor bias;  // [N] or empty, as the [1, N] bias oneDNN reads
+  Tensor bias;                       // [N] or empty, as the [1, N] bias oneDNN reads
   std::mutex mutex;
   // The weight in every layout a primitive has asked for; in practice one (BA16a64b for every row count).
   PackedWeights packed;
@@ -92,11 +92,10 @@ struct PreparedLinear::Weights {
     dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
     const memory* weights = nullptr;
-    memory::desc src_plain;       // our fp32 [m, k] rows
+    memory::desc src_plain;        // our fp32 [m, k] rows
     dnnl::reorder src_to_compute;  // fp32 -> bf16 rounding of the rows, when compute is bf16
   };
   std::map<int64_t, std::unique_ptr<Plan>> plans;  // by row count m
-
 
   const Plan& plan(int64_t m) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -159,8 +158,7 @@ Tensor linear(const Tensor& x, const PreparedLinear& layer) {
   auto& eng = dnnl_engine();
   memory src(plan.src_plain, eng, const_cast<float*>(x.data()));
   if (plan.src_to_compute) {
-    memory rounded(plan.pd.src_desc(), eng,
-                   scratch_buffer(ScratchSlot::linear_src, plan.pd.src_desc().get_size()));
+    memory rounded(plan.pd.src_desc(), eng, scratch_buffer(ScratchSlot::linear_src, plan.pd.src_desc().get_size()));
     plan.src_to_compute.execute(dnnl_stream(), src, rounded);
     src = rounded;
   }

@@ -179,8 +179,8 @@ inline Vec silu(Vec x) { return div(x, add(set1(1.0f), exp(sub(zero(), x)))); }
 //   rounded expf; our exp adds at most 2 ulp of e^Q <= 0.19, i.e. below 3e-8 absolute).
 // Measured against std::erf on a dense grid over [-10, 10] and the tails (tests/test_kernels_reference.cpp,
 // ErfMatchesStdErf): at most 5.6e-8 absolute (under one ulp of 1), 7.9e-8 relative for |x| < 0.5; for comparison
-// the Abramowitz-Stegun 7.1.26 form PyTorch's vectorized erf uses is 1.5e-7 absolute. erf(+-0) = +-0, erf(+-inf) = +-1 (|x| is
-// clamped to 10, where erf is 1 in fp32), NaN gives NaN.
+// the Abramowitz-Stegun 7.1.26 form PyTorch's vectorized erf uses is 1.5e-7 absolute. erf(+-0) = +-0, erf(+-inf) = +-1
+// (|x| is clamped to 10, where erf is 1 in fp32), NaN gives NaN.
 inline Vec erf(Vec x) {
   const Vec t = min(set1(10.0f), abs(x));  // min keeps a NaN
   const Vec s = mul(x, x);

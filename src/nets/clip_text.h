@@ -32,8 +32,8 @@ class ClipTextModel {
 
   ClipTextConfig config_;
   ComputeType compute_ = ComputeType::f32;  // of the attention products (the layers carry their own)
-  Tensor token_embedding_;     // [vocab, hidden]
-  Tensor position_embedding_;  // [positions, hidden]
+  Tensor token_embedding_;                  // [vocab, hidden]
+  Tensor position_embedding_;               // [positions, hidden]
   std::vector<EncoderLayer> layers_;
   LayerNorm final_layer_norm_;
 };

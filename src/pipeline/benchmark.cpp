@@ -364,8 +364,8 @@ std::string format_table(const BenchReport& r) {
   std::string isa;
   for (const auto& f : r.cpu.isa) isa += (isa.empty() ? "" : " ") + f;
   s << "sdcpu bench: " << r.width << "x" << r.height << ", " << r.steps << " steps, " << r.sampler << ", cfg "
-    << fixed(r.cfg_scale, 1) << ", " << r.precision << ", " << r.threads << (r.pinned ? " pinned" : "") << " threads, median of " << r.runs
-    << " runs\n";
+    << fixed(r.cfg_scale, 1) << ", " << r.precision << ", " << r.threads << (r.pinned ? " pinned" : "")
+    << " threads, median of " << r.runs << " runs\n";
   row("cpu", r.cpu.model + " (" + isa + ")");
   row("load", fixed(r.load_s, 2) + " s");
   row("first image (cold)", fixed(r.first_image_s, 2) + " s" +
