@@ -11,17 +11,12 @@
 #include <string>
 
 #include "kernels/attention.h"
+#include "random_tensor.h"
 
 namespace sdcpu {
 namespace {
 
-Tensor random_tensor(Shape shape, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  Tensor t(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
-  return t;
-}
+using testing::random_tensor;
 
 double process_cpu_seconds() {
   timespec ts;

@@ -12,17 +12,12 @@
 
 #include "kernels/conv2d.h"
 #include "kernels/tensor_ops.h"
+#include "random_tensor.h"
 
 namespace sdcpu {
 namespace {
 
-Tensor random_tensor(Shape shape, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  Tensor t(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
-  return t;
-}
+using testing::random_tensor;
 
 enum Mode { kPlain = 0, kPrepared = 1, kPreparedThenAdd = 2, kPreparedFusedAdd = 3, kPreparedBf16 = 4 };
 

@@ -17,18 +17,13 @@
 
 #include "kernels/attention.h"
 #include "kernels/vector_math.h"
+#include "random_tensor.h"
 #include "test_support.h"
 
 namespace sdcpu {
 namespace {
 
-Tensor random_tensor(Shape shape, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  Tensor t(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
-  return t;
-}
+using testing::random_tensor;
 
 // softmax(q k^T / sqrt(D) + mask) v per head, in double, one query at a time: the definition, nothing clever.
 Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {

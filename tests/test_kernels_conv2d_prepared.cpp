@@ -12,18 +12,13 @@
 #include "core/error.h"
 #include "kernels/conv2d.h"
 #include "kernels/cpu_features.h"
+#include "random_tensor.h"
 #include "test_support.h"
 
 namespace sdcpu {
 namespace {
 
-Tensor random_tensor(Shape shape, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  Tensor t(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
-  return t;
-}
+using testing::random_tensor;
 
 // Zero padding per side, then the plain convolution, in double; + residual when given.
 Tensor conv_reference(const Tensor& x, const Tensor& w, const Tensor& b, int stride, Conv2dPadding p,

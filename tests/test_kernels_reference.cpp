@@ -17,18 +17,13 @@
 #include "kernels/norms.h"
 #include "kernels/tensor_ops.h"
 #include "kernels/vector_math.h"
+#include "random_tensor.h"
 #include "test_support.h"
 
 namespace sdcpu {
 namespace {
 
-Tensor random_tensor(Shape shape, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  Tensor t(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
-  return t;
-}
+using testing::random_tensor;
 
 Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& b, int stride, int pad) {
   const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), wd = x.dim(3), o = w.dim(0), kh = w.dim(2), kw = w.dim(3);

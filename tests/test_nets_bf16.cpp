@@ -52,19 +52,11 @@ class NetsBf16 : public ::testing::Test {
   }
 };
 
-std::vector<std::vector<int>> ids_rows(const SafetensorsFile& g) {
-  std::vector<int64_t> flat = g.read_i64("input_ids");
-  const int64_t seq = g.find("input_ids")->shape[1];
-  std::vector<std::vector<int>> rows;
-  for (size_t i = 0; i < flat.size(); i += seq) rows.emplace_back(flat.begin() + i, flat.begin() + i + seq);
-  return rows;
-}
-
 void check_text_encoder(const std::string& dir, const std::string& golden) {
   WeightStore w = bf16_store("text_encoder", dir + "/model.safetensors");
   ClipTextModel model(parse_clip_text_config(testing::read_text(dir + "/config.json")), w);
   auto& g = testing::golden(golden);
-  expect_bf16_close(golden.c_str(), model.forward(ids_rows(g)), g.read_f32("last_hidden_state"));
+  expect_bf16_close(golden.c_str(), model.forward(testing::input_id_rows(g)), g.read_f32("last_hidden_state"));
 }
 
 void check_unet(const UNet2DConditionModel& model, const std::string& golden) {

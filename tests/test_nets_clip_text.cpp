@@ -10,14 +10,6 @@
 namespace sdcpu {
 namespace {
 
-std::vector<std::vector<int>> ids_rows(const SafetensorsFile& g) {
-  std::vector<int64_t> flat = g.read_i64("input_ids");
-  const int64_t seq = g.find("input_ids")->shape[1];
-  std::vector<std::vector<int>> rows;
-  for (size_t i = 0; i < flat.size(); i += seq) rows.emplace_back(flat.begin() + i, flat.begin() + i + seq);
-  return rows;
-}
-
 ClipTextModel load(const std::string& dir, WeightStore& w) {
   w.add_all(std::make_shared<SafetensorsFile>(dir + "/model.safetensors"));
   return ClipTextModel(parse_clip_text_config(testing::read_text(dir + "/config.json")), w);
@@ -27,7 +19,7 @@ TEST(ClipText, TinyMatchesReference) {
   WeightStore w("text_encoder");
   ClipTextModel model = load(testing::fixture("tiny-sd/text_encoder"), w);
   auto& g = testing::golden("tiny-sd/text_encoder.safetensors");
-  EXPECT_TENSOR_NEAR(model.forward(ids_rows(g)), g.read_f32("last_hidden_state"), 1e-4);
+  EXPECT_TENSOR_NEAR(model.forward(testing::input_id_rows(g)), g.read_f32("last_hidden_state"), 1e-4);
   EXPECT_TRUE(w.unused().empty());
 }
 
@@ -37,7 +29,7 @@ TEST(ClipText, FullSizeSd15MatchesReference) {
   WeightStore w("text_encoder");
   ClipTextModel model = load(dir + "/text_encoder", w);
   auto& g = testing::golden("sd15-random/text_encoder.safetensors");
-  EXPECT_TENSOR_NEAR(model.forward(ids_rows(g)), g.read_f32("last_hidden_state"), 1e-4);
+  EXPECT_TENSOR_NEAR(model.forward(testing::input_id_rows(g)), g.read_f32("last_hidden_state"), 1e-4);
 }
 
 TEST(ClipText, MissingOrMisshapedTensorIsNamed) {

@@ -85,4 +85,12 @@ Tensor round_to_bf16(const Tensor& t) {
   return r;
 }
 
+std::vector<std::vector<int>> input_id_rows(const SafetensorsFile& golden) {
+  const std::vector<int64_t> flat = golden.read_i64("input_ids");
+  const size_t seq = static_cast<size_t>(golden.find("input_ids")->shape[1]);
+  std::vector<std::vector<int>> rows;
+  for (size_t i = 0; i + seq <= flat.size(); i += seq) rows.emplace_back(flat.begin() + i, flat.begin() + i + seq);
+  return rows;
+}
+
 }  // namespace sdcpu::testing

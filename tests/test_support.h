@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "formats/safetensors.h"
@@ -39,6 +40,9 @@ Diff compare(const Tensor& actual, const Tensor& expected);
 // returned as fp32: what a bf16 kernel's inputs are, so that a bf16 kernel can be checked against an fp32
 // reference run on rounded inputs.
 Tensor round_to_bf16(const Tensor& t);
+
+// A text-encoder golden's "input_ids" [batch, seq] as one row of token ids per prompt.
+std::vector<std::vector<int>> input_id_rows(const SafetensorsFile& golden);
 
 }  // namespace sdcpu::testing
 
