@@ -39,6 +39,16 @@ TEST(BenchFlops, Sd15UNetStepMatchesIssueFigures) {
   EXPECT_THROW(count_unet_flops(config, 0, 64, 64), InvalidArgument);
 }
 
+TEST(BenchFlops, Sd15VaeDecodeMatchesIssueFigures) {
+  // SD 1.5's VAE (the diffusers default config: 128/256/512/512, 2 layers per block): 2515 GFLOP per decode at
+  // 512x512 (a 64x64 latent), 622 at 256x256, almost all of it 3x3 convolutions.
+  const VaeConfig c;
+  EXPECT_NEAR(count_vae_decoder_flops(c, 1, 64, 64) / 1e9, 2515.0, 2.0);
+  EXPECT_NEAR(count_vae_decoder_flops(c, 1, 32, 32) / 1e9, 622.0, 1.0);
+  EXPECT_NEAR(count_vae_decoder_flops(c, 2, 32, 32), 2 * count_vae_decoder_flops(c, 1, 32, 32), 1.0);
+  EXPECT_THROW(count_vae_decoder_flops(c, 0, 32, 32), InvalidArgument);
+}
+
 TEST(BenchFlops, FmaPeakIsMeasured) {
   EXPECT_GT(measure_fma_peak_gflops(PeakPrecision::kFp32, 1, 0.01), 0.0);
   if (fma_peak_supported(PeakPrecision::kBf16)) {
@@ -55,9 +65,10 @@ TEST(Bench, TinyModelReportHasEveryField) {
   o.batch_sizes = {1, 2};
   const BenchReport report = run_benchmark(o);
   const auto j = nlohmann::json::parse(to_json(report));
-  for (const char* key : {"threads", "width", "height", "steps", "load_s", "first_image_s", "text_encode_s",
-                          "unet_step_s", "vae_decode_s", "total_s", "peak_rss_mb", "unet_gflop_per_step",
-                          "unet_gflops_achieved", "machine_peak_gflops", "unet_efficiency"}) {
+  for (const char* key :
+       {"threads", "width", "height", "steps", "load_s", "first_image_s", "text_encode_s", "unet_step_s",
+        "vae_decode_s", "total_s", "peak_rss_mb", "unet_gflop_per_step", "unet_gflops_achieved", "machine_peak_gflops",
+        "unet_efficiency", "vae_gflop_per_decode", "vae_gflops_achieved", "vae_efficiency"}) {
     SCOPED_TRACE(key);
     ASSERT_TRUE(j.contains(key));
     EXPECT_GT(j.at(key).get<double>(), 0.0);

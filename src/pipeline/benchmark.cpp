@@ -205,6 +205,46 @@ CpuInfo detect_cpu() {
   return info;
 }
 
+double count_vae_decoder_flops(const VaeConfig& c, int64_t batch, int64_t latent_h, int64_t latent_w) {
+  if (batch < 1 || latent_h < 1 || latent_w < 1)
+    throw InvalidArgument("vae flops: batch and latent size must be positive");
+  if (c.block_out_channels.empty()) throw InvalidArgument("vae flops: no blocks");
+  const double b = static_cast<double>(batch);
+  int64_t h = latent_h, w = latent_w;
+  double f = 0;
+  auto conv = [&](int64_t cin, int64_t cout, int64_t k) {
+    f += 2.0 * b * static_cast<double>(cin * cout * k * k * h * w);
+  };
+  auto resnet = [&](int64_t cin, int64_t cout) {
+    conv(cin, cout, 3);
+    conv(cout, cout, 3);
+    if (cin != cout) conv(cin, cout, 1);  // conv_shortcut
+  };
+  // Mirrors nets/vae.cpp's VaeDecoder.
+  const std::vector<int>& ch = c.block_out_channels;
+  const int64_t top = ch.back();
+  conv(c.latent_channels, c.latent_channels, 1);  // post_quant_conv
+  conv(c.latent_channels, top, 3);                // conv_in
+  resnet(top, top);                               // mid block: resnet, attention (one head of all channels), resnet
+  const double tokens = static_cast<double>(h * w);
+  f += 4 * 2.0 * b * tokens * static_cast<double>(top * top);     // to_q, to_k, to_v, to_out
+  f += 2 * 2.0 * b * tokens * tokens * static_cast<double>(top);  // Q K^T and P V
+  resnet(top, top);
+  int64_t out = top;
+  for (size_t i = 0; i < ch.size(); ++i) {
+    const int64_t in = out;
+    out = ch[ch.size() - 1 - i];
+    for (int j = 0; j < c.layers_per_block + 1; ++j) resnet(j == 0 ? in : out, out);
+    if (i + 1 < ch.size()) {  // Upsample2D: nearest 2x, then a 3x3 convolution at the new size
+      h *= 2;
+      w *= 2;
+      conv(out, out, 3);
+    }
+  }
+  conv(ch.front(), c.out_channels, 3);  // conv_out
+  return f;
+}
+
 UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w,
                            int64_t text_tokens) {
   if (batch < 1 || latent_h < 1 || latent_w < 1 || text_tokens < 1)
@@ -297,6 +337,10 @@ BenchReport run_benchmark(const BenchOptions& o) {
                                   files.text_encoder_config.max_position_embeddings);
   r.unet_gflops_achieved = r.unet_step_s > 0 ? r.unet_flops.total() / 1e9 / r.unet_step_s : 0;
   r.unet_efficiency = r.machine_peak_gflops > 0 ? r.unet_gflops_achieved / r.machine_peak_gflops : 0;
+  r.vae_decode_flops =
+      count_vae_decoder_flops(files.vae_config, r.stage_batch_size, o.height / factor, o.width / factor);
+  r.vae_gflops_achieved = r.vae_decode_s > 0 ? r.vae_decode_flops / 1e9 / r.vae_decode_s : 0;
+  r.vae_efficiency = r.machine_peak_gflops > 0 ? r.vae_gflops_achieved / r.machine_peak_gflops : 0;
   r.peak_rss_mb = peak_rss_mb();  // before the fp32 reference below adds its own weights
 
   if (compute != ComputeType::f32) {
@@ -345,6 +389,9 @@ std::string to_json(const BenchReport& r) {
   j["machine_peak_gflops"] = r.machine_peak_gflops;
   j["machine_peak_gflops_by_precision"] = {{"fp32", r.machine_peak_gflops_fp32}, {"bf16", r.machine_peak_gflops_bf16}};
   j["unet_efficiency"] = r.unet_efficiency;
+  j["vae_gflop_per_decode"] = r.vae_decode_flops / 1e9;
+  j["vae_gflops_achieved"] = r.vae_gflops_achieved;
+  j["vae_efficiency"] = r.vae_efficiency;
   // Quality against fp32 exists only for the lower precisions; an identical image has an infinite PSNR, which
   // JSON cannot hold: it is written as null there too, with the latent difference 0 telling the two apart.
   j["psnr_db_vs_fp32"] = nullptr;
@@ -373,7 +420,9 @@ std::string format_table(const BenchReport& r) {
   row("text encode", fixed(r.text_encode_s, 3) + " s");
   row("unet step", fixed(r.unet_step_s, 3) + " s  (" + fixed(r.unet_flops.total() / 1e9, 1) + " GFLOP, " +
                        fixed(r.unet_gflops_achieved, 1) + " GFLOP/s)");
-  row("vae decode", fixed(r.vae_decode_s, 3) + " s");
+  row("vae decode", fixed(r.vae_decode_s, 3) + " s  (" + fixed(r.vae_decode_flops / 1e9, 1) + " GFLOP, " +
+                        fixed(r.vae_gflops_achieved, 1) + " GFLOP/s, " + fixed(100.0 * r.vae_efficiency, 1) +
+                        " % of peak)");
   row("total per image", fixed(r.total_s, 2) + " s");
   for (const auto& [batch, ipm] : r.images_per_min) row("images/min, batch " + std::to_string(batch), fixed(ipm, 2));
   row("peak rss", fixed(r.peak_rss_mb, 0) + " MB");

@@ -35,6 +35,11 @@ struct UNetFlops {
 UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w,
                            int64_t text_tokens = 77);
 
+// Multiply-add FLOPs of one VAE decode (post_quant_conv, the decoder; AutoencoderKL.decode) of `batch` latents
+// of latent_h x latent_w: every convolution, the mid-block attention's projections and its two products (the
+// same 2-per-multiply-add count as the UNet's). SD 1.5 at 512x512: 2515 GFLOP; at 256x256: 622.
+double count_vae_decoder_flops(const VaeConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w);
+
 struct BenchReport {
   CpuInfo cpu;
   int threads = 0;
@@ -59,6 +64,9 @@ struct BenchReport {
   double machine_peak_gflops_fp32 = 0;   // both, for reference
   double machine_peak_gflops_bf16 = 0;   // 0 when the CPU lacks AVX512_BF16
   double unet_efficiency = 0;            // achieved / peak
+  double vae_decode_flops = 0;           // one decode at stage_batch_size
+  double vae_gflops_achieved = 0;        // vae_decode_flops / vae_decode_s
+  double vae_efficiency = 0;             // achieved / peak
   // Below fp32 only: the stage batch's image and final latents against an fp32 run of the same request.
   bool has_quality = false;
   double psnr_db_vs_fp32 = 0;  // of the decoded image, clamped to [-1, 1] and taken as [0, 1] (peak 1)
