@@ -1,5 +1,5 @@
-// 2-D convolution, fp32, NCHW, through oneDNN (torch.nn.functional.conv2d semantics, dilation 1,
-// groups 1).
+// 2-D convolution on fp32 NCHW tensors, through oneDNN (torch.nn.functional.conv2d semantics, dilation 1,
+// groups 1); the prepared path computes in fp32 or bf16 (core/compute_type.h).
 //
 // Two paths:
 // - conv2d(x, weight, bias, ...): plain weights, plain layouts; oneDNN then falls back to its im2col +

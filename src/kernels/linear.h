@@ -1,4 +1,5 @@
-// Fully connected layer, fp32, through oneDNN matmul (torch.nn.functional.linear semantics).
+// Fully connected layer on fp32 tensors, through oneDNN matmul (torch.nn.functional.linear semantics); the
+// prepared path computes in fp32 or bf16 (core/compute_type.h).
 //
 // Two paths:
 // - linear(x, weight, bias): the weight as PyTorch stores it ([N, K], read by oneDNN as format `ba`); for

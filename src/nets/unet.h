@@ -1,6 +1,6 @@
 // diffusers.models.unets.unet_2d_condition.UNet2DConditionModel (Ronneberger et al., "U-Net", 2015, as used
 // for latent diffusion by Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models",
-// 2022), fp32: the noise predictor of Stable Diffusion 1.x/2.x. Built entirely from a UNetConfig; every
+// 2022), in the weight store's compute type (fp32 or bf16): the noise predictor of Stable Diffusion 1.x/2.x. Built entirely from a UNetConfig; every
 // weight is fetched by its diffusers checkpoint name ("down_blocks.0.attentions.1.proj_in.weight", ...), so
 // a missing or mis-shaped tensor is a ModelError naming it.
 #pragma once
@@ -16,7 +16,7 @@ namespace sdcpu {
 
 class UNet2DConditionModel {
  public:
-  // Loads (and keeps, as fp32) every weight the configuration needs.
+  // Loads every weight the configuration needs, packed once in the store's compute type (WeightStore).
   UNet2DConditionModel(const UNetConfig& config, const WeightStore& weights);
 
   // sample [B, in_channels, h, w] (any h, w >= 1: like diffusers, sizes not divisible by 2**levels are
