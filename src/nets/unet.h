@@ -1,8 +1,8 @@
 // diffusers.models.unets.unet_2d_condition.UNet2DConditionModel (Ronneberger et al., "U-Net", 2015, as used
 // for latent diffusion by Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models",
-// 2022), in the weight store's compute type (fp32 or bf16): the noise predictor of Stable Diffusion 1.x/2.x. Built entirely from a UNetConfig; every
-// weight is fetched by its diffusers checkpoint name ("down_blocks.0.attentions.1.proj_in.weight", ...), so
-// a missing or mis-shaped tensor is a ModelError naming it.
+// 2022), in the weight store's compute type (fp32 or bf16): the noise predictor of Stable Diffusion 1.x/2.x. Built
+// entirely from a UNetConfig; every weight is fetched by its diffusers checkpoint name
+// ("down_blocks.0.attentions.1.proj_in.weight", ...), so a missing or mis-shaped tensor is a ModelError naming it.
 #pragma once
 #include <vector>
 

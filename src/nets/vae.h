@@ -1,7 +1,7 @@
 // The Stable Diffusion autoencoder (diffusers.AutoencoderKL; Rombach et al., "High-Resolution Image
-// Synthesis with Latent Diffusion Models", 2022), fp32: the decoder turns latents into images, the encoder
-// images into the latent distribution (img2img). Built entirely from VaeConfig; weights by their diffusers
-// names ("decoder.up_blocks.0.resnets.1.conv1.weight", ...).
+// Synthesis with Latent Diffusion Models", 2022), in the weight store's compute type: the decoder turns latents into
+// images, the encoder images into the latent distribution (img2img). Built entirely from VaeConfig; weights by their
+// diffusers names ("decoder.up_blocks.0.resnets.1.conv1.weight", ...).
 #pragma once
 #include <vector>
 
