@@ -158,13 +158,7 @@ TEST_P(AttentionShapesBf16, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Kernels, AttentionShapesBf16, ::testing::ValuesIn(kCases), case_name);
 
 // fp32 -> bf16 -> fp32, rounding to nearest even (finite x): what vcvtne2ps2bf16 computes.
-float round_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+using testing::round_to_bf16;
 
 // attention_reference with the bf16 path's roundings mirrored: Q scaled in fp32 then rounded, K and V rounded, the
 // probabilities rounded before both the sum and the product with V; everything else in double. Equal to the
@@ -184,17 +178,17 @@ Tensor attention_reference_bf16(const Tensor& q, const Tensor& k, const Tensor& 
           const float* kj = k.data() + (b * lk + j) * width + h * d;
           double dot = 0;
           for (int64_t e = 0; e < d; ++e)
-            dot += static_cast<double>(round_bf16(qi[e] * scale)) * static_cast<double>(round_bf16(kj[e]));
+            dot += static_cast<double>(round_to_bf16(qi[e] * scale)) * static_cast<double>(round_to_bf16(kj[e]));
           s[j] = (causal && j > i) ? -INFINITY : dot;
           mx = std::max(mx, s[j]);
         }
         double sum = 0;
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t j = 0; j < lk; ++j) {
-          const double p = round_bf16(static_cast<float>(std::exp(s[j] - mx)));
+          const double p = round_to_bf16(static_cast<float>(std::exp(s[j] - mx)));
           sum += p;
           const float* vj = v.data() + (b * lk + j) * width + h * d;
-          for (int64_t e = 0; e < d; ++e) acc[e] += p * static_cast<double>(round_bf16(vj[e]));
+          for (int64_t e = 0; e < d; ++e) acc[e] += p * static_cast<double>(round_to_bf16(vj[e]));
         }
         for (int64_t e = 0; e < d; ++e) out[(b * lq + i) * width + h * d + e] = static_cast<float>(acc[e] / sum);
       }

@@ -73,15 +73,17 @@ Diff compare(const Tensor& actual, const Tensor& expected) {
   return d;
 }
 
+float round_to_bf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  bits = (bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff0000u;  // round half to even on the dropped 16 bits
+  std::memcpy(&x, &bits, 4);
+  return x;
+}
+
 Tensor round_to_bf16(const Tensor& t) {
   Tensor r(t.shape());
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    uint32_t bits;
-    const float v = t[i];
-    std::memcpy(&bits, &v, 4);
-    bits = (bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff0000u;  // round half to even on the dropped 16 bits
-    std::memcpy(&r[i], &bits, 4);
-  }
+  for (int64_t i = 0; i < t.numel(); ++i) r[i] = round_to_bf16(t[i]);
   return r;
 }
 

@@ -39,6 +39,7 @@ Diff compare(const Tensor& actual, const Tensor& expected);
 // Each value rounded to the nearest bfloat16 (ties to even, as oneDNN's and AVX512_BF16's conversions round),
 // returned as fp32: what a bf16 kernel's inputs are, so that a bf16 kernel can be checked against an fp32
 // reference run on rounded inputs.
+float round_to_bf16(float x);
 Tensor round_to_bf16(const Tensor& t);
 
 // A text-encoder golden's "input_ids" [batch, seq] as one row of token ids per prompt.

@@ -284,8 +284,8 @@ Tensor SafetensorsFile::read_f32(const TensorInfo& info) const {
 Tensor SafetensorsFile::view_f32(const std::shared_ptr<const SafetensorsFile>& file, const TensorInfo& info,
                                  bool prefault_pages) {
   const uint8_t* p = file->bytes(info);
-  if (prefault_pages) prefault(p, info.end - info.begin);
   if (info.dtype != DType::F32 || reinterpret_cast<uintptr_t>(p) % alignof(float) != 0) return file->read_f32(info);
+  if (prefault_pages) prefault(p, info.end - info.begin);
   float* data = const_cast<float*>(reinterpret_cast<const float*>(p));  // copy-on-write mapping, see the constructor
   const TensorInfo* entry = &info;
   return Tensor::view(info.shape, std::shared_ptr<float>(data, [file, entry](float*) { file->release_pages(*entry); }));

@@ -42,6 +42,56 @@ bool heads_inner_order(int64_t lk, int64_t width, int64_t element_bytes) {
   return 2 * lk * width * element_bytes <= (int64_t{1} << 20);
 }
 
+// The (batch, head, query block) of a task. Consecutive tasks go to the same thread in turn. When one batch's K
+// and V for all heads fit in half the L2 (cross-attention's 77 tokens, CLIP), heads vary fastest: a query block's
+// rows are then read and its output rows written whole, across heads, while K and V stay cached. Otherwise
+// (self-attention over thousands of tokens) query blocks vary fastest, so the one head's K and V are reused from
+// the L2.
+struct Task {
+  int64_t b, h, t;
+};
+Task task_at(int64_t task, int64_t heads, int64_t q_blocks, bool heads_inner) {
+  const int64_t b = task / (q_blocks * heads);
+  if (heads_inner) return {b, task % heads, task / heads % q_blocks};
+  return {b, task / q_blocks % heads, task % q_blocks};
+}
+
+// Starts a query block: Q^T [d x kQueryBlock] = the block's `rows` query rows (row stride `width`) scaled by
+// `scale`, with the padding lanes of a tail block as zero queries (computed, never written out); O^T, the
+// running maxima and the row sums reset.
+void begin_query_block(const float* qb, int64_t rows, int vecs, int64_t width, int64_t d, float scale, float* qt,
+                       float* ot, float* row_max, float* row_sum) {
+  // The rows are strided slices of the [L, H*D] tensor, usually not in cache: request them all before the
+  // transposing loop, which would otherwise wait on a few rows' misses at a time.
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t e = 0; e < d; e += 64 / static_cast<int64_t>(sizeof(float))) __builtin_prefetch(qb + i * width + e);
+    __builtin_prefetch(qb + i * width + d - 1);
+  }
+  for (int64_t e = 0; e < d; ++e)
+    for (int64_t i = rows; i < vecs * kWidth; ++i) qt[e * kQueryBlock + i] = 0.0f;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t e = 0; e < d; ++e) qt[e * kQueryBlock + i] = qb[i * width + e] * scale;
+  std::fill(ot, ot + d * kQueryBlock, 0.0f);
+  std::fill(row_max, row_max + kQueryBlock, -INFINITY);
+  std::fill(row_sum, row_sum + kQueryBlock, 0.0f);
+}
+
+// Causal (CLIP) diagonal block of keys j0 .. j0 + n - 1 for queries from i0: key j0 + r is hidden from queries
+// i0 + i < j0 + r, and the block maximum taken again without them.
+void mask_causal_block(int vecs, int64_t n, int64_t j0, int64_t i0, float* st, float* tile_max) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < std::min<int64_t>(vecs * kWidth, j0 + r - i0); ++i) st[r * kQueryBlock + i] = -INFINITY;
+  attention_detail::block_max(vecs, n, st, tile_max);
+}
+
+// O = (O^T)^T / row sums, into the block's `rows` output rows (row stride `width`).
+void store_query_block(const float* ot, const float* row_sum, int64_t rows, int64_t width, int64_t d, float* ob) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float inv = 1.0f / row_sum[i];
+    for (int64_t e = 0; e < d; ++e) ob[i * width + e] = ot[e * kQueryBlock + i] * inv;
+  }
+}
+
 // FlashAttention (Dao et al. 2022, Algorithm 1) on the CPU, one (batch, head, block of kQueryBlock queries) per
 // task, parallel over tasks. Everything per task lives transposed, queries along the SIMD lanes:
 //   Q^T [D x Mq] (pre-scaled by 1/sqrt(D)), S^T = K Q^T [Nk x Mq], O^T [D x Mq].
@@ -76,16 +126,7 @@ Tensor attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int head
     // Dynamic: causal blocks differ in cost, and this machine's cores are shared.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      // Consecutive tasks go to the same thread in turn. When one batch's K and V for all heads fit in half the
-      // L2 (cross-attention's 77 tokens, CLIP), heads vary fastest: a query block's rows are then read and its
-      // output rows written whole, across heads, while K and V stay cached. Otherwise (self-attention over
-      // thousands of tokens) query blocks vary fastest, so the one head's K and V are reused from the L2.
-      int64_t b, h, t;
-      if (heads_inner) {
-        b = task / (q_blocks * heads), t = task / heads % q_blocks, h = task % heads;
-      } else {
-        b = task / (q_blocks * heads), h = task / q_blocks % heads, t = task % q_blocks;
-      }
+      const auto [b, h, t] = task_at(task, heads, q_blocks, heads_inner);
       const int64_t i0 = t * kQueryBlock, rows = std::min(kQueryBlock, lq - i0);
       const int vecs = static_cast<int>((rows + kWidth - 1) / kWidth);  // query vectors in this block
       const float* qb = q.data() + (b * lq + i0) * width + h * d;
@@ -103,43 +144,18 @@ Tensor attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int head
         kb = kv.get(), vb = kv.get() + lk * d, ldkv = d;
       }
 
-      // The block's query rows are strided slices of the [L, H*D] tensor, usually not in cache: request them all
-      // before the transposing loop below, which would otherwise wait on a few rows' misses at a time.
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t e = 0; e < d; e += 64 / static_cast<int64_t>(sizeof(float)))
-          __builtin_prefetch(qb + i * width + e);
-        __builtin_prefetch(qb + i * width + d - 1);
-      }
-      // Q^T, scaled; the padding lanes of a tail block are zero queries, computed and never written out.
-      for (int64_t e = 0; e < d; ++e)
-        for (int64_t i = rows; i < vecs * kWidth; ++i) qt[e * kQueryBlock + i] = 0.0f;
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t e = 0; e < d; ++e) qt[e * kQueryBlock + i] = qb[i * width + e] * scale;
-      std::fill(ot.get(), ot.get() + d * kQueryBlock, 0.0f);
-      std::fill(row_max, row_max + kQueryBlock, -INFINITY);
-      std::fill(row_sum, row_sum + kQueryBlock, 0.0f);
+      begin_query_block(qb, rows, vecs, width, d, scale, qt.get(), ot.get(), row_max, row_sum);
 
       // Causal (CLIP): query i sees keys j <= i, so keys past the block's last query are skipped outright.
       const int64_t key_end = causal ? std::min(lk, i0 + rows) : lk;
       for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
         const int64_t n = std::min(kKeyBlock, key_end - j0);
         attention_detail::scores(vecs, qt.get(), kb + j0 * ldkv, ldkv, d, n, st.get(), tile_max);
-        if (causal && j0 + n - 1 > i0) {
-          // Diagonal block: key j0 + r is hidden from queries i0 + i < j0 + r.
-          for (int64_t r = 0; r < n; ++r)
-            for (int64_t i = 0; i < std::min<int64_t>(vecs * kWidth, j0 + r - i0); ++i)
-              st[r * kQueryBlock + i] = -INFINITY;
-          attention_detail::block_max(vecs, n, st.get(), tile_max);
-        }
+        if (causal && j0 + n - 1 > i0) mask_causal_block(vecs, n, j0, i0, st.get(), tile_max);
         attention_detail::online_softmax(vecs, n, tile_max, st.get(), row_max, row_sum, correction);
         attention_detail::accumulate_pv(vecs, st.get(), n, vb + j0 * ldkv, ldkv, d, correction, ot.get());
       }
-
-      float* ob = out.data() + (b * lq + i0) * width + h * d;
-      for (int64_t i = 0; i < rows; ++i) {
-        const float inv = 1.0f / row_sum[i];
-        for (int64_t e = 0; e < d; ++e) ob[i * width + e] = ot[e * kQueryBlock + i] * inv;
-      }
+      store_query_block(ot.get(), row_sum, rows, width, d, out.data() + (b * lq + i0) * width + h * d);
     }
   }
   return out;
@@ -215,58 +231,31 @@ Tensor attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int hea
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      // Task order as in attention_f32.
-      int64_t b, h, t;
-      if (heads_inner) {
-        b = task / (q_blocks * heads), t = task / heads % q_blocks, h = task % heads;
-      } else {
-        b = task / (q_blocks * heads), h = task / q_blocks % heads, t = task % q_blocks;
-      }
+      const auto [b, h, t] = task_at(task, heads, q_blocks, heads_inner);
       const int64_t i0 = t * kQueryBlock, rows = std::min(kQueryBlock, lq - i0);
       const int vecs = static_cast<int>((rows + kWidth - 1) / kWidth);
       const float* qb = q.data() + (b * lq + i0) * width + h * d;
       const uint32_t* kp = kv + (b * heads + h) * panel;
       const uint32_t* vp = kp + k_panel;
 
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t e = 0; e < d; e += 64 / static_cast<int64_t>(sizeof(float)))
-          __builtin_prefetch(qb + i * width + e);
-        __builtin_prefetch(qb + i * width + d - 1);
-      }
       // Q^T scaled in fp32 (zero padding lanes), then rounded to bf16 pairs of head dims.
-      for (int64_t e = 0; e < d; ++e)
-        for (int64_t i = rows; i < vecs * kWidth; ++i) qt[e * kQueryBlock + i] = 0.0f;
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t e = 0; e < d; ++e) qt[e * kQueryBlock + i] = qb[i * width + e] * scale;
+      begin_query_block(qb, rows, vecs, width, d, scale, qt.get(), ot.get(), row_max, row_sum);
       for (int64_t e = 0; e < d2; ++e)
         for (int m = 0; m < vecs; ++m)
           _mm512_storeu_si512(qt2.get() + e * kQueryBlock + m * kWidth,
                               bf::pack_pairs(simd::load(qt.get() + 2 * e * kQueryBlock + m * kWidth),
                                              simd::load(qt.get() + (2 * e + 1) * kQueryBlock + m * kWidth)));
-      std::fill(ot.get(), ot.get() + d * kQueryBlock, 0.0f);
-      std::fill(row_max, row_max + kQueryBlock, -INFINITY);
-      std::fill(row_sum, row_sum + kQueryBlock, 0.0f);
 
       const int64_t key_end = causal ? std::min(lk, i0 + rows) : lk;
       for (int64_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {  // j0 even: kKeyBlock is
         const int64_t n = std::min(kKeyBlock, key_end - j0);
         bf::scores(vecs, qt2.get(), kp + j0 * d2, d2, n, st.get(), tile_max);
-        if (causal && j0 + n - 1 > i0) {
-          for (int64_t r = 0; r < n; ++r)
-            for (int64_t i = 0; i < std::min<int64_t>(vecs * kWidth, j0 + r - i0); ++i)
-              st[r * kQueryBlock + i] = -INFINITY;
-          attention_detail::block_max(vecs, n, st.get(), tile_max);
-        }
+        if (causal && j0 + n - 1 > i0) mask_causal_block(vecs, n, j0, i0, st.get(), tile_max);
         bf::online_softmax(vecs, n, tile_max, st.get(), row_max, row_sum, correction);
         bf::accumulate_pv(vecs, reinterpret_cast<const uint32_t*>(st.get()), (n + 1) / 2, vp + j0 / 2 * d, d, d,
                           correction, ot.get());
       }
-
-      float* ob = out.data() + (b * lq + i0) * width + h * d;
-      for (int64_t i = 0; i < rows; ++i) {
-        const float inv = 1.0f / row_sum[i];
-        for (int64_t e = 0; e < d; ++e) ob[i * width + e] = ot[e * kQueryBlock + i] * inv;
-      }
+      store_query_block(ot.get(), row_sum, rows, width, d, out.data() + (b * lq + i0) * width + h * d);
     }
   }
   return out;

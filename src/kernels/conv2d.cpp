@@ -97,7 +97,7 @@ dnnl::convolution_forward::primitive_desc prepared_pd(int64_t n, int64_t c, int6
     const memory::desc src({n, c, h, w}, compute, s), dst({n, o, ho, wo}, kF32, d);
     try {
       dnnl::convolution_forward::primitive_desc pd(conv_desc(src, wei, bias, dst, stride, p), attr, dnnl_engine());
-      if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0 || i + 1 == std::size(candidates)) return pd;
+      if (!is_reference_implementation(pd) || i + 1 == std::size(candidates)) return pd;
     } catch (const dnnl::error&) {
       if (i + 1 == std::size(candidates)) throw;
     }
@@ -230,7 +230,7 @@ PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int str
   auto pd = representative_pd();
   // A shape oneDNN has no bf16 kernel for (e.g. conv_in's 4 input channels on some ISAs) would run on its
   // reference implementation, far slower than fp32: such a convolution stays fp32.
-  if (wt.compute == kBF16 && std::string(pd.impl_info_str()).rfind("ref", 0) == 0) {
+  if (wt.compute == kBF16 && is_reference_implementation(pd)) {
     wt.compute = kF32;
     pd = representative_pd();
   }

@@ -129,7 +129,7 @@ PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias, Compute
   wt.compute = compute == ComputeType::bf16 ? kBF16 : kF32;
   auto pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
   // Without a fast bf16 kernel for this shape on this CPU oneDNN would use its reference code: stay fp32.
-  if (wt.compute == kBF16 && std::string(pd.impl_info_str()).rfind("ref", 0) == 0) {
+  if (wt.compute == kBF16 && is_reference_implementation(pd)) {
     wt.compute = kF32;
     pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
   }
