@@ -72,6 +72,7 @@ Command add_bench_command(CLI::App& app) {
   cli->add_option("--runs", o.runs, "Timed runs per batch size, after a warm-up")->capture_default_str();
   cli->add_option("--threads", o.threads, "Compute threads (0: one per physical core)")->capture_default_str();
   cli->add_flag("--pin", o.pin_threads, "Bind compute thread i to core i");
+  add_weight_cache_option(*cli, o.weight_cache_dir);
   cli->add_option("--json", a->json_path, "Write the report as JSON to this file");
   cli->add_flag("--quiet,-q", a->quiet, "No progress output");
   return {cli, [a] { return run_bench(*a); }};

@@ -15,6 +15,7 @@ Command add_info_command(CLI::App& app) {
   cli->add_option("--model,-m", *model, "Diffusers folder or single-file .safetensors checkpoint")->required();
   cli->add_option("--precision", load->precision, "fp32, bf16 or auto: the precision it would run in")
       ->capture_default_str();
+  add_weight_cache_option(*cli, load->weight_cache_dir);
   return {cli, [model, load] {
             auto pipe = Pipeline::load(*model, *load);
             std::printf("%s", pipe->describe().c_str());

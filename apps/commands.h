@@ -2,7 +2,9 @@
 // the function sdcpu_main.cpp runs when that subcommand was chosen.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <functional>
+#include <string>
 
 namespace sdcpu::app {
 
@@ -10,6 +12,15 @@ struct Command {
   CLI::App* cli = nullptr;
   std::function<int()> run;  // returns the exit code; may throw (main maps the error to an exit code)
 };
+
+// --weight-cache DIR, by default $SDCPU_WEIGHT_CACHE (README, "Weight cache").
+inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
+  if (const char* env = std::getenv("SDCPU_WEIGHT_CACHE")) dir = env;
+  cli.add_option("--weight-cache", dir,
+                 "Directory for prepacked weights: written on the first start, mapped on later ones "
+                 "(default: $SDCPU_WEIGHT_CACHE; empty: none)")
+      ->capture_default_str();
+}
 
 Command add_generate_command(CLI::App& app);
 Command add_info_command(CLI::App& app);

@@ -32,6 +32,10 @@ struct LoadOptions {
   // fast and half the weight memory on CPUs with AVX512_BF16 or AMX; refused on others), or "auto" (bf16 where
   // the CPU has it natively, else fp32).
   std::string precision = "fp32";
+  // A directory for prepacked weights (README, "Weight cache"): the first load writes each network's weights
+  // there in the layout the kernels use, later loads map them instead of converting the checkpoint again, and
+  // only the network that is running keeps its weights in the process's memory. Empty: no cache.
+  std::string weight_cache_dir;
 };
 
 struct GenerateOptions {
@@ -87,6 +91,7 @@ struct BenchOptions {
   int runs = 3;                        // timed runs per batch size, after a warm-up run
   int threads = 0;                     // 0: one per physical core
   bool pin_threads = false;            // bind compute thread i to core i
+  std::string weight_cache_dir;        // as LoadOptions::weight_cache_dir; the fp32 reference never uses it
   std::string prompt = "a photo of an astronaut riding a horse on mars";
   uint64_t seed = 42;
   // Receives a line per finished run (progress for a human); may be empty.

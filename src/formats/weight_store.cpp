@@ -60,6 +60,12 @@ std::vector<std::string> WeightStore::names() const {
   return out;
 }
 
+std::vector<std::string> WeightStore::files() const {
+  std::set<std::string> paths;
+  for (const auto& [name, e] : entries_) paths.insert(e.file->path());
+  return {paths.begin(), paths.end()};
+}
+
 std::vector<std::string> WeightStore::unused() const {
   std::vector<std::string> out;
   for (const auto& [name, e] : entries_)

@@ -17,6 +17,8 @@
 
 namespace sdcpu {
 
+class PackedWeightCache;
+
 class WeightStore {
  public:
   explicit WeightStore(std::string component = "model") : component_(std::move(component)) {}
@@ -37,6 +39,9 @@ class WeightStore {
   // The same for a lookup table read a few rows at a time (CLIP's token embedding: 152 MB, of which a prompt
   // reads 77 rows): fp32 tables stay in the file's pages and only the rows read become resident.
   Tensor get_table(const std::string& name, const Shape& expected) const;
+  // Checks `name` against `expected` as get() does, and counts it as used, without reading it (a weight whose
+  // packed form comes from the cache of packed weights).
+  void check(const std::string& name, const Shape& expected) const { checked(name, expected); }
 
   // The precision the network built from this store computes in (core/compute_type.h): its layers pack their
   // weights for it at load. get() still returns fp32; the layers convert once while packing.
@@ -44,8 +49,15 @@ class WeightStore {
   ComputeType compute_type() const { return compute_type_; }
   void set_compute_type(ComputeType type) { compute_type_ = type; }
 
+  // Where the layers built from this store look for their weights already packed, and record the ones they pack
+  // (kernels/packed_weight_cache.h); null: no cache.
+  const std::shared_ptr<PackedWeightCache>& pack_cache() const { return pack_cache_; }
+  void set_pack_cache(std::shared_ptr<PackedWeightCache> cache) { pack_cache_ = std::move(cache); }
+
   const std::string& component() const { return component_; }
   std::vector<std::string> names() const;
+  // The paths of the files the tensors come from, sorted, each once.
+  std::vector<std::string> files() const;
   // Names never fetched with get(), in sorted order.
   std::vector<std::string> unused() const;
   size_t size() const { return entries_.size(); }
@@ -61,6 +73,7 @@ class WeightStore {
 
   std::string component_;
   ComputeType compute_type_ = ComputeType::f32;
+  std::shared_ptr<PackedWeightCache> pack_cache_;
   std::map<std::string, Entry> entries_;
   mutable std::set<std::string> used_;
 };

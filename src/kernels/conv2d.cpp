@@ -199,19 +199,19 @@ struct PreparedConv2d::Weights {
   }
 };
 
-PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding,
+PreparedConv2d::PreparedConv2d(const WeightSource& weight, const Tensor& bias, int stride, Conv2dPadding padding,
                                ComputeType compute)
     : weights_(std::make_shared<Weights>()), stride_(stride), padding_(padding) {
-  if (weight.ndim() != 4)
-    throw InvalidArgument("conv2d: weight must be [O, C, kh, kw], got " + shape_to_string(weight.shape()));
-  if (!bias.empty() && bias.numel() != weight.dim(0)) throw InvalidArgument("conv2d: bias size mismatch");
+  if (weight.shape.size() != 4)
+    throw InvalidArgument("conv2d: weight must be [O, C, kh, kw], got " + shape_to_string(weight.shape));
+  if (!bias.empty() && bias.numel() != weight.shape[0]) throw InvalidArgument("conv2d: bias size mismatch");
   if (stride <= 0 || padding.top < 0 || padding.left < 0 || padding.bottom < 0 || padding.right < 0)
     throw InvalidArgument("conv2d: stride must be positive and padding non-negative");
   Weights& wt = *weights_;
-  wt.o = weight.dim(0);
-  wt.c = weight.dim(1);
-  wt.kh = weight.dim(2);
-  wt.kw = weight.dim(3);
+  wt.o = weight.shape[0];
+  wt.c = weight.shape[1];
+  wt.kh = weight.shape[2];
+  wt.kw = weight.shape[3];
   auto& eng = dnnl_engine();
   if (!bias.empty()) {
     wt.bias_storage = bias.clone();
@@ -234,8 +234,7 @@ PreparedConv2d::PreparedConv2d(const Tensor& weight, const Tensor& bias, int str
     wt.compute = kF32;
     pd = representative_pd();
   }
-  memory plain(memory::desc({wt.o, wt.c, wt.kh, wt.kw}, kF32, Tag::oihw), eng, const_cast<float*>(weight.data()));
-  wt.packed.pack(plain, pd.weights_desc());
+  wt.packed.pack(weight, memory::desc({wt.o, wt.c, wt.kh, wt.kw}, kF32, Tag::oihw), pd.weights_desc());
 }
 
 int64_t PreparedConv2d::out_channels() const { return weights_ ? weights_->o : 0; }

@@ -13,6 +13,7 @@
 
 #include "core/compute_type.h"
 #include "core/tensor.h"
+#include "kernels/packed_weights.h"
 
 namespace sdcpu {
 
@@ -44,6 +45,10 @@ class PreparedConv2d {
   // with `compute` = bf16, as bfloat16 (inputs are then rounded to bf16 too; accumulation, bias, residual and
   // the output stay fp32). A shape oneDNN has no fast bf16 kernel for stays fp32 (compute_type() tells).
   PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding,
+                 ComputeType compute = ComputeType::f32)
+      : PreparedConv2d(WeightSource::of(weight), bias, stride, padding, compute) {}
+  // The same with the weight read only if `weight.cache` has no packed copy (kernels/packed_weights.h).
+  PreparedConv2d(const WeightSource& weight, const Tensor& bias, int stride, Conv2dPadding padding,
                  ComputeType compute = ComputeType::f32);
   PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, int padding,
                  ComputeType compute = ComputeType::f32)

@@ -114,14 +114,14 @@ struct PreparedLinear::Weights {
   }
 };
 
-PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias, ComputeType compute)
+PreparedLinear::PreparedLinear(const WeightSource& weight, const Tensor& bias, ComputeType compute)
     : weights_(std::make_shared<Weights>()) {
-  if (weight.ndim() != 2)
-    throw InvalidArgument("linear: weight must be [N, K], got " + shape_to_string(weight.shape()));
-  if (!bias.empty() && bias.numel() != weight.dim(0)) throw InvalidArgument("linear: bias size mismatch");
+  if (weight.shape.size() != 2)
+    throw InvalidArgument("linear: weight must be [N, K], got " + shape_to_string(weight.shape));
+  if (!bias.empty() && bias.numel() != weight.shape[0]) throw InvalidArgument("linear: bias size mismatch");
   Weights& wt = *weights_;
-  wt.n = weight.dim(0);
-  wt.k = weight.dim(1);
+  wt.n = weight.shape[0];
+  wt.k = weight.shape[1];
   if (!bias.empty()) wt.bias = bias.reshape({1, wt.n}).clone();
   // Pack now into the layout the primitive for a representative row count asks for; with AVX-512 oneDNN 2.6
   // wants BA16a64b for every m (checked with ONEDNN_VERBOSE from 1 to 8192 rows), and a plan that wants another
@@ -133,10 +133,8 @@ PreparedLinear::PreparedLinear(const Tensor& weight, const Tensor& bias, Compute
     wt.compute = kF32;
     pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
   }
-  auto& eng = dnnl_engine();
   // PyTorch's [N, K] is oneDNN's [K, N] matrix W^T in format ba.
-  memory plain(memory::desc({wt.k, wt.n}, kF32, Tag::ba), eng, const_cast<float*>(weight.data()));
-  wt.packed.pack(plain, pd.weights_desc());
+  wt.packed.pack(weight, memory::desc({wt.k, wt.n}, kF32, Tag::ba), pd.weights_desc());
 }
 
 int64_t PreparedLinear::in_features() const { return weights_ ? weights_->k : 0; }

@@ -13,6 +13,7 @@
 
 #include "core/compute_type.h"
 #include "core/tensor.h"
+#include "kernels/packed_weights.h"
 
 namespace sdcpu {
 
@@ -27,7 +28,10 @@ class PreparedLinear {
   // weight [N, K], bias [N] or empty. Packs the weight now (the plain tensor is not kept), in fp32 or, with
   // `compute` = bf16, as bfloat16: the input rows are then rounded to bf16 too; accumulation, bias and output
   // stay fp32. Without a fast bf16 kernel on this CPU the layer stays fp32 (compute_type() tells).
-  PreparedLinear(const Tensor& weight, const Tensor& bias, ComputeType compute = ComputeType::f32);
+  PreparedLinear(const Tensor& weight, const Tensor& bias, ComputeType compute = ComputeType::f32)
+      : PreparedLinear(WeightSource::of(weight), bias, compute) {}
+  // The same with the weight read only if `weight.cache` has no packed copy (kernels/packed_weights.h).
+  PreparedLinear(const WeightSource& weight, const Tensor& bias, ComputeType compute = ComputeType::f32);
 
   bool empty() const { return weights_ == nullptr; }
   int64_t in_features() const;

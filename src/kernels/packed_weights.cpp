@@ -1,28 +1,46 @@
 #include "kernels/packed_weights.h"
 
+#include "core/error.h"
 #include "core/memory.h"
 #include "kernels/dnnl_context.h"
+#include "kernels/packed_weight_cache.h"
 
 namespace sdcpu {
 
 struct PackedWeights::Copy {
-  SlabBuffer buffer;
+  std::unique_ptr<SlabBuffer> buffer;        // ours, or
+  std::shared_ptr<PackedWeightCache> cache;  // the mapped cache file the bytes are in
   dnnl::memory mem;
-  explicit Copy(size_t bytes) : buffer(bytes) {}
 };
 
 const dnnl::memory* PackedWeights::add(const dnnl::memory& from, const dnnl::memory::desc& desc) {
-  auto copy = std::make_shared<Copy>(desc.get_size());
-  copy->mem = dnnl::memory(desc, dnnl_engine(), copy->buffer.data());
+  auto copy = std::make_shared<Copy>();
+  copy->buffer = std::make_unique<SlabBuffer>(desc.get_size());
+  copy->mem = dnnl::memory(desc, dnnl_engine(), copy->buffer->data());
   dnnl::reorder(from, copy->mem).execute(dnnl_stream(), const_cast<dnnl::memory&>(from), copy->mem);
   dnnl_stream().wait();
   copies_.push_back(std::move(copy));
   return &copies_.back()->mem;
 }
 
-void PackedWeights::pack(const dnnl::memory& plain, const dnnl::memory::desc& desc) {
+void PackedWeights::pack(const WeightSource& source, const dnnl::memory::desc& plain, const dnnl::memory::desc& desc) {
   copies_.clear();
-  add(plain, desc);
+  if (source.cache) {
+    if (const void* cached = source.cache->find(source.name, desc)) {
+      auto copy = std::make_shared<Copy>();
+      copy->cache = source.cache;
+      // oneDNN takes a non-const handle but only reads weights; the mapping is read-only.
+      copy->mem = dnnl::memory(desc, dnnl_engine(), const_cast<void*>(cached));
+      copies_.push_back(std::move(copy));
+      return;
+    }
+  }
+  const Tensor values = source.read();
+  if (values.shape() != source.shape)
+    throw InvalidArgument("packed weight '" + source.name + "': read " + shape_to_string(values.shape()) +
+                          ", expected " + shape_to_string(source.shape));
+  add(dnnl::memory(plain, dnnl_engine(), const_cast<float*>(values.data())), desc);
+  if (source.cache) source.cache->record(source.name, copies_.front()->mem, copies_.front());
 }
 
 const dnnl::memory* PackedWeights::in(const dnnl::memory::desc& desc) {

@@ -1,18 +1,40 @@
 // A layer's weight in the layout(s) its oneDNN primitives asked for (format_tag::any), each reordered once from
 // the checkpoint's values and kept in a buffer of ours (core/memory.h: huge pages, so packing 1.7 GB of weights
-// does not page-fault 4 KiB at a time). Shared by PreparedConv2d and PreparedLinear. Not thread-safe by itself:
-// its owners call it under their own mutex.
+// does not page-fault 4 KiB at a time), or taken as it is from an on-disk cache of packed weights
+// (kernels/packed_weight_cache.h). Shared by PreparedConv2d and PreparedLinear. Not thread-safe by itself: its
+// owners call it under their own mutex.
 #pragma once
 #include <dnnl.hpp>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
+
+#include "core/tensor.h"
 
 namespace sdcpu {
 
+class PackedWeightCache;
+
+// Where a layer's weight comes from: its shape, a way to read its values, and optionally a cache that may hold
+// it packed already, under `name`.
+struct WeightSource {
+  Shape shape;                               // of the plain weight, as the checkpoint stores it
+  std::function<Tensor()> read;              // its fp32 values; not called when the cache has the packed weight
+  std::shared_ptr<PackedWeightCache> cache;  // may be null
+  std::string name;                          // its key in the cache ("down_blocks.0.resnets.0.conv1.weight")
+  // A plain tensor already in memory, no cache.
+  static WeightSource of(const Tensor& weight) {
+    return {weight.shape(), [weight] { return weight; }, nullptr, ""};
+  }
+};
+
 class PackedWeights {
  public:
-  // Packs `plain` (the checkpoint's values, any layout oneDNN can describe) into `desc`; the first layout.
-  void pack(const dnnl::memory& plain, const dnnl::memory::desc& desc);
+  // Packs the weight into `desc`, its first layout: takes the cache's copy when it has one in that layout, else
+  // reads `source` (whose values oneDNN sees as `plain`, a descriptor without data) and reorders it, and
+  // records the result in the cache, if any.
+  void pack(const WeightSource& source, const dnnl::memory::desc& plain, const dnnl::memory::desc& desc);
   // The weight in layout `desc`: the existing copy, or a new one reordered from the first. Pointers stay valid
   // as long as this object.
   const dnnl::memory* in(const dnnl::memory::desc& desc);

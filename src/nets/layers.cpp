@@ -6,10 +6,21 @@
 
 namespace sdcpu {
 
+namespace {
+
+// The layer's weight as the packing reads it: from the store's cache of packed weights when it has it, else from
+// the checkpoint. Its shape is checked now, so a wrong checkpoint fails the same way either way.
+WeightSource weight_source(const WeightStore& w, const std::string& name, const Shape& shape) {
+  w.check(name, shape);
+  return {shape, [&w, name, shape] { return w.get(name, shape); }, w.pack_cache(), name};
+}
+
+}  // namespace
+
 Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, bool bias) {
   // Weight first, then bias (separate statements: argument evaluation order is unspecified), so a wrong
   // checkpoint's error names the weight, as the networks' tests expect.
-  const Tensor weight = w.get(prefix + ".weight", {out, in});
+  const WeightSource weight = weight_source(w, prefix + ".weight", {out, in});
   Linear l;
   l.prepared = PreparedLinear(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor(), w.compute_type());
   return l;
@@ -19,10 +30,10 @@ Tensor Linear::operator()(const Tensor& x) const { return linear(x, prepared); }
 
 Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel, int stride,
                     int padding) {
-  const Tensor weight = w.get(prefix + ".weight", {out, in, kernel, kernel});  // before the bias, as in Linear
+  const WeightSource weight = weight_source(w, prefix + ".weight", {out, in, kernel, kernel});  // before the bias
   Conv2d c;
-  c.prepared = PreparedConv2d(weight, w.get(prefix + ".bias", {out}), stride, padding < 0 ? kernel / 2 : padding,
-                              w.compute_type());
+  c.prepared = PreparedConv2d(weight, w.get(prefix + ".bias", {out}), stride,
+                              Conv2dPadding::same(padding < 0 ? kernel / 2 : padding), w.compute_type());
   return c;
 }
 

@@ -295,9 +295,11 @@ BenchReport run_benchmark(const BenchOptions& o) {
       fixed(r.machine_peak_gflops_bf16, 0) + " GFLOP/s (" + std::to_string(r.threads) + " threads)");
 
   auto t0 = std::chrono::steady_clock::now();
-  auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path), compute);
+  auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path), compute, o.weight_cache_dir);
   r.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.weight_cache = pipe->weight_cache_status();
   log("loaded in " + fixed(r.load_s, 2) + " s");
+  for (const auto& c : r.weight_cache) log("weight cache: " + c.component + " " + c.outcome + ": " + c.path);
 
   Txt2ImgPipeline::Result stage_result;  // a run at the stage batch size, for the quality check
   for (size_t bi = 0; bi < o.batch_sizes.size(); ++bi) {
@@ -371,6 +373,13 @@ std::string to_json(const BenchReport& r) {
   j["runs"] = r.runs;
   j["stage_batch_size"] = r.stage_batch_size;
   j["load_s"] = r.load_s;
+  // null without a cache directory; else per network what the load did with its file.
+  j["weight_cache"] = nullptr;
+  if (!r.weight_cache.empty()) {
+    j["weight_cache"] = nlohmann::ordered_json::object();
+    for (const auto& c : r.weight_cache)
+      j["weight_cache"][c.component] = {{"outcome", c.outcome}, {"previous_state", c.previous_state}, {"path", c.path}};
+  }
   j["first_image_s"] = r.first_image_s;
   j["text_encode_s"] = r.text_encode_s;
   j["unet_step_s"] = r.unet_step_s;
@@ -415,6 +424,7 @@ std::string format_table(const BenchReport& r) {
     << " threads, median of " << r.runs << " runs\n";
   row("cpu", r.cpu.model + " (" + isa + ")");
   row("load", fixed(r.load_s, 2) + " s");
+  for (const auto& c : r.weight_cache) row("weight cache, " + c.component, c.outcome);
   row("first image (cold)", fixed(r.first_image_s, 2) + " s" +
                                 (r.stage_batch_size > 1 ? " (batch " + std::to_string(r.stage_batch_size) + ")" : ""));
   row("text encode", fixed(r.text_encode_s, 3) + " s");

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "formats/model_config.h"
+#include "pipeline/weight_cache.h"
 #include "sdcpu/sdcpu.h"  // BenchOptions
 
 namespace sdcpu {
@@ -51,9 +52,10 @@ struct BenchReport {
   int runs = 0;
   int stage_batch_size = 1;  // the batch size the per-stage figures below come from (the first listed)
   double load_s = 0;         // open + build every network
-  double first_image_s = 0;  // the first generate (cold), at stage_batch_size
-  double text_encode_s = 0;  // medians over the warm runs
-  double unet_step_s = 0;    // per denoising step: UNet on the guidance batch + guidance mix + scheduler step
+  std::vector<WeightCacheStatus> weight_cache;  // one per network when a weight cache directory was given
+  double first_image_s = 0;                     // the first generate (cold), at stage_batch_size
+  double text_encode_s = 0;                     // medians over the warm runs
+  double unet_step_s = 0;  // per denoising step: UNet on the guidance batch + guidance mix + scheduler step
   double vae_decode_s = 0;
   double total_s = 0;                    // per image, warm
   std::map<int, double> images_per_min;  // per batch size, warm

@@ -30,7 +30,8 @@ std::string model_name(const std::string& path) {
 
 class PipelineImpl : public Pipeline {
  public:
-  PipelineImpl(ModelFiles files, ComputeType compute) : txt2img_(std::move(files), compute) {}
+  PipelineImpl(ModelFiles files, ComputeType compute, const std::string& weight_cache_dir)
+      : txt2img_(std::move(files), compute, weight_cache_dir) {}
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
     if (o.batch_count < 1 || o.batch_count > 1000) throw InvalidArgument("batch count must be between 1 and 1000");
@@ -80,6 +81,9 @@ class PipelineImpl : public Pipeline {
       << f.vae_config.latent_channels << ", scaling factor " << f.vae_config.scaling_factor << "\n"
       << "precision:    " << compute_type_name(txt2img_.compute_type()) << "\n"
       << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir) << "\n";
+    for (const WeightCacheStatus& c : txt2img_.weight_cache_status())
+      s << "weight cache: " << c.component << " " << c.outcome << " (was " << c.previous_state << "): " << c.path
+        << "\n";
     std::vector<std::string> ignored = f.ignored_tensors;
     int vae_encoder_tensors = 0;
     for (const auto* store : {f.text_encoder.get(), f.unet.get(), f.vae.get()})
@@ -112,7 +116,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const Lo
   if (options.threads < 0) throw InvalidArgument("threads must be >= 0");
   const ComputeType compute = resolve_precision(options.precision);  // refuses bad names before any loading
   setup_threads(options.threads, options.pin_threads);
-  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute);
+  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute, options.weight_cache_dir);
 }
 
 void Image::save_png(const std::string& path) const {

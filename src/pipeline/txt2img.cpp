@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "core/error.h"
 #include "core/torch_rng.h"
@@ -69,19 +70,30 @@ ModelFiles with_compute_type(ModelFiles files, ComputeType compute) {
 
 }  // namespace
 
-Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute)
+Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, const std::string& weight_cache_dir)
     : files_(with_compute_type(std::move(files), compute)),
       compute_(compute),
+      weight_cache_status_(3),
       tokenizer_(make_tokenizer(files_)),
-      text_encoder_(files_.text_encoder_config, *files_.text_encoder),
-      unet_(files_.unet_config, *files_.unet),
-      vae_decoder_(files_.vae_config, *files_.vae),
-      scheduler_config_(parse_scheduler_config(files_.scheduler_config_json)) {}
+      text_encoder_(build_with_weight_cache<ClipTextModel>(files_.text_encoder_config, *files_.text_encoder, compute,
+                                                           weight_cache_dir, text_encoder_weights_,
+                                                           weight_cache_status_[0])),
+      unet_(build_with_weight_cache<UNet2DConditionModel>(files_.unet_config, *files_.unet, compute, weight_cache_dir,
+                                                          unet_weights_, weight_cache_status_[1])),
+      vae_decoder_(build_with_weight_cache<VaeDecoder>(files_.vae_config, *files_.vae, compute, weight_cache_dir,
+                                                       vae_weights_, weight_cache_status_[2])),
+      scheduler_config_(parse_scheduler_config(files_.scheduler_config_json)) {
+  if (weight_cache_dir.empty()) weight_cache_status_.clear();
+  // Built from the cache, the networks have not touched their weights' pages; a network maps them when it runs.
+  for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_})
+    if (cache) cache->release_pages();
+}
 
 Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const {
   std::vector<std::vector<int>> ids;
   for (const std::string& p : prompts)
     ids.push_back(tokenizer_.encode(p, files_.text_encoder_config.max_position_embeddings));
+  const PackedWeightCache::Use weights(text_encoder_weights_.get());
   return text_encoder_.forward(ids, clip_skip);
 }
 
@@ -91,6 +103,7 @@ Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& 
   const bool guided = embeddings.dim(0) == 2 * batch;
   const Tensor unet_input = guided ? concat0({latents, latents}) : latents;
   const Tensor scaled = scheduler.scale_model_input(unet_input, i);
+  const PackedWeightCache::Use weights(unet_weights_.get());  // run() holds one across all steps
   const Tensor noise_pred = unet_.forward(scaled, static_cast<float>(scheduler.timesteps()[i]), embeddings);
   if (!guided) return scheduler.step(noise_pred, i, latents, generator);
   // noise_pred.chunk(2); noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
@@ -104,6 +117,7 @@ Tensor Txt2ImgPipeline::decode_latents(const Tensor& latents) const {
   // latents / scaling_factor, divided (not multiplied by the reciprocal) to round as diffusers does.
   Tensor scaled(latents.shape());
   for (int64_t j = 0; j < latents.numel(); ++j) scaled[j] = latents[j] / files_.vae_config.scaling_factor;
+  const PackedWeightCache::Use weights(vae_weights_.get());
   return vae_decoder_.forward(scaled);
 }
 
@@ -140,6 +154,9 @@ Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, cons
 
   const auto& timesteps = scheduler->timesteps();
   const int steps = static_cast<int>(timesteps.size());
+  // The UNet's weights stay mapped for the whole loop (each step's own Use is then only a count), and are handed
+  // back to the page cache before the VAE decoder maps its own.
+  std::optional<PackedWeightCache::Use> unet_weights(unet_weights_.get());
   for (int i = 0; i < steps; ++i) {
     t0 = std::chrono::steady_clock::now();
     latents = denoise_step(*scheduler, i, latents, embeddings, request.cfg_scale, generator);
@@ -147,6 +164,7 @@ Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, cons
     if (on_step) on_step(i, steps, latents);
   }
 
+  unet_weights.reset();
   t0 = std::chrono::steady_clock::now();
   result.image = decode_latents(latents);
   result.times.vae_decode_s = seconds_since(t0);

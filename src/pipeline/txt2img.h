@@ -27,6 +27,7 @@
 #include "nets/clip_text.h"
 #include "nets/unet.h"
 #include "nets/vae.h"
+#include "pipeline/weight_cache.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
 
@@ -65,7 +66,12 @@ class Txt2ImgPipeline {
  public:
   // Builds every network, computing in `compute` (core/compute_type.h): fp32 matches diffusers within 1e-4; bf16
   // packs the text encoder, UNet and VAE weights as bfloat16 (half the memory) and runs their products in bf16.
-  explicit Txt2ImgPipeline(ModelFiles files, ComputeType compute = ComputeType::f32);
+  //
+  // With `weight_cache_dir` set, each network's packed weights come from a cache file there (pipeline/
+  // weight_cache.h), written on the first start; they then live in the page cache, and only the network that is
+  // running keeps its weights mapped in this process (kernels/packed_weight_cache.h).
+  explicit Txt2ImgPipeline(ModelFiles files, ComputeType compute = ComputeType::f32,
+                           const std::string& weight_cache_dir = "");
 
   // Called after every scheduler step with the step index and the new latents.
   using StepCallback = std::function<void(int step, int steps, const Tensor& latents)>;
@@ -90,11 +96,16 @@ class Txt2ImgPipeline {
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
 
   const ModelFiles& files() const { return files_; }
+  // One per network when a weight cache directory was given, else empty.
+  const std::vector<WeightCacheStatus>& weight_cache_status() const { return weight_cache_status_; }
   ComputeType compute_type() const { return compute_; }
 
  private:
   ModelFiles files_;
   ComputeType compute_;
+  // Declared before the networks, which are built into them (null: the network holds its own packed weights).
+  std::shared_ptr<PackedWeightCache> text_encoder_weights_, unet_weights_, vae_weights_;
+  std::vector<WeightCacheStatus> weight_cache_status_;
   ClipTokenizer tokenizer_;
   ClipTextModel text_encoder_;
   UNet2DConditionModel unet_;

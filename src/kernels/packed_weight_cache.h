@@ -1,0 +1,113 @@
+// An on-disk copy of one network's prepacked weights (issue 3: "optional on-disk cache of prepacked weights so a
+// second start is fast"). The first start converts and reorders every weight of the checkpoint into the blocked
+// layout oneDNN asked for and writes the results here; later starts map this file and hand its bytes to the
+// primitives as they are, without reading the checkpoint's weights at all.
+//
+// Being file-backed, the packed weights of a network that is not running can also be handed back to the page
+// cache (release) and mapped again in one call when it runs next (Use): the text encoder, UNet and VAE are
+// needed one after another, so the process holds the weights of one of them at a time (1.7 GB of bf16 UNet
+// instead of 2.1 GB for all three, plus activations). The pages stay in the page cache, clean: the kernel
+// may drop them under memory pressure and read them again from disk.
+//
+// File layout (little-endian, our own format):
+//   header    64 bytes: magic "SDCPUPW1", u32 version, u32 entry count, u64 fingerprint bytes, u64 index bytes,
+//             u64 data offset, u64 file bytes, 16 bytes zero
+//   fingerprint   what the weights were packed from and for (see pipeline/weight_cache.h); a file whose
+//                 fingerprint differs is not used
+//   index     per entry: u32 name bytes, name, u32 desc bytes, the oneDNN memory descriptor (dnnl_memory_desc_t),
+//             u64 offset from the data start, u64 bytes
+//   data      from a 2 MiB boundary (so the kernel can map it with huge pages), each entry at a 4 KiB boundary
+// Everything is validated before a byte is trusted: sizes, offsets inside the file, entries inside the data and
+// not overlapping, unique names. A damaged file is ignored (and rewritten by the pipeline), never trusted.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <dnnl.hpp>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace sdcpu {
+
+struct PackedWeightEntry {
+  std::string name;
+  std::vector<uint8_t> desc;  // the bytes of the dnnl_memory_desc_t the data is laid out in
+  uint64_t offset = 0;        // from the start of the data area
+  uint64_t bytes = 0;
+};
+
+struct PackedWeightIndex {
+  std::string fingerprint;
+  std::vector<PackedWeightEntry> entries;
+  uint64_t data_offset = 0;  // from the start of the file
+};
+
+// Parses and validates the header and index of a cache file of `size` bytes (all of them in `bytes`). Throws
+// ModelError naming the problem.
+PackedWeightIndex parse_packed_weight_index(const uint8_t* bytes, size_t size);
+
+class PackedWeightCache {
+ public:
+  // Opens the cache file `path` for weights described by `fingerprint`. A missing file, one with another
+  // fingerprint or a damaged one gives an empty cache (state() says which); none of these throw.
+  PackedWeightCache(std::string path, std::string fingerprint);
+  ~PackedWeightCache();
+  PackedWeightCache(const PackedWeightCache&) = delete;
+  PackedWeightCache& operator=(const PackedWeightCache&) = delete;
+
+  const std::string& path() const { return path_; }
+  // "missing", "stale" (another fingerprint), "damaged: <reason>" or "valid".
+  const std::string& state() const { return state_; }
+  bool valid() const { return map_ != nullptr; }
+
+  // The bytes of weight `name` packed in layout `desc`, inside the mapped file (valid as long as this object),
+  // or nullptr when the file has no such weight in that layout. A miss is counted.
+  const void* find(const std::string& name, const dnnl::memory::desc& desc);
+  // Remembers a weight packed because find() missed, for save(); `keep` holds its memory until then.
+  void record(const std::string& name, const dnnl::memory& packed, std::shared_ptr<const void> keep);
+  // True when every weight asked for was found: the file needs no rewrite.
+  bool complete() const { return misses_ == 0 && !asked_.empty(); }
+  size_t misses() const { return misses_; }
+  size_t entries() const { return index_.entries.size(); }
+
+  // Writes every weight found or recorded to the path (a temporary file renamed over it, so a reader never sees
+  // half a file). Throws IoError when the disk refuses.
+  void save() const;
+
+  // While a Use lives, the file's pages stay mapped in this process; the first Use maps them all at once
+  // (MADV_POPULATE_READ), and when the last one ends they are dropped from the process (MADV_DONTNEED; they stay
+  // in the page cache). Thread-safe.
+  class Use {
+   public:
+    explicit Use(PackedWeightCache* cache);  // nullptr: does nothing
+    ~Use();
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+
+   private:
+    PackedWeightCache* cache_;
+  };
+  // Drops the mapped pages now (no Use may be alive); the pipeline calls it after loading.
+  void release_pages();
+
+ private:
+  struct Asked {
+    std::string name;
+    const void* data;
+    dnnl::memory::desc desc;
+    std::shared_ptr<const void> keep;
+  };
+  void prefault_pages();
+
+  std::string path_, fingerprint_, state_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  PackedWeightIndex index_;
+  std::vector<Asked> asked_;  // every weight found or recorded, in order, for save()
+  size_t misses_ = 0;
+  std::mutex use_mutex_;
+  int users_ = 0;
+};
+
+}  // namespace sdcpu
