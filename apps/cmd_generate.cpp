@@ -75,6 +75,7 @@ Command add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cli->add_option("--variant", a->load.variant, "Weights variant of a diffusers folder, e.g. fp16");
   add_weight_cache_option(*cli, a->load.weight_cache_dir);
+  add_low_memory_option(*cli, a->load.low_memory);
   cli->add_option("--output,-o", a->output, "Output PNG (batches: name-2.png, name-3.png, ...)")->capture_default_str();
   cli->add_flag("--quiet,-q", a->quiet, "No progress output");
   return {cli, [a] { return run_generate(*a); }};

@@ -22,6 +22,12 @@ inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
       ->capture_default_str();
 }
 
+inline void add_low_memory_option(CLI::App& cli, bool& low_memory) {
+  cli.add_flag("--low-memory", low_memory,
+               "Give each stage's freed memory back to the system before the next (lower peak, slower; README, "
+               "\"Memory\")");
+}
+
 Command add_generate_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);

@@ -1,5 +1,6 @@
 #include "core/memory.h"
 
+#include <malloc.h>
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -25,6 +26,17 @@ void* allocate_huge(size_t bytes) {
 }
 
 }  // namespace
+
+// Defined by tcmalloc when it is linked (the Release build), absent otherwise (sanitizer builds bring their own
+// allocator): a weak reference is null then.
+extern "C" void MallocExtension_ReleaseFreeMemory(void) __attribute__((weak));
+
+void release_free_memory() {
+  if (MallocExtension_ReleaseFreeMemory)
+    MallocExtension_ReleaseFreeMemory();
+  else
+    ::malloc_trim(0);
+}
 
 void* allocate_buffer(size_t bytes) {
   if (bytes >= kHugeFrom) return allocate_huge(bytes);

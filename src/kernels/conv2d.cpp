@@ -57,7 +57,8 @@ const ConvPrimitive& conv_primitive(const Key& key) {
   memory::desc wei({o, c, kh, kw}, kF32, Tag::oihw);
   memory::desc bia = has_bias ? memory::desc({o}, kF32, Tag::x) : memory::desc();
   memory::desc dst({n, o, ho, wo}, kF32, Tag::nchw);
-  dnnl::convolution_forward::primitive_desc pd(conv_desc(src, wei, bia, dst, stride, {pt, pl, pb, pr}), dnnl_engine());
+  dnnl::convolution_forward::primitive_desc pd(conv_desc(src, wei, bia, dst, stride, {pt, pl, pb, pr}),
+                                               with_user_scratchpad(), dnnl_engine());
   auto [pos, inserted] = cache.emplace(key, ConvPrimitive{pd, dnnl::convolution_forward(pd)});
   return pos->second;
 }
@@ -127,6 +128,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int str
       {DNNL_ARG_WEIGHTS, memory(p.pd.weights_desc(), eng, const_cast<float*>(weight.data()))},
       {DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, y.data())}};
   if (has_bias) args[DNNL_ARG_BIAS] = memory(p.pd.bias_desc(), eng, const_cast<float*>(bias.data()));
+  add_scratchpad(p.pd, args);
   p.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();
   return y;
@@ -170,7 +172,7 @@ struct PreparedConv2d::Weights {
     if (it != plans.end()) return *it->second;
     const int64_t ho = (h + p.top + p.bottom - kh) / stride + 1, wo = (w + p.left + p.right - kw) / stride + 1;
     const memory::desc src_plain({n, c, h, w}, kF32, Tag::nchw), dst_plain({n, o, ho, wo}, kF32, Tag::nchw);
-    dnnl::primitive_attr attr;
+    dnnl::primitive_attr attr = with_user_scratchpad();
     if (residual) {
       // dst = conv(x) + bias + 1.0 * dst: the residual is reordered into dst before the convolution.
       dnnl::post_ops ops;
@@ -224,7 +226,7 @@ PreparedConv2d::PreparedConv2d(const WeightSource& weight, const Tensor& bias, i
   // reordered from this one, so the plain weight need not be kept.
   auto representative_pd = [&] {
     return prepared_pd(1, wt.c, std::max<int64_t>(64, wt.kh), std::max<int64_t>(64, wt.kw), wt.o, wt.kh, wt.kw,
-                       wt.bias_desc, stride, padding, dnnl::primitive_attr(), wt.compute);
+                       wt.bias_desc, stride, padding, with_user_scratchpad(), wt.compute);
   };
   wt.compute = compute == ComputeType::bf16 ? kBF16 : kF32;
   auto pd = representative_pd();
@@ -291,6 +293,7 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residua
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *plan.weights}, {DNNL_ARG_DST, dst}};
   if (!wt.bias_desc.is_zero()) args[DNNL_ARG_BIAS] = wt.bias;
+  add_scratchpad(plan.pd, args);
   plan.prim.execute(s, args);
   if (plan.reorder_dst) plan.dst_out.execute(s, dst, y_plain);
   s.wait();

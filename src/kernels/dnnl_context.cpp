@@ -1,5 +1,7 @@
 #include "kernels/dnnl_context.h"
 
+#include "kernels/scratch.h"
+
 namespace sdcpu {
 
 dnnl::engine& dnnl_engine() {
@@ -10,6 +12,12 @@ dnnl::engine& dnnl_engine() {
 dnnl::stream& dnnl_stream() {
   static dnnl::stream stream(dnnl_engine());
   return stream;
+}
+
+void add_scratchpad(const dnnl::primitive_desc_base& pd, std::unordered_map<int, dnnl::memory>& args) {
+  const dnnl::memory::desc desc = pd.scratchpad_desc();
+  if (const size_t bytes = desc.get_size())
+    args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(desc, dnnl_engine(), scratch_buffer(ScratchSlot::primitive, bytes));
 }
 
 }  // namespace sdcpu

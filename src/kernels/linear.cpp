@@ -34,7 +34,7 @@ dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has
   memory::desc dst({m, n}, kF32, Tag::ab);
   auto desc = has_bias ? dnnl::matmul::desc(src, wei, memory::desc({1, n}, kF32, Tag::ab), dst)
                        : dnnl::matmul::desc(src, wei, dst);
-  return dnnl::matmul::primitive_desc(desc, dnnl_engine());
+  return dnnl::matmul::primitive_desc(desc, with_user_scratchpad(), dnnl_engine());
 }
 
 const MatmulPrimitive& matmul_primitive(const Key& key) {
@@ -76,6 +76,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       {DNNL_ARG_WEIGHTS, memory(p.pd.weights_desc(), eng, const_cast<float*>(weight.data()))},
       {DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, y.data())}};
   if (has_bias) args[DNNL_ARG_BIAS] = memory(p.pd.bias_desc(), eng, const_cast<float*>(bias.data()));
+  add_scratchpad(p.pd, args);
   p.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();
   return y;
@@ -164,6 +165,7 @@ Tensor linear(const Tensor& x, const PreparedLinear& layer) {
                                           {DNNL_ARG_WEIGHTS, *plan.weights},
                                           {DNNL_ARG_DST, memory(plan.pd.dst_desc(), eng, y.data())}};
   if (!wt.bias.empty()) args[DNNL_ARG_BIAS] = memory(plan.pd.bias_desc(), eng, wt.bias.data());
+  add_scratchpad(plan.pd, args);
   plan.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();
   return y;

@@ -4,22 +4,38 @@
 
 namespace sdcpu {
 
-void* scratch_buffer(ScratchSlot slot, size_t bytes) {
-  struct Buffer {
-    void* data = nullptr;
-    size_t size = 0;
-    ~Buffer() { free_buffer(data); }
-  };
+namespace {
+
+struct Buffer {
+  void* data = nullptr;
+  size_t size = 0;
+  void release() {
+    free_buffer(data);
+    data = nullptr;
+    size = 0;
+  }
+  ~Buffer() { release(); }
+};
+
+Buffer* thread_buffers() {
   thread_local Buffer buffers[static_cast<int>(ScratchSlot::count)];
-  Buffer& b = buffers[static_cast<int>(slot)];
+  return buffers;
+}
+
+}  // namespace
+
+void* scratch_buffer(ScratchSlot slot, size_t bytes) {
+  Buffer& b = thread_buffers()[static_cast<int>(slot)];
   if (b.size < bytes) {
-    free_buffer(b.data);
-    b.data = nullptr;
-    b.size = 0;
+    b.release();
     b.data = allocate_buffer(bytes);
     b.size = bytes;
   }
   return b.data;
+}
+
+void release_scratch_buffers() {
+  for (int i = 0; i < static_cast<int>(ScratchSlot::count); ++i) thread_buffers()[i].release();
 }
 
 }  // namespace sdcpu

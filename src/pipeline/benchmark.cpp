@@ -277,6 +277,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
   r.cpu = detect_cpu();
   r.threads = team;
   r.pinned = o.pin_threads;
+  r.low_memory = o.low_memory;
   const ComputeType compute = resolve_precision(o.precision);
   r.precision = compute_type_name(compute);
   r.width = o.width;
@@ -295,7 +296,8 @@ BenchReport run_benchmark(const BenchOptions& o) {
       fixed(r.machine_peak_gflops_bf16, 0) + " GFLOP/s (" + std::to_string(r.threads) + " threads)");
 
   auto t0 = std::chrono::steady_clock::now();
-  auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path), compute, o.weight_cache_dir);
+  auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path), compute,
+                                                MemoryOptions{o.weight_cache_dir, o.low_memory});
   r.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.weight_cache = pipe->weight_cache_status();
   log("loaded in " + fixed(r.load_s, 2) + " s");
@@ -364,6 +366,7 @@ std::string to_json(const BenchReport& r) {
   j["cpu"] = {{"model", r.cpu.model}, {"isa", r.cpu.isa}};
   j["threads"] = r.threads;
   j["pinned"] = r.pinned;
+  j["low_memory"] = r.low_memory;
   j["precision"] = r.precision;
   j["width"] = r.width;
   j["height"] = r.height;
@@ -420,8 +423,8 @@ std::string format_table(const BenchReport& r) {
   std::string isa;
   for (const auto& f : r.cpu.isa) isa += (isa.empty() ? "" : " ") + f;
   s << "sdcpu bench: " << r.width << "x" << r.height << ", " << r.steps << " steps, " << r.sampler << ", cfg "
-    << fixed(r.cfg_scale, 1) << ", " << r.precision << ", " << r.threads << (r.pinned ? " pinned" : "")
-    << " threads, median of " << r.runs << " runs\n";
+    << fixed(r.cfg_scale, 1) << ", " << r.precision << ", " << r.threads << (r.pinned ? " pinned" : "") << " threads"
+    << (r.low_memory ? ", low memory" : "") << ", median of " << r.runs << " runs\n";
   row("cpu", r.cpu.model + " (" + isa + ")");
   row("load", fixed(r.load_s, 2) + " s");
   for (const auto& c : r.weight_cache) row("weight cache, " + c.component, c.outcome);

@@ -45,6 +45,7 @@ struct BenchReport {
   CpuInfo cpu;
   int threads = 0;
   bool pinned = false;
+  bool low_memory = false;
   std::string precision;  // the precision that ran (auto resolved)
   int width = 0, height = 0, steps = 0;
   std::string sampler;

@@ -30,8 +30,8 @@ std::string model_name(const std::string& path) {
 
 class PipelineImpl : public Pipeline {
  public:
-  PipelineImpl(ModelFiles files, ComputeType compute, const std::string& weight_cache_dir)
-      : txt2img_(std::move(files), compute, weight_cache_dir) {}
+  PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory)
+      : txt2img_(std::move(files), compute, std::move(memory)) {}
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
     if (o.batch_count < 1 || o.batch_count > 1000) throw InvalidArgument("batch count must be between 1 and 1000");
@@ -116,7 +116,8 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const Lo
   if (options.threads < 0) throw InvalidArgument("threads must be >= 0");
   const ComputeType compute = resolve_precision(options.precision);  // refuses bad names before any loading
   setup_threads(options.threads, options.pin_threads);
-  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute, options.weight_cache_dir);
+  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute,
+                                        MemoryOptions{options.weight_cache_dir, options.low_memory});
 }
 
 void Image::save_png(const std::string& path) const {

@@ -5,7 +5,9 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "core/torch_rng.h"
+#include "kernels/scratch.h"
 #include "kernels/tensor_ops.h"
 
 namespace sdcpu {
@@ -70,23 +72,32 @@ ModelFiles with_compute_type(ModelFiles files, ComputeType compute) {
 
 }  // namespace
 
-Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, const std::string& weight_cache_dir)
+Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOptions memory)
     : files_(with_compute_type(std::move(files), compute)),
       compute_(compute),
+      memory_(std::move(memory)),
       weight_cache_status_(3),
       tokenizer_(make_tokenizer(files_)),
       text_encoder_(build_with_weight_cache<ClipTextModel>(files_.text_encoder_config, *files_.text_encoder, compute,
-                                                           weight_cache_dir, text_encoder_weights_,
+                                                           memory_.weight_cache_dir, text_encoder_weights_,
                                                            weight_cache_status_[0])),
-      unet_(build_with_weight_cache<UNet2DConditionModel>(files_.unet_config, *files_.unet, compute, weight_cache_dir,
-                                                          unet_weights_, weight_cache_status_[1])),
-      vae_decoder_(build_with_weight_cache<VaeDecoder>(files_.vae_config, *files_.vae, compute, weight_cache_dir,
-                                                       vae_weights_, weight_cache_status_[2])),
+      unet_(build_with_weight_cache<UNet2DConditionModel>(
+          files_.unet_config, *files_.unet, compute, memory_.weight_cache_dir, unet_weights_, weight_cache_status_[1])),
+      vae_decoder_(build_with_weight_cache<VaeDecoder>(
+          files_.vae_config, *files_.vae, compute, memory_.weight_cache_dir, vae_weights_, weight_cache_status_[2])),
       scheduler_config_(parse_scheduler_config(files_.scheduler_config_json)) {
-  if (weight_cache_dir.empty()) weight_cache_status_.clear();
+  if (memory_.weight_cache_dir.empty()) weight_cache_status_.clear();
   // Built from the cache, the networks have not touched their weights' pages; a network maps them when it runs.
   for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_})
     if (cache) cache->release_pages();
+}
+
+// Between networks: what the last one freed goes back to the system before the next maps its weights and
+// allocates its own activations, so the process's peak is that of its largest stage, not the sum of all.
+void Txt2ImgPipeline::end_stage() const {
+  if (!memory_.low_memory) return;
+  release_scratch_buffers();
+  release_free_memory();
 }
 
 Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const {
@@ -145,6 +156,7 @@ Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, cons
       repeat_each(guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
                          : encode_prompts({request.prompt}, request.clip_skip),
                   request.batch_size);
+  end_stage();
   result.times.text_encode_s = seconds_since(t0);
 
   TorchGenerator generator(request.seed);
@@ -165,9 +177,11 @@ Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, cons
   }
 
   unet_weights.reset();
+  end_stage();
   t0 = std::chrono::steady_clock::now();
   result.image = decode_latents(latents);
   result.times.vae_decode_s = seconds_since(t0);
+  end_stage();
   result.latents = std::move(latents);
   result.times.total_s = seconds_since(t_start);
   return result;
