@@ -13,7 +13,7 @@ struct Command {
   std::function<int()> run;  // returns the exit code; may throw (main maps the error to an exit code)
 };
 
-// --weight-cache DIR, by default $SDCPU_WEIGHT_CACHE (README, "Weight cache").
+// --weight-cache DIR, by default $SDCPU_WEIGHT_CACHE (README, "Weight cache and memory").
 inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
   if (const char* env = std::getenv("SDCPU_WEIGHT_CACHE")) dir = env;
   cli.add_option("--weight-cache", dir,
@@ -24,8 +24,8 @@ inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
 
 inline void add_low_memory_option(CLI::App& cli, bool& low_memory) {
   cli.add_flag("--low-memory", low_memory,
-               "Give each stage's freed memory back to the system before the next (lower peak, slower; README, "
-               "\"Memory\")");
+               "Give each stage's freed memory back to the system before the next: a lower peak, about 0.7 s "
+               "slower per 512x512 image");
 }
 
 Command add_generate_command(CLI::App& app);

@@ -4,6 +4,7 @@
 # Usage: cli_test.sh SDCPU_BINARY SOURCE_DIR FIXTURES_DIR
 set -uo pipefail
 sdcpu=$1 src=$2 fixtures=$3
+unset SDCPU_WEIGHT_CACHE  # the checks below choose their own
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 passed=0 failed=0
@@ -37,6 +38,18 @@ fi
 expect 0 "b-2.png" -- "${gen[@]}" --batch-count 2 --output "$tmp/b.png"
 [ -f "$tmp/b.png" ] && [ -f "$tmp/b-2.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: batch files"; }
 expect 0 "single file" -- info --model "$fixtures/tiny-sd.safetensors"
+
+# The weight cache: written by the first start, mapped by the second; the images are the same bytes.
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --weight-cache "$tmp/cache" --output "$tmp/c1.png"
+expect 0 "unet loaded (was valid)" -- info --model "$model" --weight-cache "$tmp/cache"
+SDCPU_WEIGHT_CACHE="$tmp/cache" expect 0 "seed 7" -- "${gen[@]}" --seed 7 --low-memory --output "$tmp/c2.png"
+if cmp -s "$tmp/a.png" "$tmp/c1.png" && cmp -s "$tmp/a.png" "$tmp/c2.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: images with the weight cache differ"
+fi
+[ "$(ls "$tmp/cache" | wc -l)" -eq 3 ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: cache files"; }
+expect 0 "not written" -- info --model "$model" --weight-cache "$tmp/a.png"
 
 bench=(bench --model "$model" --width 64 --height 64 --steps 2 --runs 1 --quiet)
 expect 0 "unet step" -- "${bench[@]}" --batch-sizes 1,2 --json "$tmp/bench.json"

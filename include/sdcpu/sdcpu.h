@@ -32,11 +32,11 @@ struct LoadOptions {
   // fast and half the weight memory on CPUs with AVX512_BF16 or AMX; refused on others), or "auto" (bf16 where
   // the CPU has it natively, else fp32).
   std::string precision = "fp32";
-  // A directory for prepacked weights (README, "Weight cache"): the first load writes each network's weights
+  // A directory for prepacked weights (README, "Weight cache and memory"): the first load writes each network's weights
   // there in the layout the kernels use, later loads map them instead of converting the checkpoint again, and
   // only the network that is running keeps its weights in the process's memory. Empty: no cache.
   std::string weight_cache_dir;
-  // Hand the memory each stage frees back to the system before the next stage (README, "Memory"): with a weight
+  // Hand the memory each stage frees back to the system before the next stage (README, "Weight cache and memory"): with a weight
   // cache the peak is then the largest network's weights plus its activations (bf16 512x512: 2.1 GB instead of
   // 3.4), at the cost of page-faulting the activations in again for every image (about 0.7 s at 512x512).
   bool low_memory = false;

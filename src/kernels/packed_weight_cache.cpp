@@ -68,8 +68,7 @@ std::vector<uint8_t> desc_bytes(const dnnl::memory::desc& desc) {
   return out;
 }
 
-void write_all(int fd, const void* p, size_t n, uint64_t offset, const std::string& path) {
-  const auto* b = static_cast<const uint8_t*>(p);
+void write_all(int fd, const uint8_t* b, size_t n, uint64_t offset, const std::string& path) {
   while (n > 0) {
     const ssize_t w = ::pwrite(fd, b, n, static_cast<off_t>(offset));
     if (w < 0 && errno == EINTR) continue;
@@ -79,6 +78,44 @@ void write_all(int fd, const void* p, size_t n, uint64_t offset, const std::stri
     offset += static_cast<uint64_t>(w);
   }
 }
+
+// Writes a file front to back in whole 32 MiB chunks (gaps are zeros). Why not one write per weight: the page
+// cache sizes its folios by the writes that create them, and a write that starts or ends off a 2 MiB boundary
+// leaves small folios there, which later map with 4 KiB pages instead of huge ones. Written per weight, a fifth
+// of the UNet's file mapped that way and the fp32 UNet step ran 8-12% slower than on our own huge-page buffers.
+class ChunkedWriter {
+ public:
+  ChunkedWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)), chunk_(kChunk) {}
+  // `at` must not go backwards.
+  void put(uint64_t at, const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (n > 0) {
+      if (at >= base_ + kChunk) {
+        flush();
+        base_ = at / kChunk * kChunk;
+      }
+      const size_t into = static_cast<size_t>(at - base_), take = std::min<size_t>(n, kChunk - into);
+      std::memcpy(chunk_.data() + into, p, take);
+      used_ = std::max(used_, into + take);
+      at += take;
+      p += take;
+      n -= take;
+    }
+  }
+  void flush() {
+    if (used_ > 0) write_all(fd_, chunk_.data(), used_, base_, path_);
+    std::fill(chunk_.begin(), chunk_.begin() + static_cast<std::ptrdiff_t>(used_), 0);
+    used_ = 0;
+  }
+
+ private:
+  static constexpr size_t kChunk = size_t{32} << 20;
+  int fd_;
+  std::string path_;
+  std::vector<uint8_t> chunk_;
+  uint64_t base_ = 0;
+  size_t used_ = 0;
+};
 
 }  // namespace
 
@@ -238,9 +275,11 @@ void PackedWeightCache::save() const {
   try {
     if (::ftruncate(fd, static_cast<off_t>(file_bytes)) != 0)
       throw IoError("cannot size " + tmp + ": " + std::strerror(errno));
-    write_all(fd, head.data(), head.size(), 0, tmp);
+    ChunkedWriter out(fd, tmp);
+    out.put(0, head.data(), head.size());
     for (size_t i = 0; i < entries.size(); ++i)
-      write_all(fd, entries[i]->data, entries[i]->desc.get_size(), data_offset + offsets[i], tmp);
+      out.put(data_offset + offsets[i], entries[i]->data, entries[i]->desc.get_size());
+    out.flush();
     // On disk before it is renamed into place: after a crash there is either no file or a whole one.
     if (::fdatasync(fd) != 0) throw IoError("cannot sync " + tmp + ": " + std::strerror(errno));
     if (::close(fd) != 0) throw IoError("cannot close " + tmp + ": " + std::strerror(errno));

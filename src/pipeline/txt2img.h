@@ -62,7 +62,7 @@ struct StageTimes {
 // Throws InvalidArgument naming the first invalid field; called before any work is done.
 void validate(const Txt2ImgRequest& request);
 
-// Where the weights live and what memory the pipeline hands back between its stages (README, "Memory").
+// Where the weights live and what memory the pipeline hands back between its stages (README, "Weight cache and memory").
 struct MemoryOptions {
   // With a directory, each network's packed weights come from a cache file there (pipeline/weight_cache.h),
   // written on the first start; they live in the page cache, and only the running network keeps them mapped
