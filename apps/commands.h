@@ -24,7 +24,7 @@ inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
 
 inline void add_low_memory_option(CLI::App& cli, bool& low_memory) {
   cli.add_flag("--low-memory", low_memory,
-               "Give each stage's freed memory back to the system before the next: a lower peak, about 0.7 s "
+               "Give each stage's freed memory back to the system before the next: a lower peak, 0.7-1.9 s "
                "slower per 512x512 image");
 }
 
