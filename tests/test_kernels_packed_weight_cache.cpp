@@ -273,5 +273,32 @@ TEST(PackedWeightCache, UseMapsThePagesAndTheLastUseDropsThem) {
   EXPECT_EQ(testing::compare(conv2d(l.x, conv), y).max_abs, 0.0);
 }
 
+TEST(PackedWeightCache, CopyInModeComputesFromACopyAndReturnsToTheMapping) {
+  const Layers l;
+  const std::string path = testing::temp_dir() + "/net.sdcw";
+  write_cache(path, "fp", l);
+  auto cache = std::make_shared<PackedWeightCache>(path, "fp");
+  cache->set_copy_in(true);
+  int reads = 0;
+  PreparedConv2d conv(counted(l.conv_w, cache, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+  PreparedLinear lin(counted(l.lin_w, cache, "lin.weights", reads), l.lin_b);
+  cache->release_pages();
+  const Tensor y_conv = conv2d(l.x, PreparedConv2d(l.conv_w, l.conv_b, 1, 1));
+  const Tensor y_lin = linear(l.rows, PreparedLinear(l.lin_w, l.lin_b));
+  {
+    const PackedWeightCache::Use use(cache.get());
+    EXPECT_EQ(testing::compare(conv2d(l.x, conv), y_conv).max_abs, 0.0);
+    EXPECT_EQ(testing::compare(linear(l.rows, lin), y_lin).max_abs, 0.0);
+    EXPECT_EQ(mapped_rss_kb(path), 0u) << "in copy-in mode the layers must read the copy, not the mapping";
+  }
+  // After the last Use the layers read the mapping again.
+  EXPECT_EQ(testing::compare(conv2d(l.x, conv), y_conv).max_abs, 0.0);
+  EXPECT_GT(mapped_rss_kb(path), 0u);
+  // A layer destroyed before the cache detaches itself: the next Use must not touch it.
+  { PreparedLinear gone(counted(l.lin_w, cache, "lin.weights", reads), l.lin_b); }
+  const PackedWeightCache::Use again(cache.get());
+  EXPECT_EQ(testing::compare(linear(l.rows, lin), y_lin).max_abs, 0.0);
+}
+
 }  // namespace
 }  // namespace sdcpu

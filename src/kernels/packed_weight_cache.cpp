@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace sdcpu {
 namespace {
@@ -214,6 +215,7 @@ PackedWeightCache::PackedWeightCache(std::string path, std::string fingerprint)
 }
 
 PackedWeightCache::~PackedWeightCache() {
+  if (copy_) free_buffer(copy_);
   if (map_) ::munmap(map_, map_size_);
 }
 
@@ -305,16 +307,62 @@ void PackedWeightCache::release_pages() {
   if (map_) ::madvise(map_, map_size_, MADV_DONTNEED);
 }
 
+void PackedWeightCache::attach(dnnl::memory* mem) {
+  std::lock_guard<std::mutex> lock(use_mutex_);
+  const auto* p = static_cast<const uint8_t*>(mem->get_data_handle());
+  attached_.push_back({mem, static_cast<size_t>(p - data())});
+}
+
+void PackedWeightCache::detach(dnnl::memory* mem) {
+  std::lock_guard<std::mutex> lock(use_mutex_);
+  std::erase_if(attached_, [mem](const Attached& a) { return a.mem == mem; });
+}
+
+void PackedWeightCache::copy_in() {
+  const size_t bytes = map_size_ - index_.data_offset;
+  copy_ = allocate_buffer(bytes);
+  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  size_t done = 0;
+  // pread, not a copy from the mapping: that would map the file's pages into the process while the copy is made.
+  while (fd >= 0 && done < bytes) {
+    const ssize_t n =
+        ::pread(fd, static_cast<uint8_t*>(copy_) + done, bytes - done, static_cast<off_t>(index_.data_offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  if (fd >= 0) ::close(fd);
+  if (done < bytes) {  // the file went away or shrank under us: stay on the mapping, which still holds the data
+    free_buffer(copy_);
+    copy_ = nullptr;
+    prefault_pages();
+    return;
+  }
+  for (const Attached& a : attached_) a.mem->set_data_handle(static_cast<uint8_t*>(copy_) + a.offset);
+}
+
+void PackedWeightCache::copy_out() {
+  for (const Attached& a : attached_) a.mem->set_data_handle(const_cast<uint8_t*>(data()) + a.offset);
+  free_buffer(copy_);
+  copy_ = nullptr;
+}
+
 PackedWeightCache::Use::Use(PackedWeightCache* cache) : cache_(cache) {
-  if (!cache_) return;
+  if (!cache_ || !cache_->map_) return;
   std::lock_guard<std::mutex> lock(cache_->use_mutex_);
-  if (cache_->users_++ == 0) cache_->prefault_pages();
+  if (cache_->users_++ > 0) return;
+  if (cache_->copy_in_)
+    cache_->copy_in();
+  else
+    cache_->prefault_pages();
 }
 
 PackedWeightCache::Use::~Use() {
-  if (!cache_) return;
+  if (!cache_ || !cache_->map_) return;
   std::lock_guard<std::mutex> lock(cache_->use_mutex_);
-  if (--cache_->users_ == 0) cache_->release_pages();
+  if (--cache_->users_ > 0) return;
+  if (cache_->copy_) cache_->copy_out();
+  cache_->release_pages();
 }
 
 }  // namespace sdcpu

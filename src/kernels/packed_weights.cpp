@@ -9,8 +9,11 @@ namespace sdcpu {
 
 struct PackedWeights::Copy {
   std::unique_ptr<SlabBuffer> buffer;        // ours, or
-  std::shared_ptr<PackedWeightCache> cache;  // the mapped cache file the bytes are in
+  std::shared_ptr<PackedWeightCache> cache;  // the mapped cache file the bytes are in (attached to it)
   dnnl::memory mem;
+  ~Copy() {
+    if (cache) cache->detach(&mem);
+  }
 };
 
 const dnnl::memory* PackedWeights::add(const dnnl::memory& from, const dnnl::memory::desc& desc) {
@@ -31,6 +34,7 @@ void PackedWeights::pack(const WeightSource& source, const dnnl::memory::desc& p
       copy->cache = source.cache;
       // oneDNN takes a non-const handle but only reads weights; the mapping is read-only.
       copy->mem = dnnl::memory(desc, dnnl_engine(), const_cast<void*>(cached));
+      source.cache->attach(&copy->mem);
       copies_.push_back(std::move(copy));
       return;
     }

@@ -88,8 +88,14 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
       scheduler_config_(parse_scheduler_config(files_.scheduler_config_json)) {
   if (memory_.weight_cache_dir.empty()) weight_cache_status_.clear();
   // Built from the cache, the networks have not touched their weights' pages; a network maps them when it runs.
-  for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_})
-    if (cache) cache->release_pages();
+  weights_copied_in_ = memory_.low_memory;
+  for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_}) {
+    if (cache) {
+      cache->release_pages();
+      cache->set_copy_in(memory_.low_memory);
+    }
+    weights_copied_in_ = weights_copied_in_ && cache;
+  }
 }
 
 // Between networks: what the last one freed goes back to the system before the next maps its weights and
@@ -97,7 +103,9 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
 void Txt2ImgPipeline::end_stage() const {
   if (!memory_.low_memory) return;
   release_scratch_buffers();
-  release_free_memory();
+  // With every network's weights copied in per stage (PackedWeightCache::set_copy_in), the freed memory stays
+  // with the allocator for the next stage's weights and activations; without, it goes back to the system.
+  if (!weights_copied_in_) release_free_memory();
 }
 
 Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const {
