@@ -24,8 +24,8 @@ inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
 
 inline void add_low_memory_option(CLI::App& cli, bool& low_memory) {
   cli.add_flag("--low-memory", low_memory,
-               "Give each stage's freed memory back to the system before the next: a lower peak, 0.7-1.9 s "
-               "slower per 512x512 image");
+               "One network's weights and activations in memory at a time (with --weight-cache: weights read in "
+               "per stage); a lower peak");
 }
 
 Command add_generate_command(CLI::App& app);

@@ -36,10 +36,10 @@ struct LoadOptions {
   // there in the layout the kernels use, later loads map them instead of converting the checkpoint again, and
   // only the network that is running keeps its weights in the process's memory. Empty: no cache.
   std::string weight_cache_dir;
-  // Hand the memory each stage frees back to the system before the next stage (README, "Weight cache and
-  // memory"). With a weight cache the peak is then the largest network's weights plus its activations (bf16
-  // 512x512, 20 steps: 2.0 GB instead of 3.0), at the cost of page-faulting the activations in again for every
-  // image (0.7-1.9 s at 512x512 on this project's VM).
+  // One stage's weights and activations in memory at a time (README, "Weight cache and memory"). With a weight
+  // cache each network's weights are read in from the page cache when it runs and their memory is reused by
+  // the next stage: the peak is then the UNet's weights plus its activations (bf16 512x512: 2.0 GB instead of
+  // 3.0). Without a cache it only hands each stage's freed memory back to the system.
   bool low_memory = false;
 };
 

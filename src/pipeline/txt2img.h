@@ -69,10 +69,11 @@ struct MemoryOptions {
   // written on the first start; they live in the page cache, and only the running network keeps them mapped
   // in this process (kernels/packed_weight_cache.h). Remapping costs about 20 ms per image for SD 1.5's UNet.
   std::string weight_cache_dir;
-  // After each stage (text encoder, denoising loop, VAE decoder), give the memory it freed back to the system
-  // (core/memory.h release_free_memory), so that the peak is the largest stage's and not the sum of them. The
-  // next image then page-faults its activations in again: measured at 512x512 bf16, 20 steps, with a weight
-  // cache, a peak RSS of 2.0 GB instead of 3.0 GB for 0.7-1.9 s more per image on this project's VM.
+  // One stage's weights and activations in memory at a time, so that the peak is the largest stage's and not
+  // the sum of them. With a weight cache each network's weights are copied in while it runs and their memory
+  // is then reused by the next stage (PackedWeightCache::set_copy_in): measured at 512x512 bf16, 20 steps, a
+  // peak RSS of 2.0 GB instead of 3.0 GB. Without one, each stage's freed memory goes back to the system
+  // (core/memory.h release_free_memory), which lowers the peak less, since all the weights stay.
   bool low_memory = false;
 };
 
@@ -110,7 +111,8 @@ class Txt2ImgPipeline {
   ComputeType compute_type() const { return compute_; }
 
  private:
-  // With low_memory: hands what the stage just freed back to the system (MemoryOptions).
+  // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to
+  // the system (MemoryOptions).
   void end_stage() const;
 
   ModelFiles files_;
