@@ -98,8 +98,9 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
   }
 }
 
-// Between networks: what the last one freed goes back to the system before the next maps its weights and
-// allocates its own activations, so the process's peak is that of its largest stage, not the sum of all.
+// Between networks, with low_memory: what the last one freed is made available to the next before it takes
+// its weights and allocates its activations, so that the process's peak is that of its largest stage, not the
+// sum of all.
 void Txt2ImgPipeline::end_stage() const {
   if (!memory_.low_memory) return;
   release_scratch_buffers();
@@ -174,8 +175,8 @@ Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, cons
 
   const auto& timesteps = scheduler->timesteps();
   const int steps = static_cast<int>(timesteps.size());
-  // The UNet's weights stay mapped for the whole loop (each step's own Use is then only a count), and are handed
-  // back to the page cache before the VAE decoder maps its own.
+  // The UNet's weights stay in memory for the whole loop (each step's own Use is then only a count), and leave
+  // before the VAE decoder takes its own.
   std::optional<PackedWeightCache::Use> unet_weights(unet_weights_.get());
   for (int i = 0; i < steps; ++i) {
     t0 = std::chrono::steady_clock::now();
