@@ -106,13 +106,16 @@ TEST(WeightCacheFiles, TheFileNameFollowsTheModelFileAndThePrecision) {
   const std::string copy = dir + "/model.safetensors";
   fs::copy_file(testing::fixture("tiny-sd.safetensors"), copy);
   const ModelFiles files = open_model(copy);
-  const std::string fp32 = weight_cache_path(dir, *files.unet, ComputeType::f32);
-  EXPECT_NE(fp32, weight_cache_path(dir, *files.unet, ComputeType::bf16));
-  EXPECT_NE(fp32, weight_cache_path(dir, *files.vae, ComputeType::f32));
+  auto path = [&](const WeightStore& store, ComputeType compute) {
+    return weight_cache_path(dir, store, compute, weight_cache_fingerprint(store, compute));
+  };
+  const std::string fp32 = path(*files.unet, ComputeType::f32);
+  EXPECT_NE(fp32, path(*files.unet, ComputeType::bf16));
+  EXPECT_NE(fp32, path(*files.vae, ComputeType::f32));
   EXPECT_EQ(fs::path(fp32).filename().string().rfind("unet-fp32-", 0), 0u) << fp32;
   // A rewritten model file (new modification time) must not find the old cache.
   fs::last_write_time(copy, fs::last_write_time(copy) + std::chrono::seconds(5));
-  EXPECT_NE(weight_cache_path(dir, *open_model(copy).unet, ComputeType::f32), fp32);
+  EXPECT_NE(path(*open_model(copy).unet, ComputeType::f32), fp32);
 }
 
 TEST(LowMemory, GivesTheSameLatents) {

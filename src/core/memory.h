@@ -20,6 +20,16 @@ void free_buffer(void* p);
 // the next image's UNet, whose weights then come on top).
 void release_free_memory();
 
+// Pages of a read-only file mapping (safetensors files, the weight cache):
+// - prefault_mapped maps every page touching [p, p + bytes) in one call (MADV_POPULATE_READ, Linux 5.14) rather
+//   than one page fault at a time as the bytes are first read: faults are costly under virtualization. Advisory:
+//   on older kernels the pages fault in as usual.
+// - drop_mapped drops from the process the pages wholly inside [p, p + bytes) (MADV_DONTNEED; a page shared
+//   with a neighbour stays). The mapping must be private and never written: a dropped page is read from the
+//   file (or the page cache) again when touched.
+void prefault_mapped(const void* p, size_t bytes);
+void drop_mapped(const void* p, size_t bytes);
+
 // Long-lived buffers of any size carved out of shared 64 MiB huge-page slabs, for packed weights: hundreds of
 // weights of 1-30 MB each would waste up to 2 MiB apiece if each were rounded to whole huge pages. A slab is
 // freed when the last buffer in it is. Thread-safe.

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace sdcpu {
 namespace {
@@ -59,20 +60,6 @@ float f16_to_f32(uint16_t h) {
     bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
   }
   return std::bit_cast<float>(bits);
-}
-
-// Maps a tensor's pages in one call (MADV_POPULATE_READ, Linux 5.14) rather than one page fault at a time as the
-// bytes are first read: faults are costly under virtualization, and loading touches every weight exactly once.
-// Advisory: on older kernels it fails and the pages fault in as usual.
-void prefault(const uint8_t* bytes, size_t size) {
-#ifdef MADV_POPULATE_READ
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(bytes) & ~(page - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(bytes) + size;
-  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
-#else
-  (void)bytes, (void)size;
-#endif
 }
 
 }  // namespace
@@ -271,7 +258,7 @@ Tensor SafetensorsFile::read_f32(const std::string& name) const {
 
 Tensor SafetensorsFile::read_f32(const TensorInfo& info) const {
   Tensor t(info.shape);
-  prefault(bytes(info), info.end - info.begin);
+  prefault_mapped(bytes(info), info.end - info.begin);  // loading touches every weight exactly once
   try {
     convert_to_f32(info.dtype, bytes(info), static_cast<size_t>(t.numel()), t.data());
   } catch (const ModelError& e) {
@@ -285,7 +272,7 @@ Tensor SafetensorsFile::view_f32(const std::shared_ptr<const SafetensorsFile>& f
                                  bool prefault_pages) {
   const uint8_t* p = file->bytes(info);
   if (info.dtype != DType::F32 || reinterpret_cast<uintptr_t>(p) % alignof(float) != 0) return file->read_f32(info);
-  if (prefault_pages) prefault(p, info.end - info.begin);
+  if (prefault_pages) prefault_mapped(p, info.end - info.begin);
   float* data = const_cast<float*>(reinterpret_cast<const float*>(p));  // copy-on-write mapping, see the constructor
   const TensorInfo* entry = &info;
   return Tensor::view(info.shape, std::shared_ptr<float>(data, [file, entry](float*) { file->release_pages(*entry); }));
@@ -293,12 +280,8 @@ Tensor SafetensorsFile::view_f32(const std::shared_ptr<const SafetensorsFile>& f
 
 void SafetensorsFile::release_pages(const TensorInfo& info) const {
   // Once a tensor is converted its file pages are not needed: without this they stay resident in the
-  // mapping and the weights count twice in the process's memory. The mapping is private and read-only,
-  // so dropped pages are simply read from the file again if anything touches them later.
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(bytes(info)) + page - 1) & ~(page - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(bytes(info) + (info.end - info.begin)) & ~(page - 1);
-  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  // mapping and the weights count twice in the process's memory.
+  drop_mapped(bytes(info), info.end - info.begin);
 }
 
 std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {

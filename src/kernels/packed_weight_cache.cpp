@@ -298,13 +298,11 @@ void PackedWeightCache::save() const {
 }
 
 void PackedWeightCache::prefault_pages() {
-#ifdef MADV_POPULATE_READ
-  if (map_) ::madvise(map_, map_size_, MADV_POPULATE_READ);
-#endif
+  if (map_) prefault_mapped(map_, map_size_);
 }
 
 void PackedWeightCache::release_pages() {
-  if (map_) ::madvise(map_, map_size_, MADV_DONTNEED);
+  if (map_) drop_mapped(map_, map_size_);
 }
 
 void PackedWeightCache::attach(dnnl::memory* mem) {

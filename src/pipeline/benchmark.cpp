@@ -288,10 +288,17 @@ BenchReport run_benchmark(const BenchOptions& o) {
   r.runs = o.runs;
   r.stage_batch_size = o.batch_sizes.front();
 
-  // The peak first, while the machine is quiet and before the model takes memory bandwidth and cache.
-  r.machine_peak_gflops_fp32 = measure_fma_peak_gflops(PeakPrecision::kFp32, r.threads);
-  r.machine_peak_gflops_bf16 = measure_fma_peak_gflops(PeakPrecision::kBf16, r.threads);
-  r.machine_peak_gflops = r.precision == "bf16" ? r.machine_peak_gflops_bf16 : r.machine_peak_gflops_fp32;
+  // The peak before the model takes memory bandwidth and cache, and again after the timed runs: the best of both.
+  // A shared machine can be slow for a few seconds at a time, and a peak taken in such a moment would overstate
+  // the efficiency (one fp32 run here measured 311 GFLOP/s at its start, against 448 usually, and reported 114%).
+  auto measure_peaks = [&] {
+    r.machine_peak_gflops_fp32 =
+        std::max(r.machine_peak_gflops_fp32, measure_fma_peak_gflops(PeakPrecision::kFp32, r.threads));
+    r.machine_peak_gflops_bf16 =
+        std::max(r.machine_peak_gflops_bf16, measure_fma_peak_gflops(PeakPrecision::kBf16, r.threads));
+    r.machine_peak_gflops = r.precision == "bf16" ? r.machine_peak_gflops_bf16 : r.machine_peak_gflops_fp32;
+  };
+  measure_peaks();
   log("fma peak: fp32 " + fixed(r.machine_peak_gflops_fp32, 0) + " GFLOP/s, bf16 " +
       fixed(r.machine_peak_gflops_bf16, 0) + " GFLOP/s (" + std::to_string(r.threads) + " threads)");
 
@@ -334,14 +341,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
     }
   }
 
-  // The peak again, after the timed runs: the best of both. A shared machine can be slow for a few seconds at a
-  // time, and a peak taken in such a moment would overstate the efficiency (one fp32 run here measured 311
-  // GFLOP/s at its start, against 448 usually, and reported 114% of it).
-  r.machine_peak_gflops_fp32 =
-      std::max(r.machine_peak_gflops_fp32, measure_fma_peak_gflops(PeakPrecision::kFp32, r.threads));
-  r.machine_peak_gflops_bf16 =
-      std::max(r.machine_peak_gflops_bf16, measure_fma_peak_gflops(PeakPrecision::kBf16, r.threads));
-  r.machine_peak_gflops = r.precision == "bf16" ? r.machine_peak_gflops_bf16 : r.machine_peak_gflops_fp32;
+  measure_peaks();
 
   const ModelFiles& files = pipe->files();
   const int64_t factor = int64_t{1} << (files.vae_config.block_out_channels.size() - 1);

@@ -88,13 +88,11 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
       scheduler_config_(parse_scheduler_config(files_.scheduler_config_json)) {
   if (memory_.weight_cache_dir.empty()) weight_cache_status_.clear();
   // Built from the cache, the networks have not touched their weights' pages; a network maps them when it runs.
-  weights_copied_in_ = memory_.low_memory;
   for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_}) {
     if (cache) {
       cache->release_pages();
       cache->set_copy_in(memory_.low_memory);
     }
-    weights_copied_in_ = weights_copied_in_ && cache;
   }
 }
 
@@ -106,7 +104,8 @@ void Txt2ImgPipeline::end_stage() const {
   release_scratch_buffers();
   // With every network's weights copied in per stage (PackedWeightCache::set_copy_in), the freed memory stays
   // with the allocator for the next stage's weights and activations; without, it goes back to the system.
-  if (!weights_copied_in_) release_free_memory();
+  const bool weights_copied_in = text_encoder_weights_ && unet_weights_ && vae_weights_;
+  if (!weights_copied_in) release_free_memory();
 }
 
 Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const {

@@ -121,7 +121,6 @@ class Txt2ImgPipeline {
   // Declared before the networks, which are built into them (null: the network holds its own packed weights).
   std::shared_ptr<PackedWeightCache> text_encoder_weights_, unet_weights_, vae_weights_;
   std::vector<WeightCacheStatus> weight_cache_status_;
-  bool weights_copied_in_ = false;  // low_memory with every network's weights in the cache: see end_stage()
   ClipTokenizer tokenizer_;
   ClipTextModel text_encoder_;
   UNet2DConditionModel unet_;

@@ -43,10 +43,10 @@ std::string weight_cache_fingerprint(const WeightStore& store, ComputeType compu
   return fp;
 }
 
-std::string weight_cache_path(const std::string& dir, const WeightStore& store, ComputeType compute) {
+std::string weight_cache_path(const std::string& dir, const WeightStore& store, ComputeType compute,
+                              const std::string& fingerprint) {
   char hash[17];
-  std::snprintf(hash, sizeof(hash), "%016llx",
-                static_cast<unsigned long long>(fnv1a(weight_cache_fingerprint(store, compute))));
+  std::snprintf(hash, sizeof(hash), "%016llx", static_cast<unsigned long long>(fnv1a(fingerprint)));
   return (std::filesystem::path(dir) / (store.component() + "-" + compute_type_name(compute) + "-" + hash + ".sdcw"))
       .string();
 }

@@ -17,7 +17,9 @@
 namespace sdcpu {
 
 std::string weight_cache_fingerprint(const WeightStore& store, ComputeType compute);
-std::string weight_cache_path(const std::string& dir, const WeightStore& store, ComputeType compute);
+// The file for `store`'s network in `dir`, named by `fingerprint` (weight_cache_fingerprint of the same store).
+std::string weight_cache_path(const std::string& dir, const WeightStore& store, ComputeType compute,
+                              const std::string& fingerprint);
 
 // What happened to one network's cache file when the pipeline was built.
 struct WeightCacheStatus {
@@ -41,8 +43,8 @@ Net build_with_weight_cache(const Config& config, WeightStore& store, ComputeTyp
   cache = nullptr;
   if (dir.empty()) return Net(config, store);
   status.component = store.component();
-  status.path = weight_cache_path(dir, store, compute);
   const std::string fingerprint = weight_cache_fingerprint(store, compute);
+  status.path = weight_cache_path(dir, store, compute, fingerprint);
   {
     auto first = std::make_shared<PackedWeightCache>(status.path, fingerprint);
     status.previous_state = first->state();
