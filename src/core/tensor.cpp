@@ -4,8 +4,8 @@
 #include <cstring>
 #include <limits>
 
+#include "core/activation_arena.h"
 #include "core/error.h"
-#include "core/memory.h"
 
 namespace sdcpu {
 
@@ -31,8 +31,7 @@ int64_t shape_numel(const Shape& shape) {
 
 Tensor::Tensor(Shape shape) : shape_(std::move(shape)), numel_(shape_numel(shape_)) {
   if (numel_ == 0) return;
-  void* p = allocate_buffer(static_cast<size_t>(numel_) * sizeof(float));
-  storage_.reset(static_cast<float*>(p), [](float* q) { free_buffer(q); });
+  storage_ = std::static_pointer_cast<float>(allocate_activation(static_cast<size_t>(numel_) * sizeof(float)));
   data_ = storage_.get();
 }
 

@@ -1,7 +1,8 @@
 // Tensor: a shape and a reference-counted, 64-byte aligned block of fp32 values, row-major
 // (PyTorch's contiguous layout: NCHW for images, [batch, tokens, channels] for sequences).
 //
-// Copies share storage (like torch.Tensor); clone() makes a deep copy. Lower precisions and blocked
+// Copies share storage (like torch.Tensor); clone() makes a deep copy. Storage comes from the thread's activation
+// arena pass when there is one (core/activation_arena.h), else from the heap. Lower precisions and blocked
 // layouts live inside the kernels that want them (prepacked weights), not here.
 #pragma once
 #include <cstdint>

@@ -128,7 +128,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int str
       {DNNL_ARG_WEIGHTS, memory(p.pd.weights_desc(), eng, const_cast<float*>(weight.data()))},
       {DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, y.data())}};
   if (has_bias) args[DNNL_ARG_BIAS] = memory(p.pd.bias_desc(), eng, const_cast<float*>(bias.data()));
-  add_scratchpad(p.pd, args);
+  const ScratchBuffer pad = add_scratchpad(p.pd, args);
   p.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();
   return y;
@@ -277,12 +277,12 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residua
   auto& s = dnnl_stream();
   memory x_plain(plan.src_plain, eng, const_cast<float*>(x.data()));
   memory y_plain(plan.dst_plain, eng, y.data());
-  memory src = plan.reorder_src ? memory(plan.pd.src_desc(), eng,
-                                         scratch_buffer(ScratchSlot::conv_src, plan.pd.src_desc().get_size()))
-                                : x_plain;
-  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng,
-                                         scratch_buffer(ScratchSlot::conv_dst, plan.pd.dst_desc().get_size()))
-                                : y_plain;
+  const ScratchBuffer src_buffer =
+      plan.reorder_src ? ScratchBuffer(ScratchSlot::conv_src, plan.pd.src_desc().get_size()) : ScratchBuffer();
+  const ScratchBuffer dst_buffer =
+      plan.reorder_dst ? ScratchBuffer(ScratchSlot::conv_dst, plan.pd.dst_desc().get_size()) : ScratchBuffer();
+  memory src = plan.reorder_src ? memory(plan.pd.src_desc(), eng, src_buffer.data()) : x_plain;
+  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng, dst_buffer.data()) : y_plain;
   if (plan.reorder_src) plan.src_in.execute(s, x_plain, src);
   if (has_residual) {
     memory r_plain(plan.dst_plain, eng, const_cast<float*>(residual.data()));
@@ -293,7 +293,7 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residua
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *plan.weights}, {DNNL_ARG_DST, dst}};
   if (!wt.bias_desc.is_zero()) args[DNNL_ARG_BIAS] = wt.bias;
-  add_scratchpad(plan.pd, args);
+  const ScratchBuffer pad = add_scratchpad(plan.pd, args);
   plan.prim.execute(s, args);
   if (plan.reorder_dst) plan.dst_out.execute(s, dst, y_plain);
   s.wait();

@@ -14,10 +14,13 @@ dnnl::stream& dnnl_stream() {
   return stream;
 }
 
-void add_scratchpad(const dnnl::primitive_desc_base& pd, std::unordered_map<int, dnnl::memory>& args) {
+ScratchBuffer add_scratchpad(const dnnl::primitive_desc_base& pd, std::unordered_map<int, dnnl::memory>& args) {
   const dnnl::memory::desc desc = pd.scratchpad_desc();
-  if (const size_t bytes = desc.get_size())
-    args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(desc, dnnl_engine(), scratch_buffer(ScratchSlot::primitive, bytes));
+  const size_t bytes = desc.get_size();
+  if (!bytes) return {};
+  ScratchBuffer pad(ScratchSlot::primitive, bytes);
+  args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(desc, dnnl_engine(), pad.data());
+  return pad;
 }
 
 }  // namespace sdcpu

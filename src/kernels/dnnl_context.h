@@ -5,6 +5,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "kernels/scratch.h"
+
 namespace sdcpu {
 
 dnnl::engine& dnnl_engine();
@@ -17,7 +19,8 @@ inline bool is_reference_implementation(const dnnl::primitive_desc_base& pd) {
 }
 
 // Convolutions and matmuls are created with scratchpad_mode::user and run with the scratchpad that
-// add_scratchpad() takes from the calling thread's scratch slot (kernels/scratch.h). In oneDNN's default
+// add_scratchpad() takes as a ScratchBuffer (kernels/scratch.h): planned with the activations inside an arena pass. In
+// oneDNN's default
 // ("library") mode this build gives every primitive a scratchpad of its own for as long as the primitive lives:
 // measured, 256 MB for one of the VAE's 1x1 convolutions at 512x512 and 390 MB in all after one decode, held
 // for the rest of the process.
@@ -25,7 +28,9 @@ inline dnnl::primitive_attr with_user_scratchpad(dnnl::primitive_attr attr = dnn
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   return attr;
 }
-// Adds DNNL_ARG_SCRATCHPAD for `pd` to `args` when it needs one.
-void add_scratchpad(const dnnl::primitive_desc_base& pd, std::unordered_map<int, dnnl::memory>& args);
+// Adds DNNL_ARG_SCRATCHPAD for `pd` to `args` when it needs one; the returned buffer must live until the
+// primitive has run.
+[[nodiscard]] ScratchBuffer add_scratchpad(const dnnl::primitive_desc_base& pd,
+                                           std::unordered_map<int, dnnl::memory>& args);
 
 }  // namespace sdcpu

@@ -76,7 +76,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       {DNNL_ARG_WEIGHTS, memory(p.pd.weights_desc(), eng, const_cast<float*>(weight.data()))},
       {DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, y.data())}};
   if (has_bias) args[DNNL_ARG_BIAS] = memory(p.pd.bias_desc(), eng, const_cast<float*>(bias.data()));
-  add_scratchpad(p.pd, args);
+  const ScratchBuffer pad = add_scratchpad(p.pd, args);
   p.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();
   return y;
@@ -156,8 +156,10 @@ Tensor linear(const Tensor& x, const PreparedLinear& layer) {
   const auto& plan = wt.plan(m);
   auto& eng = dnnl_engine();
   memory src(plan.src_plain, eng, const_cast<float*>(x.data()));
+  ScratchBuffer rounded_buffer;
   if (plan.src_to_compute) {
-    memory rounded(plan.pd.src_desc(), eng, scratch_buffer(ScratchSlot::linear_src, plan.pd.src_desc().get_size()));
+    rounded_buffer = ScratchBuffer(ScratchSlot::linear_src, plan.pd.src_desc().get_size());
+    memory rounded(plan.pd.src_desc(), eng, rounded_buffer.data());
     plan.src_to_compute.execute(dnnl_stream(), src, rounded);
     src = rounded;
   }
@@ -165,7 +167,7 @@ Tensor linear(const Tensor& x, const PreparedLinear& layer) {
                                           {DNNL_ARG_WEIGHTS, *plan.weights},
                                           {DNNL_ARG_DST, memory(plan.pd.dst_desc(), eng, y.data())}};
   if (!wt.bias.empty()) args[DNNL_ARG_BIAS] = memory(plan.pd.bias_desc(), eng, wt.bias.data());
-  add_scratchpad(plan.pd, args);
+  const ScratchBuffer pad = add_scratchpad(plan.pd, args);
   plan.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();
   return y;

@@ -215,7 +215,7 @@ PackedWeightCache::PackedWeightCache(std::string path, std::string fingerprint)
 }
 
 PackedWeightCache::~PackedWeightCache() {
-  if (copy_) free_buffer(copy_);
+  free_copy();
   if (map_) ::munmap(map_, map_size_);
 }
 
@@ -318,7 +318,9 @@ void PackedWeightCache::detach(dnnl::memory* mem) {
 
 void PackedWeightCache::copy_in() {
   const size_t bytes = map_size_ - index_.data_offset;
-  copy_ = allocate_buffer(bytes);
+  copy_ = copy_arena_ ? copy_arena_->hold_front(bytes) : nullptr;
+  copy_in_arena_ = copy_ != nullptr;
+  if (!copy_) copy_ = allocate_buffer(bytes);
   const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   size_t done = 0;
   // pread, not a copy from the mapping: that would map the file's pages into the process while the copy is made.
@@ -331,8 +333,7 @@ void PackedWeightCache::copy_in() {
   }
   if (fd >= 0) ::close(fd);
   if (done < bytes) {  // the file went away or shrank under us: stay on the mapping, which still holds the data
-    free_buffer(copy_);
-    copy_ = nullptr;
+    free_copy();
     prefault_pages();
     return;
   }
@@ -341,7 +342,15 @@ void PackedWeightCache::copy_in() {
 
 void PackedWeightCache::copy_out() {
   for (const Attached& a : attached_) a.mem->set_data_handle(const_cast<uint8_t*>(data()) + a.offset);
-  free_buffer(copy_);
+  free_copy();
+}
+
+void PackedWeightCache::free_copy() {
+  if (!copy_) return;
+  if (copy_in_arena_)
+    copy_arena_->release_front();
+  else
+    free_buffer(copy_);
   copy_ = nullptr;
 }
 

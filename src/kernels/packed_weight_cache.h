@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "core/activation_arena.h"
+
 namespace sdcpu {
 
 struct PackedWeightEntry {
@@ -79,11 +81,12 @@ class PackedWeightCache {
   // Thread-safe. Two ways:
   // - mapped (the default): the first Use maps the file's pages all at once (MADV_POPULATE_READ), the last drops
   //   them from the process (MADV_DONTNEED; they stay in the page cache);
-  // - copied in (set_copy_in, for MemoryOptions::low_memory): the first Use reads the weights into a buffer from
-  //   the allocator and points the layers' memory objects at it, the last points them back at the mapping and
-  //   frees the buffer to the allocator, not to the system. The next network's activations then reuse those
-  //   same physical pages: a fresh page costs a fault and a zeroing, which on this project's VM made a 512x512
-  //   VAE decode 0.7-1.9 s slower, while the copy costs about 0.2 s per 1.7 GB from the page cache.
+  // - copied in (set_copy_in, for MemoryOptions::low_memory): the first Use reads the weights into the front of
+  //   an activation arena (core/activation_arena.h hold_front) and points the layers' memory objects at it; the
+  //   last points them back at the mapping and lets the front go. The next network's weights and activations
+  //   then reuse those same physical pages: a fresh page costs a fault and a zeroing, which on this project's VM
+  //   made a 512x512 VAE decode 0.7-1.9 s slower, while the copy costs about 0.2 s per 1.7 GB from the page
+  //   cache. Without an arena, or when its front is taken, the copy goes to a buffer from the heap.
   class Use {
    public:
     explicit Use(PackedWeightCache* cache);  // nullptr: does nothing
@@ -96,7 +99,10 @@ class PackedWeightCache {
   };
   // Drops the mapped pages now (no Use may be alive); the pipeline calls it after loading.
   void release_pages();
-  void set_copy_in(bool copy_in) { copy_in_ = copy_in; }
+  void set_copy_in(bool copy_in, ActivationArena* arena = nullptr) {
+    copy_in_ = copy_in;
+    copy_arena_ = arena;
+  }
   // The memory objects whose data are in this file (PackedWeights registers those it took from find()), for
   // copy-in mode to re-point. A memory object must be detached before it is destroyed.
   void attach(dnnl::memory* mem);
@@ -112,6 +118,7 @@ class PackedWeightCache {
   void prefault_pages();
   void copy_in();
   void copy_out();
+  void free_copy();
   const uint8_t* data() const { return static_cast<const uint8_t*>(map_) + index_.data_offset; }
 
   std::string path_, fingerprint_, state_;
@@ -129,6 +136,8 @@ class PackedWeightCache {
   };
   std::vector<Attached> attached_;
   void* copy_ = nullptr;  // the copied-in data area while in use in copy-in mode
+  ActivationArena* copy_arena_ = nullptr;
+  bool copy_in_arena_ = false;  // copy_ is copy_arena_'s front, not a heap buffer
 };
 
 }  // namespace sdcpu

@@ -1,5 +1,6 @@
 #include "kernels/scratch.h"
 
+#include "core/activation_arena.h"
 #include "core/memory.h"
 
 namespace sdcpu {
@@ -24,14 +25,19 @@ Buffer* thread_buffers() {
 
 }  // namespace
 
-void* scratch_buffer(ScratchSlot slot, size_t bytes) {
+ScratchBuffer::ScratchBuffer(ScratchSlot slot, size_t bytes) {
+  if (in_activation_pass()) {
+    planned_ = allocate_activation(bytes);
+    data_ = planned_.get();
+    return;
+  }
   Buffer& b = thread_buffers()[static_cast<int>(slot)];
   if (b.size < bytes) {
     b.release();
     b.data = allocate_buffer(bytes);
     b.size = bytes;
   }
-  return b.data;
+  data_ = b.data;
 }
 
 void release_scratch_buffers() {

@@ -1,21 +1,34 @@
-// Per-thread scratch buffers for activations on their way into or out of a oneDNN primitive (reorders into
-// blocked layouts, fp32 -> bf16 conversions). Each slot is grown when a larger request comes and never shrunk, so
-// steady-state steps allocate (and page-fault) nothing. A slot's contents are valid until the next call for the
-// same slot on the same thread: callers use them within one kernel call.
+// Scratch buffers for activations on their way into or out of a oneDNN primitive (reorders into blocked layouts,
+// fp32 -> bf16 conversions) and for the primitives' own scratchpads. A ScratchBuffer lives for one kernel call.
+// - Inside an activation arena pass (core/activation_arena.h), as in the pipeline, it is one more planned buffer of
+//   the pass: its memory is shared with the activations that are dead while it lives.
+// - Outside one, it is the calling thread's slot for that purpose, grown when a larger request comes and never
+//   shrunk, so that repeated calls allocate (and page-fault) nothing. Slots are valid until the next buffer of the
+//   same slot on the same thread: one buffer per slot at a time.
 #pragma once
 #include <cstddef>
+#include <memory>
 
 namespace sdcpu {
 
 // conv_src/conv_dst: an activation reordered into/out of the blocked layout; linear_src: rows rounded to bf16;
 // primitive: the scratchpad a oneDNN primitive needs while it runs (scratchpad_mode::user, so that it is ours to
-// reuse and release rather than oneDNN's).
+// plan and reuse rather than oneDNN's).
 enum class ScratchSlot { conv_src, conv_dst, linear_src, primitive, count };
 
-// 64-byte aligned, at least `bytes` long. Throws std::bad_alloc.
-void* scratch_buffer(ScratchSlot slot, size_t bytes);
-// Frees the calling thread's slots (the next request allocates again): the pipeline calls it when it moves from
-// one network to the next, so the VAE decoder's 128 MB buffers do not stay through the next image's UNet.
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;  // no memory
+  // At least `bytes` (> 0), 64-byte aligned. Throws std::bad_alloc.
+  ScratchBuffer(ScratchSlot slot, size_t bytes);
+  void* data() const { return data_; }
+
+ private:
+  std::shared_ptr<void> planned_;  // the arena's buffer, inside a pass
+  void* data_ = nullptr;
+};
+
+// Frees the calling thread's slots (the next request allocates again).
 void release_scratch_buffers();
 
 }  // namespace sdcpu

@@ -322,6 +322,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
     }
     log("batch " + std::to_string(batch) + " warm-up: " + fixed(warm.times.total_s, 2) + " s");
     std::vector<double> totals, encodes, steps, decodes;
+    const ActivationArena::Stats before = pipe->activation_stats();
     for (int run = 0; run < o.runs; ++run) {
       const StageTimes t = pipe->run(request).times;
       totals.push_back(t.total_s);
@@ -332,6 +333,11 @@ BenchReport run_benchmark(const BenchOptions& o) {
           fixed(t.total_s, 2) + " s (step " + fixed(median(t.denoise_step_s), 3) + " s, decode " +
           fixed(t.vae_decode_s, 2) + " s)");
     }
+    const ActivationArena::Stats after = pipe->activation_stats();
+    r.timed_run_buffers.planned += after.planned - before.planned;
+    r.timed_run_buffers.recorded += after.recorded - before.recorded;
+    r.timed_run_buffers.unplanned += after.unplanned - before.unplanned;
+    r.timed_run_buffers.heap += after.heap - before.heap;
     r.images_per_min[batch] = 60.0 * batch / median(totals);
     if (bi == 0) {
       r.text_encode_s = median(encodes);
@@ -355,6 +361,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
   r.vae_gflops_achieved = r.vae_decode_s > 0 ? r.vae_decode_flops / 1e9 / r.vae_decode_s : 0;
   r.vae_efficiency = r.machine_peak_gflops > 0 ? r.vae_gflops_achieved / r.machine_peak_gflops : 0;
   r.peak_rss_mb = peak_rss_mb();  // before the fp32 reference below adds its own weights
+  r.activations = pipe->activation_stats();
 
   if (compute != ComputeType::f32) {
     // Quality: the same request (prompt, seed, size, batch) in fp32, from a fresh fp32 pipeline, after this one is
@@ -401,6 +408,17 @@ std::string to_json(const BenchReport& r) {
   for (const auto& [batch, ipm] : r.images_per_min) per_batch[std::to_string(batch)] = ipm;
   j["images_per_min"] = per_batch;
   j["peak_rss_mb"] = r.peak_rss_mb;
+  // The arena's pages in memory (with --low-memory, the running network's weights too) and its plans; per source,
+  // the buffers the timed runs took: all "planned" when the steps allocate nothing afresh.
+  j["activation_arena_mb"] = static_cast<double>(r.activations.touched_bytes) / (1 << 20);
+  j["activation_plans"] = nlohmann::ordered_json::array();
+  for (const auto& p : r.activations.plans)
+    j["activation_plans"].push_back(
+        {{"key", p.key}, {"mb", static_cast<double>(p.bytes) / (1 << 20)}, {"buffers", p.buffers}});
+  j["timed_run_buffers"] = {{"planned", r.timed_run_buffers.planned},
+                            {"recorded", r.timed_run_buffers.recorded},
+                            {"unplanned", r.timed_run_buffers.unplanned},
+                            {"heap", r.timed_run_buffers.heap}};
   j["unet_gflop_per_step"] = r.unet_flops.total() / 1e9;
   j["unet_gflop_breakdown"] = {{"conv3x3", r.unet_flops.conv3x3 / 1e9},
                                {"conv1x1", r.unet_flops.conv1x1 / 1e9},
@@ -448,6 +466,11 @@ std::string format_table(const BenchReport& r) {
   row("total per image", fixed(r.total_s, 2) + " s");
   for (const auto& [batch, ipm] : r.images_per_min) row("images/min, batch " + std::to_string(batch), fixed(ipm, 2));
   row("peak rss", fixed(r.peak_rss_mb, 0) + " MB");
+  const ActivationArena::Stats& t = r.timed_run_buffers;
+  row("activation arena", fixed(static_cast<double>(r.activations.touched_bytes) / (1 << 20), 0) + " MB, " +
+                              std::to_string(r.activations.plans.size()) +
+                              " plans; timed runs: " + std::to_string(t.planned) + " buffers planned, " +
+                              std::to_string(t.recorded + t.unplanned + t.heap) + " not");
   row("machine peak", fixed(r.machine_peak_gflops, 1) + " GFLOP/s " + r.precision);
   row("unet efficiency", fixed(100.0 * r.unet_efficiency, 1) + " % of peak");
   if (r.has_quality) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/activation_arena.h"
 #include "formats/model_config.h"
 #include "pipeline/weight_cache.h"
 #include "sdcpu/sdcpu.h"  // BenchOptions
@@ -61,15 +62,19 @@ struct BenchReport {
   double total_s = 0;                    // per image, warm
   std::map<int, double> images_per_min;  // per batch size, warm
   double peak_rss_mb = 0;                // getrusage ru_maxrss, the whole process
-  UNetFlops unet_flops;                  // per step, guidance batch included
-  double unet_gflops_achieved = 0;       // unet_flops.total() / unet_step_s
-  double machine_peak_gflops = 0;        // FMA microbenchmark in the precision used
-  double machine_peak_gflops_fp32 = 0;   // both, for reference
-  double machine_peak_gflops_bf16 = 0;   // 0 when the CPU lacks AVX512_BF16
-  double unet_efficiency = 0;            // achieved / peak
-  double vae_decode_flops = 0;           // one decode at stage_batch_size
-  double vae_gflops_achieved = 0;        // vae_decode_flops / vae_decode_s
-  double vae_efficiency = 0;             // achieved / peak
+  // The activation arena (core/activation_arena.h) after the timed runs: the memory it holds and its plans, and
+  // where the buffers of the timed runs alone came from (planned offsets only, when nothing is allocated afresh).
+  ActivationArena::Stats activations;
+  ActivationArena::Stats timed_run_buffers;
+  UNetFlops unet_flops;                 // per step, guidance batch included
+  double unet_gflops_achieved = 0;      // unet_flops.total() / unet_step_s
+  double machine_peak_gflops = 0;       // FMA microbenchmark in the precision used
+  double machine_peak_gflops_fp32 = 0;  // both, for reference
+  double machine_peak_gflops_bf16 = 0;  // 0 when the CPU lacks AVX512_BF16
+  double unet_efficiency = 0;           // achieved / peak
+  double vae_decode_flops = 0;          // one decode at stage_batch_size
+  double vae_gflops_achieved = 0;       // vae_decode_flops / vae_decode_s
+  double vae_efficiency = 0;            // achieved / peak
   // Below fp32 only: the stage batch's image and final latents against an fp32 run of the same request.
   bool has_quality = false;
   double psnr_db_vs_fp32 = 0;  // of the decoded image, clamped to [-1, 1] and taken as [0, 1] (peak 1)

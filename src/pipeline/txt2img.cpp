@@ -76,6 +76,7 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
     : files_(with_compute_type(std::move(files), compute)),
       compute_(compute),
       memory_(std::move(memory)),
+      arena_(std::make_unique<ActivationArena>()),
       weight_cache_status_(3),
       tokenizer_(make_tokenizer(files_)),
       text_encoder_(build_with_weight_cache<ClipTextModel>(files_.text_encoder_config, *files_.text_encoder, compute,
@@ -91,7 +92,7 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
   for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_}) {
     if (cache) {
       cache->release_pages();
-      cache->set_copy_in(memory_.low_memory);
+      cache->set_copy_in(memory_.low_memory, arena_.get());
     }
   }
 }
@@ -113,7 +114,9 @@ Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, 
   for (const std::string& p : prompts)
     ids.push_back(tokenizer_.encode(p, files_.text_encoder_config.max_position_embeddings));
   const PackedWeightCache::Use weights(text_encoder_weights_.get());
-  return text_encoder_.forward(ids, clip_skip);
+  ActivationArena::Pass pass(
+      arena_.get(), "text_encoder prompts=" + std::to_string(ids.size()) + " clip_skip=" + std::to_string(clip_skip));
+  return pass.output(text_encoder_.forward(ids, clip_skip));
 }
 
 Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
@@ -123,7 +126,11 @@ Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& 
   const Tensor unet_input = guided ? concat0({latents, latents}) : latents;
   const Tensor scaled = scheduler.scale_model_input(unet_input, i);
   const PackedWeightCache::Use weights(unet_weights_.get());  // run() holds one across all steps
-  const Tensor noise_pred = unet_.forward(scaled, static_cast<float>(scheduler.timesteps()[i]), embeddings);
+  const Tensor noise_pred = [&] {
+    ActivationArena::Pass pass(arena_.get(),
+                               "unet " + shape_to_string(scaled.shape()) + " " + shape_to_string(embeddings.shape()));
+    return pass.output(unet_.forward(scaled, static_cast<float>(scheduler.timesteps()[i]), embeddings));
+  }();
   if (!guided) return scheduler.step(noise_pred, i, latents, generator);
   // noise_pred.chunk(2); noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
   const Tensor uncond = noise_pred.slice0(0, batch), cond = noise_pred.slice0(batch, 2 * batch);
@@ -137,7 +144,8 @@ Tensor Txt2ImgPipeline::decode_latents(const Tensor& latents) const {
   Tensor scaled(latents.shape());
   for (int64_t j = 0; j < latents.numel(); ++j) scaled[j] = latents[j] / files_.vae_config.scaling_factor;
   const PackedWeightCache::Use weights(vae_weights_.get());
-  return vae_decoder_.forward(scaled);
+  ActivationArena::Pass pass(arena_.get(), "vae_decoder " + shape_to_string(scaled.shape()));
+  return pass.output(vae_decoder_.forward(scaled));
 }
 
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "core/activation_arena.h"
 #include "core/tensor.h"
 #include "core/torch_rng.h"
 #include "formats/model_files.h"
@@ -109,6 +110,8 @@ class Txt2ImgPipeline {
   // One per network when a weight cache directory was given, else empty.
   const std::vector<WeightCacheStatus>& weight_cache_status() const { return weight_cache_status_; }
   ComputeType compute_type() const { return compute_; }
+  // How the activations were placed: the arena's size in memory, its plans, and where each buffer came from.
+  ActivationArena::Stats activation_stats() const { return arena_->stats(); }
 
  private:
   // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to
@@ -118,6 +121,10 @@ class Txt2ImgPipeline {
   ModelFiles files_;
   ComputeType compute_;
   MemoryOptions memory_;
+  // Every network's activations (core/activation_arena.h): one plan per network and input shape, all in one
+  // address range, since the networks run one after another. Declared before the weight caches, which may copy
+  // weights into its front.
+  std::unique_ptr<ActivationArena> arena_;
   // Declared before the networks, which are built into them (null: the network holds its own packed weights).
   std::shared_ptr<PackedWeightCache> text_encoder_weights_, unet_weights_, vae_weights_;
   std::vector<WeightCacheStatus> weight_cache_status_;
