@@ -251,5 +251,20 @@ TEST(ActivationArena, ABufferOutlivingItsArenaStaysValid) {
   for (int64_t i = 0; i < survivor.numel(); ++i) ASSERT_EQ(survivor[i], 3.0f);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+// Freed arena memory is poisoned: reading a dead tensor's storage is caught as it would be on the heap.
+TEST(ActivationArenaDeathTest, AddressSanitizerCatchesAUseAfterFree) {
+  ActivationArena arena;
+  ActivationArena::Pass pass(&arena, "k");
+  const float* dead = Tensor::full({64}, 1.0f).data();
+  EXPECT_DEATH(
+      {
+        volatile float v = dead[3];
+        (void)v;
+      },
+      "use-after-poison");
+}
+#endif
+
 }  // namespace
 }  // namespace sdcpu
