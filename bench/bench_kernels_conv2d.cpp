@@ -3,7 +3,8 @@
 // into oneDNN's preferred blocked layout, activations reordered to it and back at the edges), and the residual
 // add fused as a sum post-op against a separate add_. GFLOP/s counts 2 * Cin * Cout * kh * kw * Ho * Wo * N;
 // the label is oneDNN's implementation name. Mode 4 is the prepared path in bf16 (bf16 weights and input, fp32
-// accumulation and output).
+// accumulation and output); there the convolutions with 640 or more channels run channels-last on brgconv
+// (kernels/conv2d.cpp channels_last).
 //
 //   build-*/bench_kernels_conv2d [--benchmark_filter=unet]
 #include <benchmark/benchmark.h>
@@ -53,10 +54,12 @@ void BM_Conv2d(benchmark::State& state) {
 void shapes(benchmark::internal::Benchmark* b, std::initializer_list<int64_t> modes) {
   b->ArgNames({"n", "cin", "cout", "hw", "k", "mode"});
   for (int64_t mode : modes) {
-    // UNet, guidance batch 2: the 3x3 convs of the four levels (64, 32, 16->8 latents) and conv_in.
+    // UNet, guidance batch 2: the 3x3 convs of the four levels (64, 32, 16, 8 latents) and conv_in.
     b->Args({2, 320, 320, 64, 3, mode});
     b->Args({2, 640, 640, 32, 3, mode});
+    b->Args({2, 1280, 1280, 16, 3, mode});
     b->Args({2, 1280, 1280, 8, 3, mode});
+    b->Args({2, 2560, 1280, 8, 3, mode});  // an up block's first resnet: the skip concatenated
     b->Args({2, 4, 320, 64, 3, mode});
     // VAE decoder, batch 1.
     b->Args({1, 512, 512, 64, 3, mode});
