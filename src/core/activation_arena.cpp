@@ -37,6 +37,7 @@ namespace {
 
 constexpr size_t kAlign = 64;
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kCommitStep = size_t{64} << 20;
 constexpr uint64_t kAlive = std::numeric_limits<uint64_t>::max();  // not freed (yet)
 constexpr size_t kOutlived = std::numeric_limits<size_t>::max();   // plan offset of a buffer that outlived its pass
 // Plans kept at once; a service that sees many image sizes drops the least recently used.
@@ -71,7 +72,8 @@ struct ActivationArena::State {
   size_t mapping_bytes = 0;
   char* base = nullptr;  // 2 MiB aligned, inside the mapping
   size_t reserved = 0;
-  size_t front = 0;  // bytes held by hold_front, rounded to 2 MiB
+  size_t committed = 0;  // the part made readable and writable so far, from the base
+  size_t front = 0;      // bytes held by hold_front, rounded to 2 MiB
   size_t touched = 0;
   std::vector<Block> live;  // sorted by begin
   std::map<std::string, std::shared_ptr<Plan>> plans;
@@ -96,6 +98,17 @@ struct ActivationArena::State {
       at = b.end;
     }
     return at + bytes <= reserved ? at : kOutlived;
+  }
+
+  // Makes [0, end) of the range usable, in steps of kCommitStep. Until then it is reserved without access
+  // (PROT_NONE), which even strict overcommit (vm.overcommit_memory=2) does not charge; writable private memory it
+  // does, so the charge grows with what the arena uses, not with the reservation. False when refused.
+  bool commit(size_t end) {
+    if (end <= committed) return true;
+    const size_t to = std::min(reserved, round_up(end, kCommitStep));
+    if (::mprotect(base + committed, to - committed, PROT_READ | PROT_WRITE) != 0) return false;
+    committed = to;
+    return true;
   }
 
   void insert(size_t begin, size_t end) {
@@ -141,7 +154,7 @@ ActivationArena::ActivationArena() : state_(std::make_shared<State>()) {
   if (pages <= 0 || page <= 0) return;
   const size_t reserve = round_up(static_cast<size_t>(pages) * static_cast<size_t>(page), kHugePage);
   const size_t bytes = reserve + kHugePage;  // room to align the base to a huge page
-  void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* m = ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) return;  // every buffer then comes from the heap
   State& s = *state_;
   s.mapping = m;
@@ -165,7 +178,7 @@ void* ActivationArena::hold_front(size_t bytes) {
   State& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
   const size_t front = round_up(std::max<size_t>(bytes, 1), kHugePage);
-  if (s.front || front > s.reserved || s.overlaps_live(0, front)) return nullptr;
+  if (s.front || front > s.reserved || s.overlaps_live(0, front) || !s.commit(front)) return nullptr;
   s.front = front;
   s.touched = std::max(s.touched, front);
   SDCPU_UNPOISON(s.base, bytes);
@@ -265,32 +278,31 @@ std::shared_ptr<void> ActivationArena::allocate(Pass& pass, size_t bytes) {
   std::unique_lock<std::mutex> lock(s.mutex);
   const size_t k = pass.next_++;
   size_t at = kOutlived;
-  bool from_heap = false;
+  uint64_t* counter = &s.stats.heap;  // where this buffer is counted
   if (pass.recording_) {
     Pass::Recording& r = *pass.recording_;
     r.sizes.push_back(bytes);
     r.born.push_back(r.clock++);
     r.died.push_back(kAlive);
     at = s.first_fit(bytes);
-    ++(at == kOutlived ? s.stats.heap : s.stats.recorded);
+    counter = &s.stats.recorded;
   } else {
     auto it = s.plans.find(pass.key_);
     const Plan* plan = it == s.plans.end() ? nullptr : it->second.get();
     if (!pass.diverged_ && (!plan || k >= plan->sizes.size() || plan->sizes[k] != bytes)) pass.diverged_ = true;
-    if (!pass.diverged_ && plan->offsets[k] == kOutlived) {
-      from_heap = true;
-    } else if (!pass.diverged_) {
+    const bool outlived = !pass.diverged_ && plan->offsets[k] == kOutlived;  // planned for the heap
+    if (!pass.diverged_ && !outlived) {
       const size_t planned = s.front + plan->offsets[k];
       if (planned + bytes <= s.reserved && !s.overlaps_live(planned, planned + bytes)) at = planned;
+      counter = &s.stats.planned;
     }
-    if (at != kOutlived) {
-      ++s.stats.planned;
-    } else if (!from_heap && (at = s.first_fit(bytes)) != kOutlived) {
-      ++s.stats.unplanned;
-    } else {
-      ++s.stats.heap;
+    if (at == kOutlived && !outlived) {
+      at = s.first_fit(bytes);
+      counter = &s.stats.unplanned;
     }
   }
+  if (at != kOutlived && !s.commit(at + bytes)) at = kOutlived;
+  ++*(at == kOutlived ? &s.stats.heap : counter);
   std::shared_ptr<Pass::Recording> recording = pass.recording_;
   if (at == kOutlived) {
     lock.unlock();
