@@ -39,7 +39,9 @@ constexpr size_t kAlign = 64;
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kCommitStep = size_t{64} << 20;
 constexpr uint64_t kAlive = std::numeric_limits<uint64_t>::max();  // not freed (yet)
-constexpr size_t kOutlived = std::numeric_limits<size_t>::max();   // plan offset of a buffer that outlived its pass
+// No offset in the range: in a plan, a buffer that outlived its recorded pass (later passes take it from the heap);
+// from first_fit, no gap big enough.
+constexpr size_t kNoOffset = std::numeric_limits<size_t>::max();
 // Plans kept at once; a service that sees many image sizes drops the least recently used.
 constexpr size_t kMaxPlans = 16;
 
@@ -89,7 +91,7 @@ struct ActivationArena::State {
     return it != live.begin() && std::prev(it)->end > begin;
   }
 
-  // The lowest offset at or after the front where `bytes` fit between live buffers, or kOutlived when none.
+  // The lowest offset at or after the front where `bytes` fit between live buffers, or kNoOffset when none.
   size_t first_fit(size_t bytes) const {
     size_t at = front;
     for (const Block& b : live) {
@@ -97,7 +99,7 @@ struct ActivationArena::State {
       if (b.begin >= at + bytes) break;
       at = b.end;
     }
-    return at + bytes <= reserved ? at : kOutlived;
+    return at + bytes <= reserved ? at : kNoOffset;
   }
 
   // Makes [0, end) of the range usable, in steps of kCommitStep. Until then it is reserved without access
@@ -246,7 +248,7 @@ void ActivationArena::end_pass(Pass& pass) {
   if (it != s.plans.end() || std::uncaught_exceptions() > pass.uncaught_) return;
   auto plan = std::make_shared<Plan>();
   plan->sizes = r.sizes;
-  plan->offsets.assign(r.sizes.size(), kOutlived);
+  plan->offsets.assign(r.sizes.size(), kNoOffset);
   // Buffers still alive at the end outlived the pass (results that did not go through output()): later passes
   // take them from the heap, so that they do not pin the range.
   std::vector<size_t> sizes, index, offsets;
@@ -277,7 +279,7 @@ std::shared_ptr<void> ActivationArena::allocate(Pass& pass, size_t bytes) {
   State& s = *state;
   std::unique_lock<std::mutex> lock(s.mutex);
   const size_t k = pass.next_++;
-  size_t at = kOutlived;
+  size_t at = kNoOffset;
   uint64_t* counter = &s.stats.heap;  // where this buffer is counted
   if (pass.recording_) {
     Pass::Recording& r = *pass.recording_;
@@ -290,21 +292,21 @@ std::shared_ptr<void> ActivationArena::allocate(Pass& pass, size_t bytes) {
     auto it = s.plans.find(pass.key_);
     const Plan* plan = it == s.plans.end() ? nullptr : it->second.get();
     if (!pass.diverged_ && (!plan || k >= plan->sizes.size() || plan->sizes[k] != bytes)) pass.diverged_ = true;
-    const bool outlived = !pass.diverged_ && plan->offsets[k] == kOutlived;  // planned for the heap
+    const bool outlived = !pass.diverged_ && plan->offsets[k] == kNoOffset;  // planned for the heap
     if (!pass.diverged_ && !outlived) {
       const size_t planned = s.front + plan->offsets[k];
       if (planned + bytes <= s.reserved && !s.overlaps_live(planned, planned + bytes)) at = planned;
       counter = &s.stats.planned;
     }
-    if (at == kOutlived && !outlived) {
+    if (at == kNoOffset && !outlived) {
       at = s.first_fit(bytes);
       counter = &s.stats.unplanned;
     }
   }
-  if (at != kOutlived && !s.commit(at + bytes)) at = kOutlived;
-  ++*(at == kOutlived ? &s.stats.heap : counter);
+  if (at != kNoOffset && !s.commit(at + bytes)) at = kNoOffset;
+  ++*(at == kNoOffset ? &s.stats.heap : counter);
   std::shared_ptr<Pass::Recording> recording = pass.recording_;
-  if (at == kOutlived) {
+  if (at == kNoOffset) {
     lock.unlock();
     void* p = allocate_buffer(bytes);
     return std::shared_ptr<void>(p, [state, recording, k](void* q) {
