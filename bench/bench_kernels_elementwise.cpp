@@ -50,9 +50,10 @@ void set_counters(benchmark::State& state, double bytes, double cpu_seconds) {
 // kernel page-faults in (tens of ms for the VAE's 128-256 MB tensors, more than the kernel itself); the pipeline
 // runs every shape many times and tcmalloc hands the same span back, so the steady state is what counts.
 
-// Args: N, C, H, W, fused SiLU. 32 groups, as every SD 1.5 GroupNorm.
+// Args: N, C, H, W, fused SiLU. 32 groups, as every SD 1.5 GroupNorm; the image is channels-last [N, H, W, C],
+// as the networks hold it.
 void BM_GroupNorm(benchmark::State& state) {
-  const Tensor x = random_tensor({state.range(0), state.range(1), state.range(2), state.range(3)}, 1);
+  const Tensor x = random_tensor({state.range(0), state.range(2), state.range(3), state.range(1)}, 1);
   const Tensor gamma = random_tensor({state.range(1)}, 2), beta = random_tensor({state.range(1)}, 3);
   const bool silu = state.range(4) != 0;
   benchmark::DoNotOptimize(group_norm(x, 32, gamma, beta, 1e-5f, silu));  // see warm_up
@@ -95,26 +96,23 @@ void BM_Activation(benchmark::State& state) {
   set_counters(state, 2.0 * 4.0 * static_cast<double>(x.numel()), process_cpu_seconds() - cpu0);
 }
 
-// Args: N, C, H, W, which op: 0 add_ (a += b), 1 add_channel_bias_, 2 nchw_to_nlc, 3 nlc_to_nchw, 4 concat_channels
-// of two [N, C, H, W]. Bytes: every operand read once, the result written once.
+// Args: N, C, H, W, which op: 0 add_ (a += b), 1 add_channel_bias_, 2 concat_channels of two channels-last
+// [N, H, W, C]. Bytes: every operand read once, the result written once.
 void BM_TensorOp(benchmark::State& state) {
   const int64_t n = state.range(0), c = state.range(1), h = state.range(2), w = state.range(3);
   const int which = static_cast<int>(state.range(4));
-  Tensor a = random_tensor({n, c, h, w}, 1);
-  const Tensor b = random_tensor({n, c, h, w}, 2), bias = random_tensor({n, c}, 3),
-               nlc = random_tensor({n, h * w, c}, 4);
+  Tensor a = random_tensor({n, h, w, c}, 1);
+  const Tensor b = random_tensor({n, h, w, c}, 2), bias = random_tensor({n, c}, 3);
   auto run = [&] {
     if (which == 0) add_(a, b);
     if (which == 1) add_channel_bias_(a, bias);
-    if (which == 2) benchmark::DoNotOptimize(nchw_to_nlc(a));
-    if (which == 3) benchmark::DoNotOptimize(nlc_to_nchw(nlc, h, w));
-    if (which == 4) benchmark::DoNotOptimize(concat_channels(a, b));
+    if (which == 2) benchmark::DoNotOptimize(concat_channels(a, b));
     benchmark::ClobberMemory();
   };
   run();  // see warm_up
   const double cpu0 = process_cpu_seconds();
   for (auto _ : state) run();
-  const double elems = static_cast<double>(a.numel()), bytes_per[] = {12, 8, 8, 8, 16};
+  const double elems = static_cast<double>(a.numel()), bytes_per[] = {12, 8, 16};
   set_counters(state, bytes_per[which] * elems, process_cpu_seconds() - cpu0);
 }
 
@@ -144,10 +142,10 @@ const bool kRegistered = [] {
   reg("silu/2x320x64x64", BM_Activation, {2 * 320 * 64 * 64, 0});
   reg("gelu/2x77x3072", BM_Activation, {2 * 77 * 3072, 1});
   reg("quick_gelu/2x77x3072", BM_Activation, {2 * 77 * 3072, 2});
-  // The glue around the UNet's blocks: residual adds, the time-embedding bias, the transformer's layout changes,
-  // the up blocks' skip concatenations.
-  const char* ops[] = {"add_", "add_channel_bias_", "nchw_to_nlc", "nlc_to_nchw", "concat_channels"};
-  for (int op = 0; op < 5; ++op)
+  // The glue around the UNet's blocks: residual adds, the time-embedding bias, the up blocks' skip
+  // concatenations.
+  const char* ops[] = {"add_", "add_channel_bias_", "concat_channels"};
+  for (int op = 0; op < 3; ++op)
     for (const auto& [c, hw] : {std::pair<int64_t, int64_t>{320, 64}, {640, 32}, {1280, 16}})
       reg(std::string(ops[op]) + "/2x" + std::to_string(c) + "x" + std::to_string(hw) + "x" + std::to_string(hw),
           BM_TensorOp, {2, c, hw, hw, op});

@@ -1,6 +1,7 @@
-// PreparedConv2d (weights prepacked once into oneDNN's blocked layout, activations reordered at the edges)
-// against a scalar reference: odd sizes, 1x1 and 3x3, stride 2, asymmetric padding, channel counts that are
-// and are not multiples of oneDNN's blocks, with and without bias and the fused residual add.
+// PreparedConv2d (weights prepacked once into oneDNN's blocked layout; NCHW activations reordered at the edges,
+// channels-last ones taken as they are) against a scalar reference: odd sizes, 1x1 and 3x3, stride 2, asymmetric
+// padding, channel counts that are and are not multiples of oneDNN's blocks, with and without bias and the fused
+// residual add, and inputs written by the op before (ConvSource).
 #include <gtest/gtest.h>
 
 #include <random>
@@ -12,6 +13,7 @@
 #include "core/error.h"
 #include "kernels/conv2d.h"
 #include "kernels/cpu_features.h"
+#include "kernels/vector_math.h"
 #include "random_tensor.h"
 #include "test_support.h"
 
@@ -85,21 +87,23 @@ TEST(Kernels, PreparedConv2dMatchesReference) {
   }
 }
 
+// The shapes the networks' convolutions take, at small sizes.
+const std::vector<Case> kNetworkCases = {
+    {2, 32, 48, 9, 7, 3, 1, {1, 1, 1, 1}},   // odd sizes
+    {1, 32, 32, 9, 8, 3, 2, {0, 0, 1, 1}},   // Downsample2D with padding 0
+    {2, 48, 32, 6, 5, 1, 1, {0, 0, 0, 0}},   // 1x1 (conv_shortcut)
+    {2, 4, 32, 10, 10, 3, 1, {1, 1, 1, 1}},  // conv_in: 4 latent channels
+    {2, 32, 4, 10, 10, 3, 1, {1, 1, 1, 1}},  // conv_out: 4 output channels
+    {1, 17, 35, 5, 11, 3, 1, {2, 2, 2, 2}},  // channels not a multiple of a block
+};
+
 // bf16: the weights and the input are rounded to bfloat16, the products accumulate in fp32. So the result must
 // equal the fp32 reference run on the rounded input and weights, to fp32 accumulation error (the same 1e-5 as
 // the fp32 path); and it must differ from the unrounded reference by about bf16's rounding (2^-9 relative per
 // operand), which shows the bf16 kernel really ran.
 TEST(Kernels, PreparedConv2dBf16MatchesReferenceOnRoundedOperands) {
   if (!cpu_has_native_bf16()) GTEST_SKIP() << "no AVX512_BF16 / AMX on this CPU";
-  const std::vector<Case> cases = {
-      {2, 32, 48, 9, 7, 3, 1, {1, 1, 1, 1}},   // odd sizes
-      {1, 32, 32, 9, 8, 3, 2, {0, 0, 1, 1}},   // Downsample2D with padding 0
-      {2, 48, 32, 6, 5, 1, 1, {0, 0, 0, 0}},   // 1x1 (conv_shortcut)
-      {2, 4, 32, 10, 10, 3, 1, {1, 1, 1, 1}},  // conv_in: 4 latent channels
-      {2, 32, 4, 10, 10, 3, 1, {1, 1, 1, 1}},  // conv_out: 4 output channels
-      {1, 17, 35, 5, 11, 3, 1, {2, 2, 2, 2}},  // channels not a multiple of a block
-  };
-  for (const Case& t : cases) {
+  for (const Case& t : kNetworkCases) {
     SCOPED_TRACE(shape_to_string({t.n, t.c, t.o, t.h, t.w, t.k, t.stride}));
     const Tensor x = random_tensor({t.n, t.c, t.h, t.w}, 1), w = random_tensor({t.o, t.c, t.k, t.k}, 2),
                  b = random_tensor({t.o}, 3);
@@ -125,6 +129,86 @@ TEST(Kernels, PreparedConv2dBf16MatchesReferenceOnRoundedOperands) {
     const std::string impl = conv.implementation({2, c, 16, 16});
     EXPECT_NE(impl.rfind("ref", 0), 0u) << impl;
   }
+}
+
+// Channels-last images [N, H, W, C] in and out (the networks' layout), and the network edges' mixed forms (NCHW
+// in, channels-last out; channels-last in, NCHW out), in fp32 and bf16: the same values as the NCHW reference.
+TEST(Kernels, PreparedConv2dChannelsLastMatchesReference) {
+  const ConvLayouts layouts[] = {
+      kChannelsLast, {ImageLayout::nchw, ImageLayout::nhwc}, {ImageLayout::nhwc, ImageLayout::nchw}};
+  for (const Case& t : kNetworkCases)
+    for (const ConvLayouts& l : layouts)
+      for (ComputeType compute : {ComputeType::f32, ComputeType::bf16}) {
+        if (compute == ComputeType::bf16 && !cpu_has_native_bf16()) continue;
+        SCOPED_TRACE(shape_to_string({t.n, t.c, t.o, t.h, t.w, t.k, t.stride}) + " src " +
+                     (l.src == ImageLayout::nhwc ? "nhwc" : "nchw") + " dst " +
+                     (l.dst == ImageLayout::nhwc ? "nhwc" : "nchw") + " " + compute_type_name(compute));
+        const Tensor x = random_tensor({t.n, t.c, t.h, t.w}, 1), w = random_tensor({t.o, t.c, t.k, t.k}, 2),
+                     b = random_tensor({t.o}, 3);
+        const PreparedConv2d conv(w, b, t.stride, t.pad, compute, l);
+        const bool bf16 = conv.compute_type() == ComputeType::bf16;
+        const Tensor xr = bf16 ? testing::round_to_bf16(x) : x, wr = bf16 ? testing::round_to_bf16(w) : w;
+        const Tensor expected = conv_reference(xr, wr, b, t.stride, t.pad);
+        auto in = [&](const Tensor& nchw) { return l.src == ImageLayout::nhwc ? testing::nchw_to_nhwc(nchw) : nchw; };
+        auto out = [&](const Tensor& y) { return l.dst == ImageLayout::nhwc ? testing::nhwc_to_nchw(y) : y; };
+        auto to_dst = [&](const Tensor& nchw) {
+          return l.dst == ImageLayout::nhwc ? testing::nchw_to_nhwc(nchw) : nchw;
+        };
+        const Tensor y = conv2d(in(x), conv);
+        EXPECT_TENSOR_NEAR(out(y), expected, 1e-5);
+        const Tensor residual = random_tensor(expected.shape(), 4);
+        EXPECT_TENSOR_NEAR(out(conv2d(in(x), conv, to_dst(residual))),
+                           conv_reference(xr, wr, b, t.stride, t.pad, residual), 1e-5);
+      }
+}
+
+// A ConvSource (the op before writing the convolution's input itself, in its precision) gives the same bits as
+// that op's fp32 tensor passed to the convolution, whose reorder then rounds it: the writers round to bf16 as
+// oneDNN's reorder does.
+TEST(Kernels, PreparedConv2dFromAConvSourceEqualsFromItsTensor) {
+  const Tensor x = random_tensor({2, 9, 7, 32}, 30);
+  for (ComputeType compute : {ComputeType::f32, ComputeType::bf16})
+    for (ConvLayouts l : {kChannelsLast, ConvLayouts{ImageLayout::nhwc, ImageLayout::nchw}}) {
+      if (compute == ComputeType::bf16 && !cpu_has_native_bf16()) continue;
+      SCOPED_TRACE(compute_type_name(compute));
+      const PreparedConv2d conv(random_tensor({48, 32, 3, 3}, 31), random_tensor({48}, 32), 1, 1, compute, l);
+      // x * 1.5 - 0.25: a stand-in for group norm / upsample, whose own writers are tested with their kernels.
+      Tensor input(x.shape());
+      for (int64_t i = 0; i < x.numel(); ++i) input[i] = x[i] * 1.5f - 0.25f;
+      int calls = 0;
+      const ConvSource source{x.shape(), [&](void* out, ComputeType type) {
+                                ++calls;
+                                EXPECT_EQ(type, conv.compute_type());
+                                for (int64_t i = 0; i < x.numel(); ++i) {
+                                  if (type == ComputeType::bf16)
+                                    static_cast<uint16_t*>(out)[i] = simd::to_bf16(input[i]);
+                                  else
+                                    static_cast<float*>(out)[i] = input[i];
+                                }
+                              }};
+      const Tensor residual = random_tensor(conv2d(input, conv).shape(), 33);
+      EXPECT_EQ(conv2d(source, conv).to_vector(), conv2d(input, conv).to_vector());
+      EXPECT_EQ(conv2d(source, conv, residual).to_vector(), conv2d(input, conv, residual).to_vector());
+      EXPECT_EQ(calls, 2);
+    }
+}
+
+// A residual nobody else holds becomes the output (the convolution adds into it); a shared one is left as it
+// was. Both give the same values.
+TEST(Kernels, PreparedConv2dAddsIntoAnUnsharedResidual) {
+  const PreparedConv2d conv(random_tensor({16, 16, 3, 3}, 34), random_tensor({16}, 35), 1, 1, ComputeType::f32,
+                            kChannelsLast);
+  const Tensor x = random_tensor({1, 6, 5, 16}, 36);
+  const Tensor shared = random_tensor({1, 6, 5, 16}, 37);
+  const std::vector<float> before = shared.to_vector();
+  const Tensor y_shared = conv2d(x, conv, shared);
+  EXPECT_EQ(shared.to_vector(), before);
+  EXPECT_NE(y_shared.data(), shared.data());
+  Tensor unshared = shared.clone();
+  const float* storage = unshared.data();
+  const Tensor y = conv2d(x, conv, std::move(unshared));
+  EXPECT_EQ(y.data(), storage);
+  EXPECT_EQ(y.to_vector(), y_shared.to_vector());
 }
 
 TEST(Kernels, PreparedConv2dSeveralShapesShareTheWeights) {

@@ -7,9 +7,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "core/error.h"
 #include "kernels/activations.h"
 #include "kernels/attention.h"
 #include "kernels/conv2d.h"
@@ -69,42 +71,48 @@ TEST(Kernels, LinearMatchesReference) {
   EXPECT_TENSOR_NEAR(y, ref, 1e-5);
 }
 
-// torch.nn.GroupNorm in double, two passes: mean, then biased variance of the deviations.
+// torch.nn.GroupNorm in double, two passes (mean, then biased variance of the deviations), on a channels-last
+// x [N, ..., C]: group g of image n is channels [g * C / groups, (g + 1) * C / groups) of every position.
 Tensor group_norm_reference(const Tensor& x, int groups, const Tensor& g, const Tensor& b, double eps, bool silu) {
-  const int64_t n = x.dim(0), c = x.dim(1), spatial = x.numel() / (n * c), cpg = c / groups, count = cpg * spatial;
+  const int64_t n = x.dim(0), c = x.dim(-1), positions = x.numel() / (n * c), cpg = c / groups;
   Tensor ref(x.shape());
-  for (int64_t p = 0; p < n * groups; ++p) {
-    const int64_t base = p * count;
-    double mean = 0, var = 0;
-    for (int64_t i = 0; i < count; ++i) mean += x[base + i];
-    mean /= count;
-    for (int64_t i = 0; i < count; ++i) var += (x[base + i] - mean) * (x[base + i] - mean);
-    var /= count;
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t ch = (p % groups) * cpg + i / spatial;
-      double v = (x[base + i] - mean) / std::sqrt(var + eps) * g[ch] + b[ch];
-      if (silu) v = v / (1 + std::exp(-v));
-      ref[base + i] = static_cast<float>(v);
+  for (int64_t image = 0; image < n; ++image)
+    for (int64_t group = 0; group < groups; ++group) {
+      auto at = [&](int64_t p, int64_t k) { return (image * positions + p) * c + group * cpg + k; };
+      double mean = 0, var = 0;
+      for (int64_t p = 0; p < positions; ++p)
+        for (int64_t k = 0; k < cpg; ++k) mean += x[at(p, k)];
+      mean /= static_cast<double>(positions * cpg);
+      for (int64_t p = 0; p < positions; ++p)
+        for (int64_t k = 0; k < cpg; ++k) var += (x[at(p, k)] - mean) * (x[at(p, k)] - mean);
+      var /= static_cast<double>(positions * cpg);
+      for (int64_t p = 0; p < positions; ++p)
+        for (int64_t k = 0; k < cpg; ++k) {
+          const int64_t ch = group * cpg + k;
+          double v = (x[at(p, k)] - mean) / std::sqrt(var + eps) * g[ch] + b[ch];
+          if (silu) v = v / (1 + std::exp(-v));
+          ref[at(p, k)] = static_cast<float>(v);
+        }
     }
-  }
   return ref;
 }
 
 TEST(Kernels, GroupNormMatchesReference) {
   struct Case {
-    Shape shape;
+    Shape shape;  // [N, H, W, C]
     int groups;
     float mean, std;
   };
-  // Odd channel counts and spatial sizes (vector tails in every channel), a group of one channel, groups longer
-  // than one statistics chunk (2048 values) with a partial last chunk, and a mean far from 0 (mean 100, std 1:
-  // a naive fp32 sum of squares would lose everything to cancellation).
-  for (const Case& k : {Case{{2, 8, 5, 3}, 4, 0.0f, 3.0f}, Case{{1, 17, 7, 5}, 17, 0.0f, 1.0f},
-                        Case{{2, 34, 7, 5}, 2, 0.5f, 2.0f}, Case{{1, 4, 47, 45}, 2, 0.0f, 1.0f},
-                        Case{{2, 6, 33, 31}, 3, 100.0f, 1.0f}, Case{{1, 64, 16, 16}, 32, -100.0f, 0.1f}}) {
+  // Odd channel counts (vector tails in every pixel: 17, 34 = 2 x 16 + 2), a group of one channel, groups that
+  // span several statistics chunks (~16K values) with a partial last one, tokens [N, L, C], and a mean far from
+  // 0 (mean 100, std 1: a naive fp32 sum of squares would lose everything to cancellation).
+  for (const Case& k :
+       {Case{{2, 5, 3, 8}, 4, 0.0f, 3.0f}, Case{{1, 7, 5, 17}, 17, 0.0f, 1.0f}, Case{{2, 7, 5, 34}, 2, 0.5f, 2.0f},
+        Case{{1, 90, 100, 4}, 2, 0.0f, 1.0f}, Case{{2, 33, 31, 6}, 3, 100.0f, 1.0f},
+        Case{{1, 16, 16, 64}, 32, -100.0f, 0.1f}, Case{{2, 77, 40}, 8, 1.0f, 1.0f}}) {
     Tensor x = random_tensor(k.shape, 7, k.std);
     for (int64_t i = 0; i < x.numel(); ++i) x[i] += k.mean;
-    const int64_t c = k.shape[1];
+    const int64_t c = k.shape.back();
     Tensor g = random_tensor({c}, 8), b = random_tensor({c}, 9);
     for (bool silu : {false, true})
       for (float eps : {1e-5f, 1e-6f}) {
@@ -117,8 +125,8 @@ TEST(Kernels, GroupNormMatchesReference) {
 }
 
 TEST(Kernels, GroupNormDoesNotDependOnThreadCount) {
-  // One group of 2 x 2115 values per batch: with several threads each group is split across them.
-  Tensor x = random_tensor({1, 4, 47, 45}, 21), g = random_tensor({4}, 22), b = random_tensor({4}, 23);
+  // 9000 pixels of 4 channels: three statistics chunks, spread over the threads.
+  Tensor x = random_tensor({1, 90, 100, 4}, 21), g = random_tensor({4}, 22), b = random_tensor({4}, 23);
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
   const std::vector<float> one = group_norm(x, 2, g, b, 1e-5f, true).to_vector();
@@ -127,6 +135,55 @@ TEST(Kernels, GroupNormDoesNotDependOnThreadCount) {
     EXPECT_EQ(group_norm(x, 2, g, b, 1e-5f, true).to_vector(), one) << t << " threads";
   }
   omp_set_num_threads(threads);
+}
+
+// group_norm_into writes what group_norm returns: the same fp32 values, or exactly those rounded to bf16.
+TEST(Kernels, GroupNormIntoWritesTheSameValues) {
+  Tensor x = random_tensor({2, 9, 7, 48}, 25), g = random_tensor({48}, 26), b = random_tensor({48}, 27);
+  const Tensor y = group_norm(x, 16, g, b, 1e-6f, true);
+  std::vector<float> f32(x.numel());
+  group_norm_into(x, 16, g, b, 1e-6f, true, f32.data(), ComputeType::f32);
+  EXPECT_EQ(f32, y.to_vector());
+  std::vector<uint16_t> bf16(x.numel());
+  group_norm_into(x, 16, g, b, 1e-6f, true, bf16.data(), ComputeType::bf16);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(bf16[i], simd::to_bf16(y[i])) << i;
+}
+
+// simd::to_bf16 rounds as testing::round_to_bf16 (ties to even) and keeps NaN a NaN; the vector stores agree with
+// the scalar one lane for lane, tails included. Subnormal inputs may become zero in the vector stores:
+// vcvtneps2bf16 treats them as zero (as oneDNN's reorders on the same instruction do); activations never are.
+TEST(Kernels, Bf16StoresRoundToNearestEven) {
+  std::vector<float> v = {1.0f, -1.0f, 0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e-40f, -3e38f, FLT_MAX};
+  for (uint32_t bits : {0x3F808000u, 0x3F818000u, 0x3F807FFFu, 0x3F808001u, 0x7F7FFFFFu, 0x00008000u})
+    v.push_back([](uint32_t u) {
+      float f;
+      std::memcpy(&f, &u, 4);
+      return f;
+    }(bits));  // exact ties (to even: down, then up), either side of a tie, the largest float, a subnormal tie
+  std::mt19937 gen(28);
+  std::normal_distribution<float> dist(0.0f, 10.0f);
+  while (v.size() < 53) v.push_back(dist(gen));
+  std::vector<uint16_t> stored(v.size() + 1, 0xABCD);
+  int64_t i = 0;
+  for (; i + simd::kWidth <= static_cast<int64_t>(v.size()); i += simd::kWidth)
+    simd::store_bf16(stored.data() + i, simd::load(v.data() + i));
+  const int tail = static_cast<int>(v.size() - i);
+  simd::store_bf16_partial(stored.data() + i, simd::load_partial(v.data() + i, tail), tail);
+  EXPECT_EQ(stored.back(), 0xABCD) << "the partial store wrote past its end";
+  for (size_t k = 0; k < v.size(); ++k) {
+    SCOPED_TRACE(k);
+    if (std::fpclassify(v[k]) == FP_SUBNORMAL && (stored[k] & 0x7FFFu) == 0) continue;
+    EXPECT_EQ(stored[k], simd::to_bf16(v[k]));
+    if (std::isnan(v[k])) {
+      EXPECT_EQ(stored[k] & 0x7F80u, 0x7F80u);
+      EXPECT_NE(stored[k] & 0x7Fu, 0u);
+      continue;
+    }
+    float widened;
+    const uint32_t w = static_cast<uint32_t>(stored[k]) << 16;
+    std::memcpy(&widened, &w, 4);
+    EXPECT_EQ(widened, testing::round_to_bf16(v[k]));
+  }
 }
 
 TEST(Kernels, LayerNormMatchesReference) {
@@ -255,32 +312,21 @@ TEST(Kernels, ErfMatchesStdErf) {
   EXPECT_GT(so[7], 0.0f);
 }
 
-TEST(Kernels, LayoutTransposesMatchDefinition) {
-  // Sizes that are not multiples of the transpose tiles (16 x 64) on either side, and more than one tile.
-  for (const Shape& shape : {Shape{2, 37, 9, 11}, Shape{1, 70, 16, 5}, Shape{3, 1, 1, 130}}) {
-    SCOPED_TRACE(shape_to_string(shape));
-    Tensor x = random_tensor(shape, 24);
-    const int64_t n = shape[0], c = shape[1], hw = shape[2] * shape[3];
-    Tensor nlc = nchw_to_nlc(x), ref({n, hw, c});
-    for (int64_t b = 0; b < n; ++b)
-      for (int64_t ch = 0; ch < c; ++ch)
-        for (int64_t p = 0; p < hw; ++p) ref[(b * hw + p) * c + ch] = x[(b * c + ch) * hw + p];
-    EXPECT_EQ(nlc.to_vector(), ref.to_vector());
-    EXPECT_EQ(nlc_to_nchw(nlc, shape[2], shape[3]).to_vector(), x.to_vector());
-  }
-}
+TEST(Kernels, ChannelsLastOpsMatchDefinition) {
+  // [N, H, W, C] images: the UNet's skip concatenation and the time-embedding bias, per pixel.
+  Tensor x = random_tensor({2, 4, 5, 3}, 19), skip = random_tensor({2, 4, 5, 17}, 20);
+  Tensor cat = concat_channels(x, skip);
+  ASSERT_EQ(cat.shape(), (Shape{2, 4, 5, 20}));
+  for (int64_t p = 0; p < 40; ++p)
+    for (int64_t ch = 0; ch < 20; ++ch)
+      ASSERT_EQ(cat[p * 20 + ch], ch < 3 ? x[p * 3 + ch] : skip[p * 17 + ch - 3]) << p << " " << ch;
+  EXPECT_THROW(concat_channels(x, random_tensor({2, 5, 4, 3}, 21)), InvalidArgument);
 
-TEST(Kernels, LayoutOpsRoundTrip) {
-  Tensor x = random_tensor({2, 3, 4, 5}, 19);
-  Tensor nlc = nchw_to_nlc(x);
-  EXPECT_EQ(nlc[(1 * 20 + 7) * 3 + 2], x[((1 * 3 + 2) * 4 + 1) * 5 + 2]);
-  EXPECT_EQ(nlc_to_nchw(nlc, 4, 5).to_vector(), x.to_vector());
-  Tensor up = upsample_nearest_2x(x);
-  ASSERT_EQ(up.shape(), (Shape{2, 3, 8, 10}));
-  EXPECT_EQ(up[((1 * 3 + 2) * 8 + 5) * 10 + 7], x[((1 * 3 + 2) * 4 + 2) * 5 + 3]);
-  Tensor cat = concat_channels(x, random_tensor({2, 1, 4, 5}, 20));
-  ASSERT_EQ(cat.shape(), (Shape{2, 4, 4, 5}));
-  EXPECT_EQ(cat[(1 * 4 + 2) * 20 + 3], x[(1 * 3 + 2) * 20 + 3]);
+  Tensor y = x.clone(), v = random_tensor({2, 3}, 22);
+  add_channel_bias_(y, v);
+  for (int64_t p = 0; p < 40; ++p)
+    for (int64_t ch = 0; ch < 3; ++ch) ASSERT_EQ(y[p * 3 + ch], x[p * 3 + ch] + v[(p / 20) * 3 + ch]);
+  EXPECT_THROW(add_channel_bias_(y, random_tensor({2, 4}, 23)), InvalidArgument);
 }
 
 }  // namespace

@@ -87,6 +87,25 @@ Tensor round_to_bf16(const Tensor& t) {
   return r;
 }
 
+namespace {
+
+// y = x with its channel dimension moved: NCHW [n, c, h, w] <-> NHWC [n, h, w, c].
+Tensor move_channels(const Tensor& x, int64_t n, int64_t c, int64_t h, int64_t w, bool to_last) {
+  Tensor y(to_last ? Shape{n, h, w, c} : Shape{n, c, h, w});
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t p = 0; p < h * w; ++p) {
+        const int64_t first = (b * c + ch) * h * w + p, last = (b * h * w + p) * c + ch;
+        y[to_last ? last : first] = x[to_last ? first : last];
+      }
+  return y;
+}
+
+}  // namespace
+
+Tensor nchw_to_nhwc(const Tensor& x) { return move_channels(x, x.dim(0), x.dim(1), x.dim(2), x.dim(3), true); }
+Tensor nhwc_to_nchw(const Tensor& x) { return move_channels(x, x.dim(0), x.dim(3), x.dim(1), x.dim(2), false); }
+
 std::vector<std::vector<int>> input_id_rows(const SafetensorsFile& golden) {
   const std::vector<int64_t> flat = golden.read_i64("input_ids");
   const size_t seq = static_cast<size_t>(golden.find("input_ids")->shape[1]);

@@ -42,6 +42,11 @@ Diff compare(const Tensor& actual, const Tensor& expected);
 float round_to_bf16(float x);
 Tensor round_to_bf16(const Tensor& t);
 
+// [N, C, H, W] -> [N, H, W, C] (x.permute(0, 2, 3, 1).contiguous()) and back: the networks' channels-last
+// images against the tests' NCHW references.
+Tensor nchw_to_nhwc(const Tensor& x);
+Tensor nhwc_to_nchw(const Tensor& x);
+
 // A text-encoder golden's "input_ids" [batch, seq] as one row of token ids per prompt.
 std::vector<std::vector<int>> input_id_rows(const SafetensorsFile& golden);
 

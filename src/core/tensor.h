@@ -47,6 +47,8 @@ class Tensor {
   // Rows [begin, end) of dimension 0, sharing storage.
   Tensor slice0(int64_t begin, int64_t end) const;
   Tensor clone() const;
+  // No other tensor shares this one's storage (a kernel may then write its result into it).
+  bool storage_unique() const { return storage_ && storage_.use_count() == 1; }
   std::vector<float> to_vector() const { return std::vector<float>(data_, data_ + numel_); }
 
  private:

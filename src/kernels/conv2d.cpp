@@ -73,38 +73,30 @@ void check_conv_args(const Shape& x, const Shape& w, int stride, const Conv2dPad
     throw InvalidArgument("conv2d: input " + shape_to_string(x) + " too small for the kernel");
 }
 
-// The primitive for a prepared convolution. Measured on this machine (Xeon with AVX-512, oneDNN 2.6, 2 threads,
-// UNet/VAE shapes): with every format `any` oneDNN picks brgconv on nhwc activations; jit:avx512_core on nChw16c
-// (channel blocks of 16, see oneDNN's dev_guide_understanding_memory_formats) computes as fast (347 vs 350
-// GFLOP/s on 320->320 3x3 at 64x64) and its reorders from/to our nchw are cheaper (total 334 vs 326 GFLOP/s;
-// on a 1x1 conv 286 vs 257), so activations are asked for in nChw16c. With an input channel count that is not a
-// multiple of 16 (conv_in on 4 latent channels, the VAE encoder on 3 image channels) oneDNN's jit kernel reads
-// nchw directly. Weights are always `any` (OIhw16i16o-style), prepacked once. A combination that only the
-// reference implementation supports falls back to all-`any`, then to the plain gemm path.
+// The memory formats a prepared convolution's primitive is asked for. Channels-last images (nhwc) are taken as
+// they are: oneDNN picks brgconv (batch-reduce GEMM) for them, which computes as fast as its direct kernels on
+// blocked layouts or faster, and no reorder runs. Measured on this project's Zen 5 (oneDNN 2.6, 2 threads), the
+// convolution alone, nhwc (brgconv) against nChw16c (jit): bf16 3x3 at the VAE decoder's shapes 3.26 s against
+// 3.41 s summed over one 512x512 decode (512->512 at 256x256: 767 against 606 GFLOP/s; 128->128 at 512x512: 726
+// against 767), at the UNet's 320 channels 767 against 803; fp32 3x3 at the UNet's 320/640 channels 388/364
+// against 355/336, 1280 at 16x16 286 against 323. Our nchw tensors (the networks' edges, tests) are reordered
+// into nChw16c (channel blocks of 16, oneDNN's dev_guide_understanding_memory_formats), whose reorders from and
+// to nchw are cheaper than nhwc's; an input channel count that is not a multiple of 16 (conv_in on 4 latent
+// channels, the VAE encoder on 3 image channels) is read as nchw directly. Weights are always `any`
+// (OIhw16i16o-style), prepacked once. A combination that only the reference implementation supports falls back
+// to all-`any`, then to the plain layouts.
 //
-// In bf16 (`compute` = bf16) the source and the weights are bf16 and the destination stays fp32: the reorder that
-// brings our nchw activations into nChw16c rounds them to bf16 on the way (no extra pass), the products accumulate
-// in fp32 (vdpbf16ps), and bias, residual and everything after the convolution see fp32.
-// In bf16, the 3x3 convolutions with 640 or more channels (the UNet's three deeper levels) run on channels-last
-// (nhwc) activations, for which oneDNN picks brgconv (batch-reduce GEMM) instead of its direct jit_bf16 kernel on
-// nChw16c. Measured on this project's Zen 5 (2 threads, SD 1.5 at 512x512), each convolution with its reorders
-// from and to our nchw, by ONEDNN_VERBOSE: 1280->1280 at 8x8 and 16x16 -46% and -25%, 2560->1280 -34 to -52%,
-// 640->640 at 32x32 -12%. On 320 channels at 64x64 brgconv plus the costlier nchw <-> nhwc transposes lost
-// (+12%), and on the VAE decoder's 128-512 channels at 64x64 to 512x512 it won and lost by a few percent either
-// way, so those stay on nChw16c. With sdcpu bench, 3 interleaved pairs: 2.95 -> 2.86 s per UNet step (-3%).
-// The rule depends on channels only, never on the image size: the weights are packed once, in the layout this
-// choice implies, before any image size is known.
-bool channels_last(memory::data_type compute, int64_t c, int64_t o, int64_t kh, int64_t kw) {
-  return compute == memory::data_type::bf16 && c % 16 == 0 && kh * kw > 1 && std::max(c, o) >= 640;
-}
-
+// In bf16 (`compute` = bf16) the source and the weights are bf16 and the destination stays fp32: the op before
+// the convolution (group norm, upsample: ConvSource) or the reorder from our fp32 tensor rounds its values to
+// bf16 on the way, the products accumulate in fp32 (vdpbf16ps), and bias, residual and everything after the
+// convolution see fp32.
 dnnl::convolution_forward::primitive_desc prepared_pd(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh,
                                                       int64_t kw, const memory::desc& bias, int stride,
-                                                      const Conv2dPadding& p, const dnnl::primitive_attr& attr,
-                                                      memory::data_type compute) {
+                                                      const Conv2dPadding& p, ConvLayouts layouts,
+                                                      const dnnl::primitive_attr& attr, memory::data_type compute) {
   const int64_t ho = (h + p.top + p.bottom - kh) / stride + 1, wo = (w + p.left + p.right - kw) / stride + 1;
-  Tag src_tag = c % 16 == 0 ? Tag::nChw16c : Tag::nchw, dst_tag = Tag::nChw16c;
-  if (channels_last(compute, c, o, kh, kw)) src_tag = dst_tag = Tag::nhwc;
+  const Tag src_tag = layouts.src == ImageLayout::nhwc ? Tag::nhwc : c % 16 == 0 ? Tag::nChw16c : Tag::nchw;
+  const Tag dst_tag = layouts.dst == ImageLayout::nhwc || src_tag == Tag::nhwc ? Tag::nhwc : Tag::nChw16c;
   const std::pair<Tag, Tag> candidates[] = {{src_tag, dst_tag}, {Tag::any, Tag::any}, {Tag::nchw, Tag::nchw}};
   const memory::desc wei({o, c, kh, kw}, compute, Tag::any);
   for (size_t i = 0;; ++i) {
@@ -117,6 +109,20 @@ dnnl::convolution_forward::primitive_desc prepared_pd(int64_t n, int64_t c, int6
       if (i + 1 == std::size(candidates)) throw;
     }
   }
+}
+
+Tag tag_of(ImageLayout layout) { return layout == ImageLayout::nhwc ? Tag::nhwc : Tag::nchw; }
+
+// [N, C, H, W] dimensions of an image shape in `layout`.
+struct ImageDims {
+  int64_t n, c, h, w;
+};
+ImageDims image_dims(const Shape& s, ImageLayout layout) {
+  if (s.size() != 4) throw InvalidArgument("conv2d: input must have 4 dimensions, got " + shape_to_string(s));
+  return layout == ImageLayout::nhwc ? ImageDims{s[0], s[3], s[1], s[2]} : ImageDims{s[0], s[1], s[2], s[3]};
+}
+Shape image_shape(const ImageDims& d, ImageLayout layout) {
+  return layout == ImageLayout::nhwc ? Shape{d.n, d.h, d.w, d.c} : Shape{d.n, d.c, d.h, d.w};
 }
 
 }  // namespace
@@ -155,21 +161,24 @@ namespace {
 // n, h, w, stride, pad_top, pad_left, pad_bottom, pad_right, with residual
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, int, int, int, int, int, bool>;
 
-// Everything one input shape needs, created once: the primitive and, where the primitive wants blocked
-// activations (nChw16c), the reorders between our NCHW tensors and that layout.
-struct Plan {
+}  // namespace
+
+// Everything one input shape needs, created once: the primitive and, where it wants other layouts than the
+// caller's tensors have (our nchw against its nChw16c), the reorders between them.
+struct PreparedConv2d::Plan {
   dnnl::convolution_forward::primitive_desc pd;
   dnnl::convolution_forward prim;
   const memory* weights = nullptr;  // the packed weights in pd.weights_desc(), owned by Weights
-  memory::desc src_plain, dst_plain;
+  memory::desc src_user, dst_user;  // our fp32 tensors, in the convolution's ConvLayouts
   bool reorder_src = false, reorder_dst = false;
+  // A ConvSource can write the primitive's source itself: it wants our layout, in the compute precision.
+  bool source_in_place = false;
   dnnl::reorder src_in, dst_out, residual_in;  // set where the layouts differ
 };
 
-}  // namespace
-
 struct PreparedConv2d::Weights {
   int64_t o = 0, c = 0, kh = 0, kw = 0;
+  ConvLayouts layouts;
   memory::data_type compute = kF32;  // of the source and the weights; the destination is always fp32
   memory::desc bias_desc;            // [O], format x; a zero desc when there is none
   memory bias;
@@ -185,30 +194,31 @@ struct PreparedConv2d::Weights {
     auto it = plans.find(key);
     if (it != plans.end()) return *it->second;
     const int64_t ho = (h + p.top + p.bottom - kh) / stride + 1, wo = (w + p.left + p.right - kw) / stride + 1;
-    const memory::desc src_plain({n, c, h, w}, kF32, Tag::nchw), dst_plain({n, o, ho, wo}, kF32, Tag::nchw);
+    const Tag src_tag = tag_of(layouts.src), dst_tag = tag_of(layouts.dst);
     dnnl::primitive_attr attr = with_user_scratchpad();
     if (residual) {
-      // dst = conv(x) + bias + 1.0 * dst: the residual is reordered into dst before the convolution.
+      // dst = conv(x) + bias + 1.0 * dst: the residual is in dst before the convolution.
       dnnl::post_ops ops;
       ops.append_sum(1.0f);
       attr.set_post_ops(ops);
     }
-    const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, attr, compute);
+    const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, layouts, attr, compute);
     auto plan = std::make_unique<Plan>();
     plan->pd = pd;
     plan->prim = dnnl::convolution_forward(pd);
     plan->weights = packed.in(pd.weights_desc());
-    plan->src_plain = src_plain;
-    plan->dst_plain = dst_plain;
-    plan->reorder_src = pd.src_desc() != src_plain;
-    plan->reorder_dst = pd.dst_desc() != dst_plain;
+    plan->src_user = memory::desc({n, c, h, w}, kF32, src_tag);
+    plan->dst_user = memory::desc({n, o, ho, wo}, kF32, dst_tag);
+    plan->reorder_src = pd.src_desc() != plan->src_user;
+    plan->reorder_dst = pd.dst_desc() != plan->dst_user;
+    plan->source_in_place = pd.src_desc() == memory::desc({n, c, h, w}, compute, src_tag);
     auto& eng = dnnl_engine();
     if (plan->reorder_src)
-      plan->src_in = dnnl::reorder(dnnl::reorder::primitive_desc(eng, src_plain, eng, pd.src_desc()));
+      plan->src_in = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->src_user, eng, pd.src_desc()));
     if (plan->reorder_dst) {
-      plan->dst_out = dnnl::reorder(dnnl::reorder::primitive_desc(eng, pd.dst_desc(), eng, dst_plain));
+      plan->dst_out = dnnl::reorder(dnnl::reorder::primitive_desc(eng, pd.dst_desc(), eng, plan->dst_user));
       if (residual)
-        plan->residual_in = dnnl::reorder(dnnl::reorder::primitive_desc(eng, dst_plain, eng, pd.dst_desc()));
+        plan->residual_in = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->dst_user, eng, pd.dst_desc()));
     }
     auto [pos, inserted] = plans.emplace(key, std::move(plan));
     return *pos->second;
@@ -216,7 +226,7 @@ struct PreparedConv2d::Weights {
 };
 
 PreparedConv2d::PreparedConv2d(const WeightSource& weight, const Tensor& bias, int stride, Conv2dPadding padding,
-                               ComputeType compute)
+                               ComputeType compute, ConvLayouts layouts)
     : weights_(std::make_shared<Weights>()), stride_(stride), padding_(padding) {
   if (weight.shape.size() != 4)
     throw InvalidArgument("conv2d: weight must be [O, C, kh, kw], got " + shape_to_string(weight.shape));
@@ -228,6 +238,7 @@ PreparedConv2d::PreparedConv2d(const WeightSource& weight, const Tensor& bias, i
   wt.c = weight.shape[1];
   wt.kh = weight.shape[2];
   wt.kw = weight.shape[3];
+  wt.layouts = layouts;
   auto& eng = dnnl_engine();
   if (!bias.empty()) {
     wt.bias_storage = bias.clone();
@@ -235,12 +246,12 @@ PreparedConv2d::PreparedConv2d(const WeightSource& weight, const Tensor& bias, i
     wt.bias = memory(wt.bias_desc, eng, wt.bias_storage.data());
   }
   // Pack now, into the layout the primitive for a representative input (one 64x64 image, the UNet's and the
-  // VAE decoder's latent size) asks for. The weight layout depends on the ISA and the channel counts, not on the
-  // spatial size, so later shapes find it already packed; one that wants another layout gets its own copy,
-  // reordered from this one, so the plain weight need not be kept.
+  // VAE decoder's latent size) asks for. The weight layout depends on the ISA, the channel counts and the
+  // activation layouts, not on the spatial size, so later shapes find it already packed; one that wants another
+  // layout gets its own copy, reordered from this one, so the plain weight need not be kept.
   auto representative_pd = [&] {
     return prepared_pd(1, wt.c, std::max<int64_t>(64, wt.kh), std::max<int64_t>(64, wt.kw), wt.o, wt.kh, wt.kw,
-                       wt.bias_desc, stride, padding, with_user_scratchpad(), wt.compute);
+                       wt.bias_desc, stride, padding, layouts, with_user_scratchpad(), wt.compute);
   };
   wt.compute = compute == ComputeType::bf16 ? kBF16 : kF32;
   auto pd = representative_pd();
@@ -258,6 +269,7 @@ ComputeType PreparedConv2d::compute_type() const {
   return weights_ && weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
 }
 int64_t PreparedConv2d::in_channels() const { return weights_ ? weights_->c : 0; }
+ConvLayouts PreparedConv2d::layouts() const { return weights_ ? weights_->layouts : ConvLayouts{}; }
 
 PreparedConv2d PreparedConv2d::with_padding(Conv2dPadding padding) const {
   if (padding.top < 0 || padding.left < 0 || padding.bottom < 0 || padding.right < 0)
@@ -269,39 +281,31 @@ PreparedConv2d PreparedConv2d::with_padding(Conv2dPadding padding) const {
 
 std::string PreparedConv2d::implementation(const Shape& x_shape) const {
   if (!weights_) return "";
-  check_conv_args(x_shape, {weights_->o, weights_->c, weights_->kh, weights_->kw}, stride_, padding_);
-  return weights_->plan(x_shape[0], x_shape[2], x_shape[3], stride_, padding_, false).pd.impl_info_str();
+  const ImageDims d = image_dims(x_shape, weights_->layouts.src);
+  check_conv_args({d.n, d.c, d.h, d.w}, {weights_->o, weights_->c, weights_->kh, weights_->kw}, stride_, padding_);
+  return weights_->plan(d.n, d.h, d.w, stride_, padding_, false).pd.impl_info_str();
 }
 
-Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residual) {
-  if (conv.empty()) throw InvalidArgument("conv2d: empty convolution");
-  PreparedConv2d::Weights& wt = *conv.weights_;
-  check_conv_args(x.shape(), {wt.o, wt.c, wt.kh, wt.kw}, conv.stride_, conv.padding_);
-  const Conv2dPadding& p = conv.padding_;
-  const int64_t n = x.dim(0), h = x.dim(2), w = x.dim(3);
-  const int64_t ho = (h + p.top + p.bottom - wt.kh) / conv.stride_ + 1;
-  const int64_t wo = (w + p.left + p.right - wt.kw) / conv.stride_ + 1;
-  Tensor y({n, wt.o, ho, wo});
-  const bool has_residual = !residual.empty();
-  if (has_residual && residual.shape() != y.shape())
-    throw InvalidArgument("conv2d: residual " + shape_to_string(residual.shape()) + " does not match the output " +
-                          shape_to_string(y.shape()));
-  const Plan& plan = wt.plan(n, h, w, conv.stride_, p, has_residual);
+// The convolution proper, once its source is in `src` (in pd.src_desc()): the residual (if any) goes into the
+// destination first, for the sum post-op; a residual nobody else holds is the destination itself, so nothing is
+// copied. Returns y in the destination's ConvLayouts.
+Tensor PreparedConv2d::run(const Plan& plan, const memory& src, const Shape& y_shape, Tensor residual) const {
+  const Weights& wt = *weights_;
   auto& eng = dnnl_engine();
   auto& s = dnnl_stream();
-  memory x_plain(plan.src_plain, eng, const_cast<float*>(x.data()));
-  memory y_plain(plan.dst_plain, eng, y.data());
-  const ScratchBuffer src_buffer =
-      plan.reorder_src ? ScratchBuffer(ScratchSlot::conv_src, plan.pd.src_desc().get_size()) : ScratchBuffer();
+  const bool has_residual = !residual.empty();
+  if (has_residual && residual.shape() != y_shape)
+    throw InvalidArgument("conv2d: residual " + shape_to_string(residual.shape()) + " does not match the output " +
+                          shape_to_string(y_shape));
+  Tensor y = has_residual && !plan.reorder_dst && residual.storage_unique() ? residual : Tensor(y_shape);
+  memory y_user(plan.dst_user, eng, y.data());
   const ScratchBuffer dst_buffer =
       plan.reorder_dst ? ScratchBuffer(ScratchSlot::conv_dst, plan.pd.dst_desc().get_size()) : ScratchBuffer();
-  memory src = plan.reorder_src ? memory(plan.pd.src_desc(), eng, src_buffer.data()) : x_plain;
-  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng, dst_buffer.data()) : y_plain;
-  if (plan.reorder_src) plan.src_in.execute(s, x_plain, src);
-  if (has_residual) {
-    memory r_plain(plan.dst_plain, eng, const_cast<float*>(residual.data()));
+  memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng, dst_buffer.data()) : y_user;
+  if (has_residual && y.data() != residual.data()) {
+    memory r_user(plan.dst_user, eng, residual.data());
     if (plan.reorder_dst)
-      plan.residual_in.execute(s, r_plain, dst);
+      plan.residual_in.execute(s, r_user, dst);
     else
       std::copy(residual.data(), residual.data() + residual.numel(), y.data());
   }
@@ -309,9 +313,45 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residua
   if (!wt.bias_desc.is_zero()) args[DNNL_ARG_BIAS] = wt.bias;
   const ScratchBuffer pad = add_scratchpad(plan.pd, args);
   plan.prim.execute(s, args);
-  if (plan.reorder_dst) plan.dst_out.execute(s, dst, y_plain);
+  if (plan.reorder_dst) plan.dst_out.execute(s, dst, y_user);
   s.wait();
   return y;
+}
+
+// The plan for an input of shape `x_shape` (in the source layout), and the output's shape.
+std::pair<const PreparedConv2d::Plan*, Shape> PreparedConv2d::plan_for(const Shape& x_shape, bool residual) const {
+  if (empty()) throw InvalidArgument("conv2d: empty convolution");
+  Weights& wt = *weights_;
+  const ImageDims d = image_dims(x_shape, wt.layouts.src);
+  check_conv_args({d.n, d.c, d.h, d.w}, {wt.o, wt.c, wt.kh, wt.kw}, stride_, padding_);
+  const Conv2dPadding& p = padding_;
+  const int64_t ho = (d.h + p.top + p.bottom - wt.kh) / stride_ + 1;
+  const int64_t wo = (d.w + p.left + p.right - wt.kw) / stride_ + 1;
+  const Plan& plan = wt.plan(d.n, d.h, d.w, stride_, p, residual);
+  return {&plan, image_shape({d.n, wt.o, ho, wo}, wt.layouts.dst)};
+}
+
+Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual) {
+  const auto [plan, y_shape] = conv.plan_for(x.shape(), !residual.empty());
+  auto& eng = dnnl_engine();
+  memory x_user(plan->src_user, eng, const_cast<float*>(x.data()));
+  if (!plan->reorder_src) return conv.run(*plan, x_user, y_shape, std::move(residual));
+  const ScratchBuffer src_buffer(ScratchSlot::conv_src, plan->pd.src_desc().get_size());
+  memory src(plan->pd.src_desc(), eng, src_buffer.data());
+  plan->src_in.execute(dnnl_stream(), x_user, src);
+  return conv.run(*plan, src, y_shape, std::move(residual));
+}
+
+Tensor conv2d(const ConvSource& x, const PreparedConv2d& conv, Tensor residual) {
+  const auto [plan, y_shape] = conv.plan_for(x.shape, !residual.empty());
+  if (!plan->source_in_place) {  // the primitive wants another layout: write our fp32 tensor, then reorder it
+    Tensor input(x.shape);
+    x.write(input.data(), ComputeType::f32);
+    return conv2d(input, conv, std::move(residual));
+  }
+  const ScratchBuffer src_buffer(ScratchSlot::conv_src, plan->pd.src_desc().get_size());
+  x.write(src_buffer.data(), conv.compute_type());
+  return conv.run(*plan, memory(plan->pd.src_desc(), dnnl_engine(), src_buffer.data()), y_shape, std::move(residual));
 }
 
 }  // namespace sdcpu

@@ -1,5 +1,6 @@
-// 2-D convolution on fp32 NCHW tensors, through oneDNN (torch.nn.functional.conv2d semantics, dilation 1,
-// groups 1); the prepared path computes in fp32 or bf16 (core/compute_type.h).
+// 2-D convolution on fp32 images, through oneDNN (torch.nn.functional.conv2d semantics, dilation 1, groups 1);
+// the prepared path computes in fp32 or bf16 (core/compute_type.h) and reads and writes NCHW or channels-last
+// images.
 //
 // Two paths:
 // - conv2d(x, weight, bias, ...): plain weights, plain layouts; oneDNN then falls back to its im2col +
@@ -8,8 +9,10 @@
 //   on this CPU asks for (format_tag::any; e.g. OIhw16i16o for brgconv/jit:avx512_core), and its primitives
 //   are created once per input shape and reused (DESIGN.md principles 1-2). The networks use this one.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "core/compute_type.h"
 #include "core/tensor.h"
@@ -33,6 +36,25 @@ struct Conv2dPadding {
   static Conv2dPadding same(int p) { return {p, p, p, p}; }
 };
 
+// How an image lies in memory. Inside the networks images are channels-last, a tensor [N, H, W, C] (PyTorch's
+// channels_last memory format, which IPEX runs CPU inference in too): the convolutions read and write them as
+// they are (brgconv), group norm and the nearest upsample write a convolution's input straight in its
+// precision (ConvSource), and the attention blocks' tokens [N, H*W, C] are the same memory. NCHW [N, C, H, W]
+// is the networks' edges (latents in, images out), the plain path and the tests' references.
+enum class ImageLayout { nchw, nhwc };
+struct ConvLayouts {
+  ImageLayout src = ImageLayout::nchw, dst = ImageLayout::nchw;
+};
+constexpr ConvLayouts kChannelsLast{ImageLayout::nhwc, ImageLayout::nhwc};
+
+// A convolution's input computed by the op before it: write(out, type) writes the shape_numel(shape) values of
+// the input image, in the convolution's source layout, as fp32 or rounded to bf16 (`type`, the convolution's
+// compute type) into `out`, the buffer the convolution reads. The fp32 tensor in between is never written.
+struct ConvSource {
+  Shape shape;
+  std::function<void(void* out, ComputeType type)> write;
+};
+
 // A convolution with its weights prepacked once. Copies share the packed weights and the primitive cache,
 // which is guarded by a mutex, so one object may be used from several threads. Memory formats: oneDNN's
 // "Understanding Memory Formats" (dev_guide_understanding_memory_formats) and format_tag::any
@@ -45,38 +67,48 @@ class PreparedConv2d {
   // with `compute` = bf16, as bfloat16 (inputs are then rounded to bf16 too; accumulation, bias, residual and
   // the output stay fp32). A shape oneDNN has no fast bf16 kernel for stays fp32 (compute_type() tells).
   PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding,
-                 ComputeType compute = ComputeType::f32)
-      : PreparedConv2d(WeightSource::of(weight), bias, stride, padding, compute) {}
+                 ComputeType compute = ComputeType::f32, ConvLayouts layouts = {})
+      : PreparedConv2d(WeightSource::of(weight), bias, stride, padding, compute, layouts) {}
   // The same with the weight read only if `weight.cache` has no packed copy (kernels/packed_weights.h).
   PreparedConv2d(const WeightSource& weight, const Tensor& bias, int stride, Conv2dPadding padding,
-                 ComputeType compute = ComputeType::f32);
+                 ComputeType compute = ComputeType::f32, ConvLayouts layouts = {});
   PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, int padding,
-                 ComputeType compute = ComputeType::f32)
-      : PreparedConv2d(weight, bias, stride, Conv2dPadding::same(padding), compute) {}
+                 ComputeType compute = ComputeType::f32, ConvLayouts layouts = {})
+      : PreparedConv2d(weight, bias, stride, Conv2dPadding::same(padding), compute, layouts) {}
 
   bool empty() const { return weights_ == nullptr; }
   int64_t out_channels() const;
   int64_t in_channels() const;
   ComputeType compute_type() const;
+  ConvLayouts layouts() const;
   int stride() const { return stride_; }
   const Conv2dPadding& padding() const { return padding_; }
   // The same packed weights with other padding (no copy): Downsample2D's (0, 1, 0, 1).
   PreparedConv2d with_padding(Conv2dPadding padding) const;
 
-  // oneDNN's implementation name for input shape `x_shape` (e.g. "brgconv:avx512_core"); for benchmarks/logs.
+  // oneDNN's implementation name for input shape `x_shape` (in the source layout; e.g. "brgconv:avx512_core");
+  // for benchmarks and logs.
   std::string implementation(const Shape& x_shape) const;
 
   struct Weights;  // packed weights + per-shape primitives, shared by copies
+  struct Plan;     // one input shape's primitive and reorders
 
  private:
-  friend Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residual);
+  friend Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual);
+  friend Tensor conv2d(const ConvSource& x, const PreparedConv2d& conv, Tensor residual);
+  std::pair<const Plan*, Shape> plan_for(const Shape& x_shape, bool residual) const;
+  Tensor run(const Plan& plan, const dnnl::memory& src, const Shape& y_shape, Tensor residual) const;
   std::shared_ptr<Weights> weights_;
   int stride_ = 1;
   Conv2dPadding padding_;
 };
 
-// y = conv(x) + bias, and + residual when given (residual [N, O, Ho, Wo], added after the bias, as
-// `conv(x) + residual` in PyTorch; ResnetBlock2D's skip).
-Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, const Tensor& residual = Tensor());
+// y = conv(x) + bias, and + residual when given (residual [N, O, Ho, Wo] in the destination layout, added after
+// the bias, as `conv(x) + residual` in PyTorch; ResnetBlock2D's skip). x and y are in the convolution's
+// ConvLayouts. A residual whose storage no other tensor shares (passed with std::move) becomes y: the
+// convolution adds into it, nothing is copied.
+Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual = Tensor());
+// The same with the input written by the op before (group norm, upsample) into the convolution's source buffer.
+Tensor conv2d(const ConvSource& x, const PreparedConv2d& conv, Tensor residual = Tensor());
 
 }  // namespace sdcpu

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -75,101 +77,166 @@ Moments chunk_moments(const float* p, int64_t n) {
   return {count, m + sum_d / count, std::max(0.0, sum_q - sum_d * sum_d / count)};
 }
 
-// y[i] = ((x[i] - mean_hi) - mean_lo) * scale + shift, then SiLU if asked, for i in [0, n). The mean is split
-// into two floats (mean_hi + mean_lo = mean to 2^-48 relative): x - mean_hi is exact for x near the mean
-// (Sterbenz), so a large mean costs no accuracy, where x * scale + (shift - mean * scale) would round the
-// mean's product to the output's ulp at the mean's magnitude (4e-6 of a unit-variance output at mean 100).
-template <bool kSilu>
-void normalize(const float* x, float* y, int64_t n, float mean_hi, float mean_lo, float scale, float shift) {
-  const Vec hi = simd::set1(mean_hi), lo = simd::set1(mean_lo), a = simd::set1(scale), b = simd::set1(shift);
-  auto f = [&](Vec v) {
-    v = simd::fmadd(simd::sub(simd::sub(v, hi), lo), a, b);
-    return kSilu ? simd::silu(v) : v;
-  };
-  int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) simd::store(y + i, f(simd::load(x + i)));
-  if (i < n) simd::store_partial(y + i, f(simd::load_partial(x + i, static_cast<int>(n - i))), static_cast<int>(n - i));
-}
-
 void split(double v, float& hi, float& lo) {
   hi = static_cast<float>(v);
   lo = static_cast<float>(v - hi);
 }
 
-}  // namespace
+// A group norm's statistics are gathered over chunks of whole pixels, about 16K values (64 KB, so the second
+// pass of a chunk reads L2): its pixels' channels are contiguous, so the sums run along the channels in SIMD
+// lanes, one accumulator per channel, and are combined into groups afterwards.
+constexpr int64_t kNormChunkValues = 16384;
 
-// Each task is one part of one (batch, group) pair: it computes the Moments of its part's kChunk-value chunks,
-// then, once every part of its group is done, merges the group's chunk Moments in order (mean and
-// 1 / sqrt(var + eps) in double) and normalizes its part, channel by channel (gamma and beta are per channel).
-// Usually a group is one part, and a task does all of this at once, on data it just read (from its own cache
-// when the group fits, as the UNet's groups of 40-160 KB do), with no barrier in between. A group is split into
-// parts only when there are fewer (batch, group) pairs than twice the threads (a batch-1 VAE norm on a large
-// machine): then the statistics and the normalization are two parallel loops over the same static schedule, so
-// a thread still normalizes what it read. Chunk boundaries are fixed relative to the group and merged in the same
-// order either way, so the statistics, and hence the output, do not depend on the thread count.
-Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu) {
-  if (x.ndim() < 2 || groups <= 0 || x.dim(1) % groups != 0 || gamma.numel() != x.dim(1) || beta.numel() != x.dim(1))
-    throw InvalidArgument("group_norm: input " + shape_to_string(x.shape()) + " does not fit " +
-                          std::to_string(groups) + " groups / parameters of size " + std::to_string(gamma.numel()));
-  const int64_t n = x.dim(0), c = x.dim(1);
-  const int64_t spatial = x.numel() / (n * c);
-  const int64_t cpg = c / groups, count = cpg * spatial;
-  const int64_t pairs = n * groups;
-  Tensor y(x.shape());
-  if (x.numel() == 0) return y;
-  const int64_t chunks = (count + kChunk - 1) / kChunk;
-  const int64_t threads = omp_get_max_threads();
-  const int64_t parts = std::clamp<int64_t>((2 * threads + pairs - 1) / pairs, 1, chunks);
-  const int64_t chunks_per_part = (chunks + parts - 1) / parts;
-  std::vector<Moments> chunk_stats(pairs * chunks);
-  const float* src = x.data();
-  float* dst = y.data();
-  const float* g = gamma.data();
-  const float* bt = beta.data();
+// The Moments of each channel group over `rows` pixels of `c` channels (row stride c) into out[0, groups). The
+// same two passes as chunk_moments, per channel: the group's approximate mean m from the first, then sums of
+// d = x - m and d^2 per channel, combined per group in double. `work` holds 3 c floats.
+void chunk_group_moments(const float* p, int64_t rows, int64_t c, int64_t groups, float* work, Moments* out) {
+  const int64_t cpg = c / groups;
+  float* sum = work;
+  float* dev = work + c;
+  float* sq = work + 2 * c;
+  for (int64_t j = 0; j < c; j += kWidth) {
+    const int t = static_cast<int>(std::min<int64_t>(kWidth, c - j));
+    Vec s0 = simd::zero(), s1 = simd::zero();
+    int64_t r = 0;
+    for (; r + 1 < rows; r += 2) {
+      s0 = simd::add(s0, simd::load_partial(p + r * c + j, t));
+      s1 = simd::add(s1, simd::load_partial(p + (r + 1) * c + j, t));
+    }
+    if (r < rows) s0 = simd::add(s0, simd::load_partial(p + r * c + j, t));
+    simd::store_partial(sum + j, simd::add(s0, s1), t);
+  }
+  // The shift: each channel's group's approximate mean, written over the channel sums.
+  for (int64_t g = 0; g < groups; ++g) {
+    float s = 0;
+    for (int64_t k = 0; k < cpg; ++k) s += sum[g * cpg + k];
+    const float m = s / static_cast<float>(rows * cpg);
+    for (int64_t k = 0; k < cpg; ++k) sum[g * cpg + k] = m;
+  }
+  for (int64_t j = 0; j < c; j += kWidth) {
+    const int t = static_cast<int>(std::min<int64_t>(kWidth, c - j));
+    const Vec m = simd::load_partial(sum + j, t);
+    Vec d = simd::zero(), q = simd::zero();
+    for (int64_t r = 0; r < rows; ++r) {
+      const Vec v = simd::sub(simd::load_partial(p + r * c + j, t), m);
+      d = simd::add(d, v);
+      q = simd::fmadd(v, v, q);
+    }
+    simd::store_partial(dev + j, d, t);
+    simd::store_partial(sq + j, q, t);
+  }
+  const double count = static_cast<double>(rows * cpg);
+  for (int64_t g = 0; g < groups; ++g) {
+    double sum_d = 0, sum_q = 0;
+    for (int64_t k = 0; k < cpg; ++k) {
+      sum_d += dev[g * cpg + k];
+      sum_q += sq[g * cpg + k];
+    }
+    out[g] = {count, sum[g * cpg] + sum_d / count, std::max(0.0, sum_q - sum_d * sum_d / count)};
+  }
+}
 
-  auto statistics = [&](int64_t pair, int64_t part) {
-    const float* base = src + pair * count;
-    for (int64_t k = part * chunks_per_part; k < std::min(chunks, (part + 1) * chunks_per_part); ++k)
-      chunk_stats[pair * chunks + k] = chunk_moments(base + k * kChunk, std::min(kChunk, count - k * kChunk));
-  };
-  auto normalize_part = [&](int64_t pair, int64_t part) {
-    Moments m;
-    for (int64_t k = 0; k < chunks; ++k) merge(m, chunk_stats[pair * chunks + k]);
-    // torch.nn.GroupNorm: biased variance, 1 / sqrt(var + eps).
-    const double inv_std = 1.0 / std::sqrt(m.m2 / m.count + eps);
-    float mean_hi, mean_lo;
-    split(m.mean, mean_hi, mean_lo);
-    const int64_t begin = std::min(count, part * chunks_per_part * kChunk);
-    const int64_t end = std::min(count, (part + 1) * chunks_per_part * kChunk);
-    const int64_t ch0 = (pair % groups) * cpg;
-    for (int64_t i = begin; i < end;) {
-      const int64_t ch = ch0 + i / spatial, stop = std::min(end, (i / spatial + 1) * spatial);
-      const float scale = static_cast<float>(inv_std * g[ch]);
-      const int64_t at = pair * count + i;
-      if (silu)
-        normalize<true>(src + at, dst + at, stop - i, mean_hi, mean_lo, scale, bt[ch]);
+// One pixel: y[j] = ((x[j] - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j], then SiLU if asked, stored as fp32
+// or rounded to bf16. The mean is split into two floats (mean_hi + mean_lo = mean to 2^-48 relative): x - mean_hi
+// is exact for x near the mean (Sterbenz), so a large mean costs no accuracy, where x * scale + (shift - mean *
+// scale) would round the mean's product to the output's ulp at the mean's magnitude (4e-6 of a unit-variance
+// output at mean 100).
+template <bool kSilu, typename Out>
+void normalize_pixel(const float* x, Out* y, int64_t c, const float* mean_hi, const float* mean_lo, const float* scale,
+                     const float* shift) {
+  for (int64_t j = 0; j < c; j += kWidth) {
+    const int t = static_cast<int>(std::min<int64_t>(kWidth, c - j));
+    Vec v = simd::sub(simd::sub(simd::load_partial(x + j, t), simd::load_partial(mean_hi + j, t)),
+                      simd::load_partial(mean_lo + j, t));
+    v = simd::fmadd(v, simd::load_partial(scale + j, t), simd::load_partial(shift + j, t));
+    if (kSilu) v = simd::silu(v);
+    if constexpr (std::is_same_v<Out, float>) {
+      if (t == kWidth)
+        simd::store(y + j, v);
       else
-        normalize<false>(src + at, dst + at, stop - i, mean_hi, mean_lo, scale, bt[ch]);
-      i = stop;
-    }
-  };
-
-  if (parts == 1) {
-#pragma omp parallel for schedule(static)
-    for (int64_t pair = 0; pair < pairs; ++pair) {
-      statistics(pair, 0);
-      normalize_part(pair, 0);
-    }
-  } else {
-#pragma omp parallel
-    {
-#pragma omp for schedule(static)
-      for (int64_t task = 0; task < pairs * parts; ++task) statistics(task / parts, task % parts);
-#pragma omp for schedule(static)
-      for (int64_t task = 0; task < pairs * parts; ++task) normalize_part(task / parts, task % parts);
+        simd::store_partial(y + j, v, t);
+    } else {
+      if (t == kWidth)
+        simd::store_bf16(y + j, v);
+      else
+        simd::store_bf16_partial(y + j, v, t);
     }
   }
+}
+
+template <typename Out>
+void group_norm_to(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu,
+                   Out* dst) {
+  const int64_t c = x.dim(-1), n = x.dim(0), pixels = x.numel() / (n * c);
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kNormChunkValues / c);
+  const int64_t chunks = (pixels + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<Moments> chunk_stats(n * chunks * groups);
+  const float* src = x.data();
+  // Per image, per channel: the group's mean split in two, 1 / std * gamma, beta.
+  std::vector<float> mean_hi(n * c), mean_lo(n * c), scale(n * c);
+  const int64_t cpg = c / groups;
+#pragma omp parallel
+  {
+    std::vector<float> work(3 * c);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < n * chunks; ++task) {
+      const int64_t image = task / chunks, k = task % chunks;
+      const int64_t rows = std::min(rows_per_chunk, pixels - k * rows_per_chunk);
+      chunk_group_moments(src + (image * pixels + k * rows_per_chunk) * c, rows, c, groups, work.data(),
+                          &chunk_stats[task * groups]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t pair = 0; pair < n * groups; ++pair) {
+      const int64_t image = pair / groups, g = pair % groups;
+      Moments m;
+      for (int64_t k = 0; k < chunks; ++k) merge(m, chunk_stats[(image * chunks + k) * groups + g]);
+      // torch.nn.GroupNorm: biased variance, 1 / sqrt(var + eps).
+      const double inv_std = 1.0 / std::sqrt(m.m2 / m.count + eps);
+      float hi, lo;
+      split(m.mean, hi, lo);
+      for (int64_t j = g * cpg; j < (g + 1) * cpg; ++j) {
+        mean_hi[image * c + j] = hi;
+        mean_lo[image * c + j] = lo;
+        scale[image * c + j] = static_cast<float>(inv_std * gamma[j]);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < n * pixels; ++row) {
+      const int64_t at = (row / pixels) * c;
+      if (silu)
+        normalize_pixel<true>(src + row * c, dst + row * c, c, &mean_hi[at], &mean_lo[at], &scale[at], beta.data());
+      else
+        normalize_pixel<false>(src + row * c, dst + row * c, c, &mean_hi[at], &mean_lo[at], &scale[at], beta.data());
+    }
+  }
+}
+
+void check_group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta) {
+  if (x.ndim() < 2 || groups <= 0 || x.dim(-1) % groups != 0 || gamma.numel() != x.dim(-1) || beta.numel() != x.dim(-1))
+    throw InvalidArgument("group_norm: input " + shape_to_string(x.shape()) + " does not fit " +
+                          std::to_string(groups) + " groups / parameters of size " + std::to_string(gamma.numel()));
+}
+
+}  // namespace
+
+// Three parallel loops: the statistics of every chunk (in fixed chunk boundaries), their merge per (image, group)
+// in chunk order, the normalization pixel by pixel. Neither the chunks nor the merge order depend on the thread
+// count, so neither does the result.
+Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu) {
+  check_group_norm(x, groups, gamma, beta);
+  Tensor y(x.shape());
+  if (x.numel() > 0) group_norm_to(x, groups, gamma, beta, eps, silu, y.data());
   return y;
+}
+
+void group_norm_into(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps, bool silu,
+                     void* out, ComputeType out_type) {
+  check_group_norm(x, groups, gamma, beta);
+  if (x.numel() == 0) return;
+  if (out_type == ComputeType::bf16)
+    group_norm_to(x, groups, gamma, beta, eps, silu, static_cast<uint16_t*>(out));
+  else
+    group_norm_to(x, groups, gamma, beta, eps, silu, static_cast<float*>(out));
 }
 
 // One row per iteration: a row of C <= 2048 values is one chunk (two passes, the second from L1), longer rows

@@ -122,6 +122,56 @@ inline float reduce_add(Vec v) { return v; }
 
 #endif
 
+// ---- bfloat16 stores ------------------------------------------------------------------------------------------
+// fp32 -> bfloat16 (the upper 16 bits of the float) rounded to nearest even, a NaN kept a (quiet) NaN: the
+// rounding of vcvtneps2bf16 and of oneDNN's f32 -> bf16 reorder, so a kernel that writes a convolution's bf16 input
+// itself gives the convolution the same bits the reorder would.
+inline uint16_t to_bf16(float x) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+#if defined(__AVX512F__)
+inline __m256i to_bf16(Vec v) {
+#if defined(__AVX512BF16__)
+  return (__m256i)_mm512_cvtneps_pbh(v);
+#else
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(r);
+#endif
+}
+inline void store_bf16(uint16_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+inline void store_bf16_partial(uint16_t* p, Vec v, int n) {
+  _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), to_bf16(v));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+inline __m128i to_bf16(Vec v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+  r = _mm256_blendv_epi8(r, quiet, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));  // every value < 2^16
+}
+inline void store_bf16(uint16_t* p, Vec v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
+inline void store_bf16_partial(uint16_t* p, Vec v, int n) {
+  alignas(16) uint16_t lanes[8];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lanes), to_bf16(v));
+  for (int i = 0; i < n; ++i) p[i] = lanes[i];
+}
+#else
+inline void store_bf16(uint16_t* p, Vec v) { *p = to_bf16(v); }
+inline void store_bf16_partial(uint16_t* p, Vec v, int n) {
+  if (n > 0) *p = to_bf16(v);
+}
+#endif
+
 // Vectorized e^x, fp32 (Cephes expf, S. Moshier): x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2
 // (Cody-Waite: ln2 split in two so n * ln2_hi is exact), e^r by a degree-7 polynomial (1 + r + r^2 P5(r),
 // minimax coefficients), then scaled by 2^n.

@@ -1,8 +1,12 @@
 #include "nets/layers.h"
 
+#include <utility>
+
+#include "core/error.h"
 #include "kernels/conv2d.h"
 #include "kernels/linear.h"
 #include "kernels/norms.h"
+#include "kernels/upsample.h"
 
 namespace sdcpu {
 
@@ -29,15 +33,19 @@ Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in,
 Tensor Linear::operator()(const Tensor& x) const { return linear(x, prepared); }
 
 Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel, int stride,
-                    int padding) {
+                    int padding, ConvLayouts layouts) {
   const WeightSource weight = weight_source(w, prefix + ".weight", {out, in, kernel, kernel});  // before the bias
   Conv2d c;
   c.prepared = PreparedConv2d(weight, w.get(prefix + ".bias", {out}), stride,
-                              Conv2dPadding::same(padding < 0 ? kernel / 2 : padding), w.compute_type());
+                              Conv2dPadding::same(padding < 0 ? kernel / 2 : padding), w.compute_type(), layouts);
   return c;
 }
 
-Tensor Conv2d::operator()(const Tensor& x) const { return conv2d(x, prepared); }
+Tensor Conv2d::operator()(const Tensor& x, Tensor residual) const { return conv2d(x, prepared, std::move(residual)); }
+
+Tensor Conv2d::operator()(const ConvSource& x, Tensor residual) const {
+  return conv2d(x, prepared, std::move(residual));
+}
 
 Tensor Conv2d::padded(const Tensor& x, int top, int left, int bottom, int right) const {
   return conv2d(x, prepared.with_padding({top, left, bottom, right}));
@@ -54,6 +62,19 @@ GroupNorm GroupNorm::load(const WeightStore& w, const std::string& prefix, int64
 
 Tensor GroupNorm::operator()(const Tensor& x, bool silu) const {
   return group_norm(x, groups, weight, bias, eps, silu);
+}
+
+ConvSource GroupNorm::as_conv_input(const Tensor& x, bool silu) const {
+  return {x.shape(), [this, &x, silu](void* out, ComputeType type) {
+            group_norm_into(x, groups, weight, bias, eps, silu, out, type);
+          }};
+}
+
+ConvSource upsample_as_conv_input(const Tensor& x, int64_t out_h, int64_t out_w) {
+  if (x.ndim() != 4)
+    throw InvalidArgument("upsample_nearest: expected [N, H, W, C], got " + shape_to_string(x.shape()));
+  return {{x.dim(0), out_h, out_w, x.dim(3)},
+          [&x, out_h, out_w](void* out, ComputeType type) { upsample_nearest_into(x, out_h, out_w, out, type); }};
 }
 
 LayerNorm LayerNorm::load(const WeightStore& w, const std::string& prefix, int64_t channels, float eps) {

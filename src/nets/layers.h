@@ -1,6 +1,10 @@
 // The building blocks the networks are written with, named like their torch.nn counterparts. Each
 // loads its parameters once, by checkpoint name, from a WeightStore (the prefix is the module's path,
 // e.g. "down_blocks.0.resnets.1.conv1"), and is then applied like a function.
+//
+// Images are channels-last inside the networks, [N, H, W, C] (kernels/conv2d.h, ImageLayout): a tensor that
+// PyTorch would hold as [N, C, H, W] is here its permute(0, 2, 3, 1). Only a network's first and last
+// convolutions read or write NCHW, the layout of its inputs and outputs.
 #pragma once
 #include <string>
 
@@ -27,9 +31,13 @@ struct Linear {
 struct Conv2d {
   PreparedConv2d prepared;  // stride and padding included
   static Conv2d load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel,
-                     int stride = 1, int padding = -1 /* -1: kernel / 2 */);
+                     int stride = 1, int padding = -1 /* -1: kernel / 2 */, ConvLayouts layouts = kChannelsLast);
   bool empty() const { return prepared.empty(); }
-  Tensor operator()(const Tensor& x) const;
+  // conv(x) + residual (when given; see kernels/conv2d.h on passing it with std::move).
+  Tensor operator()(const Tensor& x, Tensor residual = Tensor()) const;
+  // The same on an input the op before writes into this convolution's input buffer (GroupNorm::as_conv_input,
+  // upsample_as_conv_input).
+  Tensor operator()(const ConvSource& x, Tensor residual = Tensor()) const;
   // The same weights with other zero padding per side: Downsample2D's F.pad(x, (0, 1, 0, 1)) then padding 0.
   Tensor padded(const Tensor& x, int top, int left, int bottom, int right) const;
 };
@@ -39,9 +47,16 @@ struct GroupNorm {
   int groups = 32;
   float eps = 1e-5f;
   static GroupNorm load(const WeightStore& w, const std::string& prefix, int64_t channels, int groups, float eps);
-  // With silu = true, applies SiLU after the norm (fused).
+  // x [N, ..., C], channels-last. With silu = true, applies SiLU after the norm (fused).
   Tensor operator()(const Tensor& x, bool silu = false) const;
+  // The same, computed by the convolution it feeds, straight into its input in its precision: conv(norm(x))
+  // is written conv(norm.as_conv_input(x)). x must outlive the call.
+  ConvSource as_conv_input(const Tensor& x, bool silu = false) const;
 };
+
+// F.interpolate(x, size=(out_h, out_w), mode="nearest") on x [N, H, W, C], computed by the convolution it feeds
+// (Upsample2D): conv(upsample_as_conv_input(x, ...)). x must outlive the call.
+ConvSource upsample_as_conv_input(const Tensor& x, int64_t out_h, int64_t out_w);
 
 struct LayerNorm {
   Tensor weight, bias;  // [channels]

@@ -24,21 +24,18 @@ ResnetBlock2D ResnetBlock2D::load(const WeightStore& w, const std::string& prefi
 }
 
 Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb) const {
-  Tensor h = conv1(norm1(x, /*silu=*/true));
+  // Each norm + SiLU writes its convolution's input directly (GroupNorm::as_conv_input).
+  Tensor h = conv1(norm1.as_conv_input(x, /*silu=*/true));
   if (!time_emb_proj.empty()) {
     if (temb.empty()) throw InvalidArgument("ResnetBlock2D: the block needs a time embedding");
     Tensor t = temb.clone();  // the caller's embedding is shared by every block
     silu_(t);
     add_channel_bias_(h, time_emb_proj(t));  // [N, out] broadcast as temb[:, :, None, None]
   }
-  h = conv2(norm2(h, /*silu=*/true));  // dropout is the identity at inference
-  // output = (input_tensor + hidden_states) / output_scale_factor; fp32 addition is commutative, so adding
-  // in place into h gives the same bits.
-  if (conv_shortcut.empty()) {
-    add_(h, x);
-  } else {
-    add_(h, conv_shortcut(x));
-  }
+  // output = (input_tensor + hidden_states) / output_scale_factor, the sum added by conv2 (kernels/conv2d.h):
+  // into the shortcut's fresh output in place, or into a copy of x. Dropout is the identity at inference.
+  Tensor shortcut = conv_shortcut.empty() ? x : conv_shortcut(x);
+  h = conv2(norm2.as_conv_input(h, /*silu=*/true), std::move(shortcut));
   if (output_scale_factor != 1.0f) scale_(h, 1.0f / output_scale_factor);
   return h;
 }

@@ -23,8 +23,9 @@ struct ResnetBlock2D {
   static ResnetBlock2D load(const WeightStore& w, const std::string& prefix, int64_t in_channels, int64_t out_channels,
                             int groups, float eps, int64_t temb_channels = 0, float output_scale_factor = 1.0f);
 
-  // x [N, in, H, W]; temb [N, temb_channels] as the model's time embedding produces it (SiLU is applied
-  // here, as ResnetBlock2D.forward does), or empty when the block has none. Returns [N, out, H, W] =
+  // x [N, H, W, in] (channels-last, nets/layers.h); temb [N, temb_channels] as the model's time embedding
+  // produces it (SiLU is applied here, as ResnetBlock2D.forward does), or empty when the block has none.
+  // Returns [N, H, W, out] =
   // (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / output_scale_factor.
   Tensor operator()(const Tensor& x, const Tensor& temb = Tensor()) const;
 };

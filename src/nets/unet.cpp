@@ -48,7 +48,10 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
   time_embed_dim_ = static_cast<int64_t>(channels[0]) * 4;
   time_embedding_ = unet::TimestepEmbedding::load(w, "time_embedding", channels[0], time_embed_dim_);
   // conv_in padding (conv_in_kernel - 1) // 2, as Conv2d::load's default for odd kernels.
-  conv_in_ = Conv2d::load(w, "conv_in", config_.in_channels, channels[0], config_.conv_in_kernel);
+  // The sample comes in NCHW and the prediction goes out NCHW; everything between is channels-last
+  // (nets/layers.h).
+  conv_in_ = Conv2d::load(w, "conv_in", config_.in_channels, channels[0], config_.conv_in_kernel, 1, -1,
+                          {ImageLayout::nchw, ImageLayout::nhwc});
 
   const unet::BlockOptions options{time_embed_dim_, config_.cross_attention_dim, config_.norm_num_groups,
                                    config_.norm_eps};
@@ -86,7 +89,8 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
     throw ModelError("unet: conv_norm_out has " + std::to_string(channels[0]) + " channels, not divisible into " +
                      std::to_string(config_.norm_num_groups) + " norm groups");
   conv_norm_out_ = GroupNorm::load(w, "conv_norm_out", channels[0], config_.norm_num_groups, config_.norm_eps);
-  conv_out_ = Conv2d::load(w, "conv_out", channels[0], config_.out_channels, config_.conv_out_kernel);
+  conv_out_ = Conv2d::load(w, "conv_out", channels[0], config_.out_channels, config_.conv_out_kernel, 1, -1,
+                           {ImageLayout::nhwc, ImageLayout::nchw});
 }
 
 Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const {
@@ -130,13 +134,13 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const
       if (down_block_res_samples.size() <= block.resnets.size())
         throw InvalidArgument("unet: more up than down resolution levels");
       const Tensor& next = down_block_res_samples[down_block_res_samples.size() - 1 - block.resnets.size()];
-      upsample_size = std::make_pair(next.dim(2), next.dim(3));
+      upsample_size = std::make_pair(next.dim(1), next.dim(2));  // channels-last [B, H, W, C]
     }
     h = block(std::move(h), emb, encoder_hidden_states, down_block_res_samples, upsample_size);
   }
 
   // 6. post-process: conv_norm_out -> conv_act (SiLU) -> conv_out
-  return conv_out_(conv_norm_out_(h, /*silu=*/true));
+  return conv_out_(conv_norm_out_.as_conv_input(h, /*silu=*/true));
 }
 
 }  // namespace sdcpu

@@ -128,12 +128,14 @@ Transformer2DModel Transformer2DModel::load(const WeightStore& w, const std::str
 }
 
 Tensor Transformer2DModel::operator()(const Tensor& x, const Tensor& encoder_hidden_states) const {
-  const int64_t height = x.dim(2), width = x.dim(3);
-  Tensor h = proj_in(nchw_to_nlc(norm(x)));  // [B, H*W, C]
+  // On our channels-last image [B, H, W, C] the tokens [B, H*W, C] are the image reshaped, so diffusers'
+  // permute + reshape before proj_in and after proj_out move nothing.
+  const Shape tokens_shape = {x.dim(0), x.dim(1) * x.dim(2), x.dim(3)};
+  Tensor h = proj_in(norm(x).reshape(tokens_shape));
   for (const auto& block : transformer_blocks) h = block(std::move(h), encoder_hidden_states);
-  Tensor out = nlc_to_nchw(proj_out(h), height, width);
-  add_(out, x);  // output = hidden_states + residual
-  return out;
+  Tensor out = proj_out(h);
+  add_(out, x.reshape(tokens_shape));  // output = hidden_states + residual
+  return out.reshape(x.shape());
 }
 
 Downsample2D Downsample2D::load(const WeightStore& w, const std::string& prefix, int64_t channels, int padding) {
@@ -152,8 +154,10 @@ Upsample2D Upsample2D::load(const WeightStore& w, const std::string& prefix, int
 }
 
 Tensor Upsample2D::operator()(const Tensor& x, std::optional<std::pair<int64_t, int64_t>> output_size) const {
-  if (!output_size) return conv(upsample_nearest_2x(x));  // F.interpolate(scale_factor=2.0, mode="nearest")
-  return conv(upsample_nearest(x, output_size->first, output_size->second));
+  // F.interpolate(scale_factor=2.0, mode="nearest"), or to output_size; the conv reads the upsampled image as the
+  // upsample writes it.
+  const auto [h, w] = output_size ? *output_size : std::make_pair(2 * x.dim(1), 2 * x.dim(2));
+  return conv(upsample_as_conv_input(x, h, w));
 }
 
 DownBlock DownBlock::load(const WeightStore& w, const std::string& prefix, const BlockOptions& o, bool cross_attention,
@@ -232,7 +236,7 @@ Tensor UpBlock::operator()(Tensor x, const Tensor& temb, const Tensor& encoder_h
     if (res_samples.empty()) throw InvalidArgument("unet: ran out of skip connections");
     Tensor skip = std::move(res_samples.back());
     res_samples.pop_back();
-    if (skip.dim(2) != x.dim(2) || skip.dim(3) != x.dim(3))
+    if (skip.dim(1) != x.dim(1) || skip.dim(2) != x.dim(2))
       throw InvalidArgument("unet: skip connection " + shape_to_string(skip.shape()) + " does not fit " +
                             shape_to_string(x.shape()));
     x = resnets[i](concat_channels(x, skip), temb);  // torch.cat([hidden_states, res_hidden_states], dim=1)

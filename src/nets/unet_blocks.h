@@ -80,7 +80,7 @@ struct Transformer2DModel {
   std::vector<BasicTransformerBlock> transformer_blocks;
   static Transformer2DModel load(const WeightStore& w, const std::string& prefix, int64_t channels, int heads,
                                  int num_layers, int64_t cross_attention_dim, int norm_groups);
-  // x [B, C, H, W], encoder_hidden_states [B, L, cross_attention_dim] -> [B, C, H, W].
+  // x [B, H, W, C] (channels-last), encoder_hidden_states [B, L, cross_attention_dim] -> [B, H, W, C].
   Tensor operator()(const Tensor& x, const Tensor& encoder_hidden_states) const;
 };
 

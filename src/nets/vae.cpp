@@ -34,18 +34,18 @@ VaeAttentionBlock VaeAttentionBlock::load(const WeightStore& w, const std::strin
 
 // AttnProcessor2_0 on a 4-D input: view as [N, C, H*W], group-norm over channels, transpose to tokens
 // [N, H*W, C], q/k/v projections, softmax(q k^T / sqrt(C / heads)) v, to_out (dropout is the identity),
-// back to [N, C, H, W], add the residual, divide by rescale_output_factor (1).
+// back to [N, C, H, W], add the residual, divide by rescale_output_factor (1). On our channels-last image
+// [N, H, W, C] the tokens are the image itself, reshaped: neither transpose moves anything.
 Tensor VaeAttentionBlock::operator()(const Tensor& x) const {
-  const int64_t h = x.dim(2), w = x.dim(3);
-  Tensor tokens = nchw_to_nlc(group_norm(x));
+  const Shape tokens_shape = {x.dim(0), x.dim(1) * x.dim(2), x.dim(3)};
+  Tensor tokens = group_norm(x).reshape(tokens_shape);
   // The products stay fp32 even in a bf16 VAE: with a single head of all C channels, bf16 scores raised the tiny
   // fixture decoder's error (2.16% -> 2.24% of its scale; the full-size one 0.95% -> 1.0%), and this one block at
   // the lowest resolution is ~1% of the decoder's work (34 of 2515 GFLOP at 512x512), not worth the risk. The
   // projections around it follow the store's precision.
-  Tensor out = to_out(attention(to_q(tokens), to_k(tokens), to_v(tokens), heads));
-  Tensor y = nlc_to_nchw(out, h, w);
-  add_(y, x);  // residual_connection=True
-  return y;
+  Tensor y = to_out(attention(to_q(tokens), to_k(tokens), to_v(tokens), heads));
+  add_(y, x.reshape(tokens_shape));  // residual_connection=True
+  return y.reshape(x.shape());
 }
 
 // UNetMidBlock2D(in_channels=C, temb_channels=None, attention_head_dim=C, output_scale_factor=1): so
@@ -68,8 +68,10 @@ VaeDecoder::VaeDecoder(const VaeConfig& c, const WeightStore& w) : config_(c) {
   const int groups = c.norm_num_groups;
   const std::vector<int>& ch = c.block_out_channels;
   const int64_t top = ch.back();
-  post_quant_conv_ = Conv2d::load(w, "post_quant_conv", c.latent_channels, c.latent_channels, 1);
-  conv_in_ = Conv2d::load(w, "decoder.conv_in", c.latent_channels, top, 3);
+  // The latent comes in NCHW and the image goes out NCHW; everything between is channels-last (nets/layers.h).
+  post_quant_conv_ = Conv2d::load(w, "post_quant_conv", c.latent_channels, c.latent_channels, 1, 1, 0, {});
+  conv_in_ =
+      Conv2d::load(w, "decoder.conv_in", c.latent_channels, top, 3, 1, 1, {ImageLayout::nchw, ImageLayout::nhwc});
   mid_block_ = VaeMidBlock::load(w, "decoder.mid_block", top, groups, kEps);
   // Up blocks walk block_out_channels reversed; block i goes from the previous block's width to its own.
   int64_t out_ch = top;
@@ -86,7 +88,8 @@ VaeDecoder::VaeDecoder(const VaeConfig& c, const WeightStore& w) : config_(c) {
     up_blocks_.push_back(std::move(block));
   }
   conv_norm_out_ = GroupNorm::load(w, "decoder.conv_norm_out", ch.front(), groups, kEps);
-  conv_out_ = Conv2d::load(w, "decoder.conv_out", ch.front(), c.out_channels, 3);
+  conv_out_ =
+      Conv2d::load(w, "decoder.conv_out", ch.front(), c.out_channels, 3, 1, 1, {ImageLayout::nhwc, ImageLayout::nchw});
 }
 
 Tensor VaeDecoder::forward(const Tensor& latent) const {
@@ -98,10 +101,11 @@ Tensor VaeDecoder::forward(const Tensor& latent) const {
   x = mid_block_(x);
   for (const UpBlock& block : up_blocks_) {
     for (const ResnetBlock2D& resnet : block.resnets) x = resnet(x);
-    // Upsample2D: F.interpolate(scale_factor=2.0, mode="nearest"), then the conv.
-    if (!block.upsampler.empty()) x = block.upsampler(upsample_nearest_2x(x));
+    // Upsample2D: F.interpolate(scale_factor=2.0, mode="nearest"), then the conv, which reads the upsampled
+    // image as the upsample writes it.
+    if (!block.upsampler.empty()) x = block.upsampler(upsample_as_conv_input(x, 2 * x.dim(1), 2 * x.dim(2)));
   }
-  return conv_out_(conv_norm_out_(x, /*silu=*/true));
+  return conv_out_(conv_norm_out_.as_conv_input(x, /*silu=*/true));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -112,7 +116,9 @@ VaeEncoder::VaeEncoder(const VaeConfig& c, const WeightStore& w) : config_(c) {
   const int groups = c.norm_num_groups;
   const std::vector<int>& ch = c.block_out_channels;
   const int64_t top = ch.back(), moments = 2 * static_cast<int64_t>(c.latent_channels);  // double_z
-  conv_in_ = Conv2d::load(w, "encoder.conv_in", c.in_channels, ch.front(), 3);
+  // The image comes in NCHW and the moments go out NCHW; everything between is channels-last (nets/layers.h).
+  conv_in_ =
+      Conv2d::load(w, "encoder.conv_in", c.in_channels, ch.front(), 3, 1, 1, {ImageLayout::nchw, ImageLayout::nhwc});
   int64_t out_ch = ch.front();
   for (size_t i = 0; i < ch.size(); ++i) {
     const int64_t in_ch = out_ch;
@@ -128,8 +134,8 @@ VaeEncoder::VaeEncoder(const VaeConfig& c, const WeightStore& w) : config_(c) {
   }
   mid_block_ = VaeMidBlock::load(w, "encoder.mid_block", top, groups, kEps);
   conv_norm_out_ = GroupNorm::load(w, "encoder.conv_norm_out", top, groups, kEps);
-  conv_out_ = Conv2d::load(w, "encoder.conv_out", top, moments, 3);
-  quant_conv_ = Conv2d::load(w, "quant_conv", moments, moments, 1);
+  conv_out_ = Conv2d::load(w, "encoder.conv_out", top, moments, 3, 1, 1, {ImageLayout::nhwc, ImageLayout::nchw});
+  quant_conv_ = Conv2d::load(w, "quant_conv", moments, moments, 1, 1, 0, {});
 }
 
 VaeEncoder::Output VaeEncoder::forward(const Tensor& image) const {
@@ -147,7 +153,7 @@ VaeEncoder::Output VaeEncoder::forward(const Tensor& image) const {
     }
   }
   x = mid_block_(x);
-  Tensor moments = quant_conv_(conv_out_(conv_norm_out_(x, /*silu=*/true)));
+  Tensor moments = quant_conv_(conv_out_(conv_norm_out_.as_conv_input(x, /*silu=*/true)));
 
   // DiagonalGaussianDistribution: mean, logvar = chunk(moments, 2, dim=1); logvar clamped to [-30, 20];
   // std = exp(0.5 * logvar).
