@@ -263,6 +263,9 @@ TEST(Kernels, PreparedConv2dRejectsBadArguments) {
                InvalidArgument);  // residual shape (the output is [1, 8, 3, 3])
   EXPECT_THROW(conv2d(random_tensor({1, 4, 8, 8}, 18), PreparedConv2d()), InvalidArgument);
   EXPECT_THROW(conv.with_padding({-1, 0, 0, 0}), InvalidArgument);
+  // A channels-last source for an NCHW convolution.
+  const ConvSource nhwc{{1, 8, 8, 4}, [](void*, ComputeType) { ADD_FAILURE() << "written"; }};
+  EXPECT_THROW(conv2d(nhwc, conv), InvalidArgument);
 }
 
 }  // namespace

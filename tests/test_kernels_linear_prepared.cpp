@@ -6,6 +6,7 @@
 #include <random>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -71,6 +72,32 @@ TEST(Kernels, PreparedLinearBf16MatchesReferenceOnRoundedOperands) {
       EXPECT_LT(d.max_abs, 2e-2 * d.max_ref);
     }
   }
+}
+
+// + residual, added after the bias by the product's sum post-op, in fp32 even in bf16 (never rounded). A shared
+// residual is left as it was; an unshared one (std::move) becomes the output. Both give the same values.
+TEST(Kernels, PreparedLinearAddsTheResidual) {
+  const Tensor w = random_tensor({96, 320}, 1), b = random_tensor({96}, 2), x = random_tensor({2, 77, 320}, 3);
+  for (ComputeType compute : {ComputeType::f32, ComputeType::bf16}) {
+    if (compute == ComputeType::bf16 && !cpu_has_native_bf16()) continue;
+    SCOPED_TRACE(compute_type_name(compute));
+    const PreparedLinear layer(w, b, compute);
+    const bool bf16 = layer.compute_type() == ComputeType::bf16;
+    Tensor expected = linear_reference(bf16 ? testing::round_to_bf16(x) : x, bf16 ? testing::round_to_bf16(w) : w, b);
+    const Tensor residual = random_tensor({2, 77, 96}, 4, 100.0f);  // large: a rounded residual would show
+    for (int64_t i = 0; i < expected.numel(); ++i) expected[i] += residual[i];
+    const std::vector<float> before = residual.to_vector();
+    const Tensor y_shared = linear(x, layer, residual);
+    EXPECT_TENSOR_NEAR(y_shared, expected, 1e-6);
+    EXPECT_EQ(residual.to_vector(), before);
+    Tensor unshared = residual.clone();
+    const float* storage = unshared.data();
+    const Tensor y = linear(x, layer, std::move(unshared));
+    EXPECT_EQ(y.data(), storage);
+    EXPECT_EQ(y.to_vector(), y_shared.to_vector());
+  }
+  const PreparedLinear layer(w, b);
+  EXPECT_THROW(linear(x, layer, random_tensor({2, 77, 95}, 5)), InvalidArgument);
 }
 
 TEST(Kernels, PreparedLinearEmptyRowsAndErrors) {

@@ -343,6 +343,8 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual) {
 }
 
 Tensor conv2d(const ConvSource& x, const PreparedConv2d& conv, Tensor residual) {
+  if (!conv.empty() && x.layout != conv.layouts().src)
+    throw InvalidArgument("conv2d: the source's layout is not the convolution's");
   const auto [plan, y_shape] = conv.plan_for(x.shape, !residual.empty());
   if (!plan->source_in_place) {  // the primitive wants another layout: write our fp32 tensor, then reorder it
     Tensor input(x.shape);

@@ -48,11 +48,13 @@ struct ConvLayouts {
 constexpr ConvLayouts kChannelsLast{ImageLayout::nhwc, ImageLayout::nhwc};
 
 // A convolution's input computed by the op before it: write(out, type) writes the shape_numel(shape) values of
-// the input image, in the convolution's source layout, as fp32 or rounded to bf16 (`type`, the convolution's
-// compute type) into `out`, the buffer the convolution reads. The fp32 tensor in between is never written.
+// the input image, laid out as `layout` says, as fp32 or rounded to bf16 (`type`, the convolution's compute
+// type) into `out`, the buffer the convolution reads. The fp32 tensor in between is never written. The layout
+// must be the convolution's source layout.
 struct ConvSource {
   Shape shape;
   std::function<void(void* out, ComputeType type)> write;
+  ImageLayout layout = ImageLayout::nhwc;
 };
 
 // A convolution with its weights prepacked once. Copies share the packed weights and the primitive cache,

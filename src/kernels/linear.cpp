@@ -1,9 +1,11 @@
 #include "kernels/linear.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -27,14 +29,21 @@ struct MatmulPrimitive {
 
 // `compute`: the data type of the source and the weights; the bias and the destination are always fp32 (in bf16
 // the products accumulate in fp32 and the output is not rounded).
+// With `residual`, dst = x W^T + b + 1.0 * dst (a sum post-op): the residual is in dst before the product.
 dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has_bias, Tag weight_tag,
-                                       memory::data_type compute = kF32) {
+                                       memory::data_type compute = kF32, bool residual = false) {
   memory::desc src({m, k}, compute, Tag::ab);
   memory::desc wei({k, n}, compute, weight_tag);
   memory::desc dst({m, n}, kF32, Tag::ab);
   auto desc = has_bias ? dnnl::matmul::desc(src, wei, memory::desc({1, n}, kF32, Tag::ab), dst)
                        : dnnl::matmul::desc(src, wei, dst);
-  return dnnl::matmul::primitive_desc(desc, with_user_scratchpad(), dnnl_engine());
+  dnnl::primitive_attr attr = with_user_scratchpad();
+  if (residual) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  return dnnl::matmul::primitive_desc(desc, attr, dnnl_engine());
 }
 
 const MatmulPrimitive& matmul_primitive(const Key& key) {
@@ -96,21 +105,21 @@ struct PreparedLinear::Weights {
     memory::desc src_plain;        // our fp32 [m, k] rows
     dnnl::reorder src_to_compute;  // fp32 -> bf16 rounding of the rows, when compute is bf16
   };
-  std::map<int64_t, std::unique_ptr<Plan>> plans;  // by row count m
+  std::map<std::pair<int64_t, bool>, std::unique_ptr<Plan>> plans;  // by row count m, with a residual
 
-  const Plan& plan(int64_t m) {
+  const Plan& plan(int64_t m, bool residual) {
     std::lock_guard<std::mutex> lock(mutex);
-    auto it = plans.find(m);
+    auto it = plans.find({m, residual});
     if (it != plans.end()) return *it->second;
     auto plan = std::make_unique<Plan>();
-    plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any, compute);
+    plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any, compute, residual);
     plan->prim = dnnl::matmul(plan->pd);
     plan->weights = packed.in(plan->pd.weights_desc());
     plan->src_plain = memory::desc({m, k}, kF32, Tag::ab);
     if (plan->pd.src_desc() != plan->src_plain)
       plan->src_to_compute = dnnl::reorder(
           dnnl::reorder::primitive_desc(dnnl_engine(), plan->src_plain, dnnl_engine(), plan->pd.src_desc()));
-    auto [pos, inserted] = plans.emplace(m, std::move(plan));
+    auto [pos, inserted] = plans.emplace(std::make_pair(m, residual), std::move(plan));
     return *pos->second;
   }
 };
@@ -144,16 +153,23 @@ ComputeType PreparedLinear::compute_type() const {
   return weights_ && weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
 }
 
-Tensor linear(const Tensor& x, const PreparedLinear& layer) {
+Tensor linear(const Tensor& x, const PreparedLinear& layer, Tensor residual) {
   if (layer.empty()) throw InvalidArgument("linear: empty layer");
   PreparedLinear::Weights& wt = *layer.weights_;
   check_linear_args(x.shape(), wt.k);
   const int64_t m = x.numel() / wt.k;
   Shape out_shape = x.shape();
   out_shape.back() = wt.n;
-  Tensor y(out_shape);
+  const bool has_residual = !residual.empty();
+  if (has_residual && residual.shape() != out_shape)
+    throw InvalidArgument("linear: residual " + shape_to_string(residual.shape()) + " does not match the output " +
+                          shape_to_string(out_shape));
+  // A residual nobody else holds is the output itself: the product adds into it.
+  Tensor y = has_residual && residual.storage_unique() ? residual : Tensor(out_shape);
   if (m == 0) return y;
-  const auto& plan = wt.plan(m);
+  if (has_residual && y.data() != residual.data())
+    std::copy(residual.data(), residual.data() + residual.numel(), y.data());
+  const auto& plan = wt.plan(m, has_residual);
   auto& eng = dnnl_engine();
   memory src(plan.src_plain, eng, const_cast<float*>(x.data()));
   ScratchBuffer rounded_buffer;

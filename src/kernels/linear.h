@@ -41,11 +41,13 @@ class PreparedLinear {
   struct Weights;  // packed weight + per-row-count primitives, shared by copies
 
  private:
-  friend Tensor linear(const Tensor& x, const PreparedLinear& layer);
+  friend Tensor linear(const Tensor& x, const PreparedLinear& layer, Tensor residual);
   std::shared_ptr<Weights> weights_;
 };
 
-// x [..., K] -> [..., N] = x W^T + b.
-Tensor linear(const Tensor& x, const PreparedLinear& layer);
+// x [..., K] -> [..., N] = x W^T + b, + residual [..., N] when given (added after the bias by the product's sum
+// post-op: the transformer blocks' `attn(norm(x)) + x`). A residual whose storage no other tensor shares (passed
+// with std::move) becomes the output: the product adds into it, nothing is copied.
+Tensor linear(const Tensor& x, const PreparedLinear& layer, Tensor residual = Tensor());
 
 }  // namespace sdcpu

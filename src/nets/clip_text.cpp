@@ -1,6 +1,7 @@
 #include "nets/clip_text.h"
 
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "kernels/activations.h"
@@ -56,14 +57,15 @@ Tensor ClipTextModel::forward(const std::vector<std::vector<int>>& input_ids, in
     }
   }
 
-  // CLIPEncoderLayer, pre-norm: x + attn(ln1(x)), then x + mlp(ln2(x)).
+  // CLIPEncoderLayer, pre-norm: x + attn(ln1(x)), then x + mlp(ln2(x)); each sum added by the branch's last
+  // linear layer into x itself (kernels/linear.h).
   const int layers_to_run = config_.num_hidden_layers - clip_skip;
   for (int i = 0; i < layers_to_run; ++i) {
     const EncoderLayer& layer = layers_[i];
     Tensor h = layer.layer_norm1(hidden);
     Tensor attn = attention(layer.q_proj(h), layer.k_proj(h), layer.v_proj(h), config_.num_attention_heads,
                             /*causal=*/true, compute_);
-    add_(hidden, layer.out_proj(attn));
+    hidden = layer.out_proj(attn, std::move(hidden));
 
     h = layer.layer_norm2(hidden);
     Tensor mlp = layer.fc1(h);
@@ -71,7 +73,7 @@ Tensor ClipTextModel::forward(const std::vector<std::vector<int>>& input_ids, in
       quick_gelu_(mlp);
     else
       gelu_(mlp);
-    add_(hidden, layer.fc2(mlp));
+    hidden = layer.fc2(mlp, std::move(hidden));
   }
   return final_layer_norm_(hidden);
 }

@@ -30,7 +30,7 @@ Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in,
   return l;
 }
 
-Tensor Linear::operator()(const Tensor& x) const { return linear(x, prepared); }
+Tensor Linear::operator()(const Tensor& x, Tensor residual) const { return linear(x, prepared, std::move(residual)); }
 
 Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel, int stride,
                     int padding, ConvLayouts layouts) {

@@ -22,7 +22,8 @@ struct Linear {
   PreparedLinear prepared;
   static Linear load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, bool bias = true);
   bool empty() const { return prepared.empty(); }
-  Tensor operator()(const Tensor& x) const;
+  // x W^T + b, + residual when given (see kernels/linear.h on passing it with std::move).
+  Tensor operator()(const Tensor& x, Tensor residual = Tensor()) const;
 };
 
 // The weights are prepacked at load into oneDNN's blocked layout (kernels/conv2d.h), in the store's compute

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -79,9 +80,10 @@ Attention Attention::load(const WeightStore& w, const std::string& prefix, int64
   return a;
 }
 
-Tensor Attention::operator()(const Tensor& x, const Tensor& context) const {
+Tensor Attention::operator()(const Tensor& x, const Tensor& context, Tensor residual) const {
   // AttnProcessor2_0 splits heads with view/transpose; the kernel reads them interleaved in place instead.
-  return to_out(attention(to_q(x), to_k(context), to_v(context), heads, /*causal=*/false, compute));
+  return to_out(attention(to_q(x), to_k(context), to_v(context), heads, /*causal=*/false, compute),
+                std::move(residual));
 }
 
 FeedForward FeedForward::load(const WeightStore& w, const std::string& prefix, int64_t dim) {
@@ -89,7 +91,9 @@ FeedForward FeedForward::load(const WeightStore& w, const std::string& prefix, i
   return {Linear::load(w, prefix + ".net.0.proj", dim, 2 * inner), Linear::load(w, prefix + ".net.2", inner, dim)};
 }
 
-Tensor FeedForward::operator()(const Tensor& x) const { return out(geglu(proj(x))); }
+Tensor FeedForward::operator()(const Tensor& x, Tensor residual) const {
+  return out(geglu(proj(x)), std::move(residual));
+}
 
 BasicTransformerBlock BasicTransformerBlock::load(const WeightStore& w, const std::string& prefix, int64_t dim,
                                                   int heads, int64_t cross_attention_dim) {
@@ -103,11 +107,14 @@ BasicTransformerBlock BasicTransformerBlock::load(const WeightStore& w, const st
 }
 
 Tensor BasicTransformerBlock::operator()(Tensor x, const Tensor& encoder_hidden_states) const {
-  // hidden_states = attn_output + hidden_states: fp32 addition commutes, so accumulating into x is bit-equal.
-  add_(x, attn1(norm1(x)));
-  add_(x, attn2(norm2(x), encoder_hidden_states));
-  add_(x, ff(norm3(x)));
-  return x;
+  // hidden_states = attn_output + hidden_states, added by each branch's last linear layer into x itself
+  // (kernels/linear.h); the norm is taken before x is handed over.
+  Tensor h = norm1(x);
+  x = attn1(h, h, std::move(x));
+  h = norm2(x);
+  x = attn2(h, encoder_hidden_states, std::move(x));
+  h = norm3(x);
+  return ff(h, std::move(x));
 }
 
 Transformer2DModel Transformer2DModel::load(const WeightStore& w, const std::string& prefix, int64_t channels,
@@ -133,9 +140,8 @@ Tensor Transformer2DModel::operator()(const Tensor& x, const Tensor& encoder_hid
   const Shape tokens_shape = {x.dim(0), x.dim(1) * x.dim(2), x.dim(3)};
   Tensor h = proj_in(norm(x).reshape(tokens_shape));
   for (const auto& block : transformer_blocks) h = block(std::move(h), encoder_hidden_states);
-  Tensor out = proj_out(h);
-  add_(out, x.reshape(tokens_shape));  // output = hidden_states + residual
-  return out.reshape(x.shape());
+  // output = hidden_states + residual, added by proj_out (x is the caller's: copied, not overwritten).
+  return proj_out(h, x.reshape(tokens_shape)).reshape(x.shape());
 }
 
 Downsample2D Downsample2D::load(const WeightStore& w, const std::string& prefix, int64_t channels, int padding) {

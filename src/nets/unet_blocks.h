@@ -42,9 +42,9 @@ struct Attention {
   // query_dim = heads * dim_head (the block's channels); cross_attention_dim = query_dim for self-attention.
   static Attention load(const WeightStore& w, const std::string& prefix, int64_t query_dim, int64_t cross_attention_dim,
                         int heads);
-  // x [B, L, query_dim], context [B, Lc, cross_attention_dim] (or x itself) -> [B, L, query_dim].
-  Tensor operator()(const Tensor& x, const Tensor& context) const;
-  Tensor operator()(const Tensor& x) const { return (*this)(x, x); }
+  // x [B, L, query_dim], context [B, Lc, cross_attention_dim] (or x itself) -> [B, L, query_dim], + residual
+  // when given (added by to_out; see kernels/linear.h on passing it with std::move).
+  Tensor operator()(const Tensor& x, const Tensor& context, Tensor residual = Tensor()) const;
 };
 
 // diffusers.models.attention.FeedForward with activation_fn "geglu", mult 4: net.0 = GEGLU (its `proj`
@@ -53,7 +53,8 @@ struct FeedForward {
   Linear proj;  // ff.net.0.proj
   Linear out;   // ff.net.2
   static FeedForward load(const WeightStore& w, const std::string& prefix, int64_t dim);
-  Tensor operator()(const Tensor& x) const;
+  // + residual when given, added by net.2.
+  Tensor operator()(const Tensor& x, Tensor residual = Tensor()) const;
 };
 
 // diffusers.models.attention.BasicTransformerBlock, norm_type "layer_norm" (eps 1e-5, affine):

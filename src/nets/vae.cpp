@@ -43,9 +43,8 @@ Tensor VaeAttentionBlock::operator()(const Tensor& x) const {
   // fixture decoder's error (2.16% -> 2.24% of its scale; the full-size one 0.95% -> 1.0%), and this one block at
   // the lowest resolution is ~1% of the decoder's work (34 of 2515 GFLOP at 512x512), not worth the risk. The
   // projections around it follow the store's precision.
-  Tensor y = to_out(attention(to_q(tokens), to_k(tokens), to_v(tokens), heads));
-  add_(y, x.reshape(tokens_shape));  // residual_connection=True
-  return y.reshape(x.shape());
+  // residual_connection=True: the residual is added by to_out (x is the caller's: copied, not overwritten).
+  return to_out(attention(to_q(tokens), to_k(tokens), to_v(tokens), heads), x.reshape(tokens_shape)).reshape(x.shape());
 }
 
 // UNetMidBlock2D(in_channels=C, temb_channels=None, attention_head_dim=C, output_scale_factor=1): so
