@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/attention_microkernels_bf16.h"
 #include "kernels/vector_math.h"
 #include "random_tensor.h"
 #include "test_support.h"
@@ -160,13 +161,14 @@ INSTANTIATE_TEST_SUITE_P(Kernels, AttentionShapesBf16, ::testing::ValuesIn(kCase
 // fp32 -> bf16 -> fp32, rounding to nearest even (finite x): what vcvtne2ps2bf16 computes.
 using testing::round_to_bf16;
 
-// attention_reference with the bf16 path's roundings mirrored: Q scaled in fp32 then rounded, K and V rounded, the
-// probabilities rounded before both the sum and the product with V; everything else in double. Equal to the
-// kernel's bf16 result up to fp32 accumulation and rare one-ulp rounding flips of P, but only while one key block
-// holds every key (Lk <= 96): beyond, the kernel rounds P relative to a running maximum.
+// attention_reference with the bf16 path's roundings mirrored: Q scaled in fp32 by log2(e)/sqrt(D) (scores in
+// log2 units) then rounded, K and V rounded, the probabilities 2^(s - max) rounded before both the sum and the
+// product with V; everything else in double. Equal to the kernel's bf16 result up to fp32 accumulation, its exp2's
+// 2.7e-6 and rare one-ulp rounding flips of P, but only while one key block holds every key (Lk <= 96): beyond,
+// the kernel rounds P relative to a running maximum.
 Tensor attention_reference_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
   const int64_t bsz = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const float scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
   Tensor out(q.shape());
   std::vector<double> s(lk), acc(d);
   for (int64_t b = 0; b < bsz; ++b)
@@ -185,7 +187,7 @@ Tensor attention_reference_bf16(const Tensor& q, const Tensor& k, const Tensor& 
         double sum = 0;
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t j = 0; j < lk; ++j) {
-          const double p = round_to_bf16(static_cast<float>(std::exp(s[j] - mx)));
+          const double p = round_to_bf16(static_cast<float>(std::exp2(s[j] - mx)));
           sum += p;
           const float* vj = v.data() + (b * lk + j) * width + h * d;
           for (int64_t e = 0; e < d; ++e) acc[e] += p * static_cast<double>(round_to_bf16(vj[e]));
@@ -350,6 +352,46 @@ TEST(Kernels, VectorExpSpecialValues) {
   for (int i = 4; i < 8; ++i) EXPECT_EQ(ys[i], 0.0f) << "x = " << xs[i];  // below ln(FLT_MIN): flushed to 0
   EXPECT_TRUE(std::isnan(ys[8]));
 }
+
+#if defined(__AVX512BF16__)
+// The bf16 softmax's 2^t (attention_microkernels_bf16.h): within 3e-6 relative (2.7e-6 measured) of the exact value
+// over every float bit pattern of [-126, 0] with a stride (normal results), and the subnormal results' rounding on top
+// below; exactly 0 at -150, -1e30 and -inf; NaN stays NaN.
+TEST(Kernels, Bf16SoftmaxExp2Within3e6) {
+  auto from_bits = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  std::vector<float> ts;
+  for (uint32_t u = 0x80000000u; from_bits(u) >= -150.0f; u += 97) ts.push_back(from_bits(u));
+  ts.resize((ts.size() + 15) / 16 * 16, 0.0f);
+  double worst = 0;
+  float worst_t = 0;
+  for (size_t i = 0; i < ts.size(); i += 16) {
+    float out[16];
+    _mm512_storeu_ps(out, attention_bf16_detail::exp2_softmax(_mm512_loadu_ps(ts.data() + i)));
+    for (int l = 0; l < 16; ++l) {
+      const double exact = std::exp2(static_cast<double>(ts[i + l]));
+      const double err = std::abs(out[l] - exact) / exact;
+      if (ts[i + l] < -126.0f) {  // a subnormal result: its rounding adds up to half of 2^-149
+        EXPECT_LE(std::abs(out[l] - exact), 3e-6 * exact + 0x1p-150) << "t = " << ts[i + l];
+        continue;
+      }
+      if (err > worst) worst = err, worst_t = ts[i + l];
+    }
+  }
+  std::printf("  exp2_softmax: max relative error %.3g at t = %.9g over %zu values\n", worst, worst_t, ts.size());
+  EXPECT_LE(worst, 3e-6) << "at t = " << worst_t;
+  float special[16] = {-150.0f, -1e30f, -std::numeric_limits<float>::infinity(), std::nanf(""), 0.0f};
+  _mm512_storeu_ps(special, attention_bf16_detail::exp2_softmax(_mm512_loadu_ps(special)));
+  EXPECT_EQ(special[0], 0.0f);
+  EXPECT_EQ(special[1], 0.0f);
+  EXPECT_EQ(special[2], 0.0f);
+  EXPECT_TRUE(std::isnan(special[3]));
+  EXPECT_NEAR(special[4], 1.0f, 3e-6);
+}
+#endif
 
 }  // namespace
 }  // namespace sdcpu

@@ -186,7 +186,8 @@ Tensor attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int hea
   namespace bf = attention_bf16_detail;
   const int64_t batch = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
   const int64_t d2 = (d + 1) / 2, lk2 = (lk + 1) / 2;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  // Scores in log2 units for exp2_softmax: softmax(s) = 2^(s log2(e) - max) / sum.
+  const float scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
   Tensor out(q.shape());
   const int64_t q_blocks = (lq + kQueryBlock - 1) / kQueryBlock;
   const int64_t tasks = batch * heads * q_blocks;

@@ -5,13 +5,16 @@
 //   acc[i] += a[2i] * b[2i] + a[2i+1] * b[2i+1]
 // with a and b 32 bf16 each, i.e. the dot product of a PAIR of bf16 values per lane, exact products and fp32
 // sums. So every operand is stored as 32-bit pairs (low half = the even element, high half = the odd one):
-//   qt [D2 x kQueryBlock]    Q^T pre-scaled by 1/sqrt(D), pairs along the head dim: qt[e][i] = (q[i][2e], q[i][2e+1])
-//   k  [n x D2]              K rows, pairs along the head dim (a row of d bf16, zero-padded to even length)
+//   qt [D2 x kQueryBlock]    Q^T pre-scaled by log2(e)/sqrt(D), pairs along the head dim: qt[e][i] = (q[i][2e],
+//   q[i][2e+1]) k  [n x D2]              K rows, pairs along the head dim (a row of d bf16, zero-padded to even length)
 //   pt [n2 x kQueryBlock]    P^T, pairs of keys per query lane: pt[r][i] = (p[2r][i], p[2r+1][i])
 //   v  [n2 x D]              V, pairs along the key index: v[r][e] = (v[2r][e], v[2r+1][e])
 // with D2 = ceil(D / 2) and n2 = ceil(n / 2); the missing element of an odd tail is zero. A 32-bit broadcast of
 // one K or V pair against the query vectors then does two multiply-adds per lane where the fp32 kernel's FMA did
 // one. The softmax statistics (max, exp, sum, rescale) stay fp32: S^T is stored as fp32, and only P is rounded.
+// The scores come out in log2 units (Q carries the log2(e) factor), so the softmax takes 2^(s - max) = e^(s' -
+// max') with exp2_softmax, half the instructions of a full-accuracy e^x: at SD's first level (40-wide heads) the
+// softmax costs about as much as either product.
 // Every fp32 -> bf16 rounding is round-to-nearest-even (vcvtne2ps2bf16, _mm512_cvtne2ps_pbh).
 #pragma once
 #include "kernels/attention_microkernels.h"
@@ -47,6 +50,26 @@ inline __m512i pack_pairs(__m512 a, __m512 b) {
 inline __m512 low_half(__m512i pairs) { return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(simd::kAll, pairs, 16)); }
 inline __m512 high_half(__m512i pairs) {
   return _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// 2^t for the softmax's t = s - max <= 0, to 2.7e-6 relative (a thousandth of the bf16 rounding of P that follows,
+// 2^-9): t = n + f with n = round(t) and f in [-0.5, 0.5], 2^f by a degree-4 polynomial (coefficients fitted by
+// the Remez exchange algorithm for minimax relative error on [-0.5, 0.5]: 2.59e-6, plus fp32 rounding), scaled
+// by 2^n (vscalefps).
+// t is clamped to -150 first, where the result is exactly 0 (2^-150 rounds to zero): so -inf (a masked key) gives
+// 0, and a NaN stays NaN (vmaxps returns its second operand on NaN).
+// (The masked forms with all lanes are the plain instructions; the unmasked intrinsics trip GCC 12's
+// -Wmaybe-uninitialized, bug 105593.)
+inline __m512 exp2_softmax(__m512 t) {
+  t = simd::max(_mm512_set1_ps(-150.0f), t);
+  const __m512 n = _mm512_mask_roundscale_ps(t, simd::kAll, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(0.00957010191f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0559178603f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240247448f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693121815f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.999999261f));
+  return _mm512_mask_scalef_ps(p, simd::kAll, p, n);
 }
 
 // The first min(16, max(0, n)) lanes.
@@ -177,11 +200,11 @@ inline void accumulate_pv(int vecs, const uint32_t* pt, int64_t n2, const uint32
   });
 }
 
-// attention_detail::online_softmax, but P is written as bf16 pairs of keys, pt[r / 2][i], IN PLACE over S^T:
-// pair row r / 2 lies at or before the fp32 rows r and r + 1 it is made from, which are read first, and each
-// query vector's columns are independent. An odd n gets a zero partner for its last key. The row sum adds the
-// ROUNDED probabilities, the weights P V actually applies, so the output stays an exact convex combination of the
-// bf16 values (its weights sum to 1 up to fp32 rounding) and the P rounding only perturbs relative weights.
+// attention_detail::online_softmax on scores in log2 units (exp2_softmax), but P is written as bf16 pairs of keys, pt[r
+// / 2][i], IN PLACE over S^T: pair row r / 2 lies at or before the fp32 rows r and r + 1 it is made from, which are
+// read first, and each query vector's columns are independent. An odd n gets a zero partner for its last key. The row
+// sum adds the ROUNDED probabilities, the weights P V actually applies, so the output stays an exact convex combination
+// of the bf16 values (its weights sum to 1 up to fp32 rounding) and the P rounding only perturbs relative weights.
 inline void online_softmax(int vecs, int64_t n, const float* tile_max, float* st, float* row_max, float* row_sum,
                            float* correction) {
   auto* pt = reinterpret_cast<uint32_t*>(st);
@@ -191,11 +214,12 @@ inline void online_softmax(int vecs, int64_t n, const float* tile_max, float* st
     const __m512 mx = simd::max(simd::load(tile_max + m * kWidth), old_max);
     simd::store(row_max + m * kWidth, mx);
     const __m512 shift = simd::max(mx, simd::set1(-FLT_MAX));
-    const __m512 c = simd::exp(simd::sub(old_max, shift));
+    const __m512 c = exp2_softmax(simd::sub(old_max, shift));
     __m512 sum0 = simd::zero(), sum1 = simd::zero();
     for (int64_t r = 0; r < n; r += 2) {
-      const __m512 p0 = simd::exp(simd::sub(simd::load(s + r * kQueryBlock), shift));
-      const __m512 p1 = r + 1 < n ? simd::exp(simd::sub(simd::load(s + (r + 1) * kQueryBlock), shift)) : simd::zero();
+      const __m512 p0 = exp2_softmax(simd::sub(simd::load(s + r * kQueryBlock), shift));
+      const __m512 p1 =
+          r + 1 < n ? exp2_softmax(simd::sub(simd::load(s + (r + 1) * kQueryBlock), shift)) : simd::zero();
       const __m512i pair = pack_pairs(p0, p1);
       _mm512_storeu_si512(pt + (r / 2) * kQueryBlock + m * kWidth, pair);
       sum0 = simd::add(sum0, low_half(pair));
