@@ -353,6 +353,47 @@ TEST(Kernels, VectorExpSpecialValues) {
   EXPECT_TRUE(std::isnan(ys[8]));
 }
 
+// The fp32 softmax's simd::exp2_nonpositive: within 2 ulp of the exact 2^t over every float of [-126, 0] with a
+// stride (about 11 million values) and every float around the rounding boundaries t = -0.5 - k; exactly 0 below
+// -126 and at -inf; NaN stays NaN.
+TEST(Kernels, VectorExp2WithinTwoUlp) {
+  auto from_bits = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  std::vector<float> ts;
+  for (uint32_t u = 0x80000000u; from_bits(u) >= -126.0f; u += 97) ts.push_back(from_bits(u));
+  for (float t = -0.49f; t >= -0.51f; t = std::nextafter(t, -1.0f)) ts.push_back(t), ts.push_back(t - 7.0f);
+  ts.push_back(-126.0f);
+  const size_t count = ts.size();
+  ts.resize((ts.size() + simd::kWidth - 1) / simd::kWidth * simd::kWidth, 0.0f);
+  std::vector<float> ys(ts.size());
+  for (size_t i = 0; i < ts.size(); i += simd::kWidth)
+    simd::store(ys.data() + i, simd::exp2_nonpositive(simd::load(ts.data() + i)));
+  double worst = 0;
+  float worst_t = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const double exact = std::exp2(static_cast<double>(ts[i]));
+    const double err = std::abs(ys[i] - exact) / std::ldexp(1.0, std::ilogb(exact) - 23);
+    if (err > worst) worst = err, worst_t = ts[i];
+  }
+  std::printf("  simd::exp2_nonpositive (%s): max error %.3f ulp at t = %.9g over %zu values\n", simd::kIsa, worst,
+              worst_t, count);
+  EXPECT_LE(worst, 2.0) << "at t = " << worst_t;
+  std::vector<float> special = {-126.5f, -1e30f, -std::numeric_limits<float>::infinity(), std::nanf(""), 0.0f, -1.0f};
+  special.resize(std::max<size_t>(special.size(), simd::kWidth), 0.0f);
+  std::vector<float> out(special.size());
+  for (size_t i = 0; i < special.size(); i += simd::kWidth)
+    simd::store(out.data() + i, simd::exp2_nonpositive(simd::load(special.data() + i)));
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_EQ(out[1], 0.0f);
+  EXPECT_EQ(out[2], 0.0f);
+  EXPECT_TRUE(std::isnan(out[3]));
+  EXPECT_EQ(out[4], 1.0f);
+  EXPECT_EQ(out[5], 0.5f);
+}
+
 #if defined(__AVX512BF16__)
 // The bf16 softmax's 2^t (attention_microkernels_bf16.h): within 3e-6 relative (2.7e-6 measured) of the exact value
 // over every float bit pattern of [-126, 0] with a stride (normal results), and the subnormal results' rounding on top

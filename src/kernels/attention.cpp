@@ -56,6 +56,10 @@ Task task_at(int64_t task, int64_t heads, int64_t q_blocks, bool heads_inner) {
   return {b, task / q_blocks % heads, task % q_blocks};
 }
 
+// The queries' scale: scaled dot-product attention's 1/sqrt(D), times log2(e) so that the scores come out in log2
+// units: the softmax then takes 2^(s - max), cheaper than e^(s - max) and the same softmax.
+float query_scale(int64_t d) { return static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d))); }
+
 // Starts a query block: Q^T [d x kQueryBlock] = the block's `rows` query rows (row stride `width`) scaled by
 // `scale`, with the padding lanes of a tail block as zero queries (computed, never written out); O^T, the
 // running maxima and the row sums reset.
@@ -94,14 +98,14 @@ void store_query_block(const float* ot, const float* row_sum, int64_t rows, int6
 
 // FlashAttention (Dao et al. 2022, Algorithm 1) on the CPU, one (batch, head, block of kQueryBlock queries) per
 // task, parallel over tasks. Everything per task lives transposed, queries along the SIMD lanes:
-//   Q^T [D x Mq] (pre-scaled by 1/sqrt(D)), S^T = K Q^T [Nk x Mq], O^T [D x Mq].
+//   Q^T [D x Mq] (pre-scaled by log2(e)/sqrt(D)), S^T = K Q^T [Nk x Mq], O^T [D x Mq].
 // With queries in the lanes, (1) K and V are only ever read a row at a time (broadcasts), so any D (40, 80, 160,
 // 512, 3...) runs without padding or masked tails, and K and V need no transposed packing; (2) the softmax
 // statistics are per lane, so the running max, the row sums and the rescale factors are plain vector operations,
 // with no horizontal reductions. Only Q^T and the final O are transposed, once per task.
 Tensor attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads, bool causal) {
   const int64_t batch = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const float scale = query_scale(d);
   Tensor out(q.shape());
   const int64_t q_blocks = (lq + kQueryBlock - 1) / kQueryBlock;
   const int64_t tasks = batch * heads * q_blocks;
@@ -186,8 +190,7 @@ Tensor attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, int hea
   namespace bf = attention_bf16_detail;
   const int64_t batch = q.dim(0), lq = q.dim(1), lk = k.dim(1), width = q.dim(2), d = width / heads;
   const int64_t d2 = (d + 1) / 2, lk2 = (lk + 1) / 2;
-  // Scores in log2 units for exp2_softmax: softmax(s) = 2^(s log2(e) - max) / sum.
-  const float scale = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
+  const float scale = query_scale(d);
   Tensor out(q.shape());
   const int64_t q_blocks = (lq + kQueryBlock - 1) / kQueryBlock;
   const int64_t tasks = batch * heads * q_blocks;

@@ -166,9 +166,11 @@ inline void accumulate_pv(int vecs, const float* st, int64_t n, const float* v, 
 }
 
 // Online softmax over one key block, per query lane (Milakov & Gimelshein 2018): m' = max(m, tile_max),
-// P = exp(S - m') in place, l' = l e^(m - m') + sum_r P[r], and correction = e^(m - m') for the accumulators.
-// A lane whose scores are all -inf so far (fully masked) keeps m = -inf; it is shifted by -FLT_MAX instead, so
-// that exp gives 0 for its P and correction rather than NaN from -inf - -inf.
+// P = 2^(S - m') in place, l' = l 2^(m - m') + sum_r P[r], and correction = 2^(m - m') for the accumulators. The
+// scores are in log2 units (Q carries log2(e) with its 1/sqrt(D)), so 2^(S - m') = e^(S' - m'') and
+// simd::exp2_nonpositive, half the work of exp, gives the same softmax. A lane whose scores are all -inf so far
+// (fully masked) keeps m = -inf; it is shifted by -FLT_MAX instead, so that P and correction are 0 rather than NaN
+// from -inf - -inf.
 inline void online_softmax(int vecs, int64_t n, const float* tile_max, float* st, float* row_max, float* row_sum,
                            float* correction) {
   for (int m = 0; m < vecs; ++m) {
@@ -177,20 +179,20 @@ inline void online_softmax(int vecs, int64_t n, const float* tile_max, float* st
     const Vec mx = simd::max(simd::load(tile_max + m * kWidth), old_max);
     simd::store(row_max + m * kWidth, mx);
     const Vec shift = simd::max(mx, simd::set1(-FLT_MAX));
-    const Vec c = simd::exp(simd::sub(old_max, shift));
+    const Vec c = simd::exp2_nonpositive(simd::sub(old_max, shift));
     // Two partial sums halve the add latency chain.
     Vec sum0 = simd::zero(), sum1 = simd::zero();
     int64_t r = 0;
     for (; r + 2 <= n; r += 2) {
-      const Vec p0 = simd::exp(simd::sub(simd::load(s + r * kQueryBlock), shift));
-      const Vec p1 = simd::exp(simd::sub(simd::load(s + (r + 1) * kQueryBlock), shift));
+      const Vec p0 = simd::exp2_nonpositive(simd::sub(simd::load(s + r * kQueryBlock), shift));
+      const Vec p1 = simd::exp2_nonpositive(simd::sub(simd::load(s + (r + 1) * kQueryBlock), shift));
       simd::store(s + r * kQueryBlock, p0);
       simd::store(s + (r + 1) * kQueryBlock, p1);
       sum0 = simd::add(sum0, p0);
       sum1 = simd::add(sum1, p1);
     }
     if (r < n) {
-      const Vec p0 = simd::exp(simd::sub(simd::load(s + r * kQueryBlock), shift));
+      const Vec p0 = simd::exp2_nonpositive(simd::sub(simd::load(s + r * kQueryBlock), shift));
       simd::store(s + r * kQueryBlock, p0);
       sum0 = simd::add(sum0, p0);
     }

@@ -1,4 +1,4 @@
-// A thin fp32 SIMD vector type for our own kernels, and a vectorized exp.
+// A thin fp32 SIMD vector type for our own kernels, a vectorized exp and exp2, and bfloat16 stores.
 //
 // One ISA is chosen at compile time (the project builds with -march=native): AVX-512F (16 lanes), else
 // AVX2+FMA (8 lanes), else plain scalar code (1 lane) so that the kernels still compile and stay correct
@@ -213,6 +213,41 @@ inline Vec exp(Vec x) {
 #else
   p = std::ldexp(p, static_cast<int>(n));
   return (x < kMinArg) ? 0.0f : p;
+#endif
+}
+
+// 2^t for t <= 0, the softmax's shifted scores in log2 units (kernels/attention.cpp), within 2 ulp of the correctly
+// rounded value (tests/test_kernels_attention.cpp measures every float of [-126, 0] with a stride): t = n + f with
+// n = round(t) and f in [-0.5, 0.5], 2^f by a degree-6 polynomial (coefficients from the Remez exchange algorithm
+// for minimax relative error on [-0.5, 0.5]: 1.9e-9, below fp32's own rounding), scaled by 2^n. Half the work of
+// exp(x): no two-step ln2 reduction, and no overflow side to guard. Below -126 (including -inf) the result is
+// exactly 0, as exp's is below ln(FLT_MIN); a NaN gives NaN. Positive t is outside its contract.
+inline Vec exp2_nonpositive(Vec t) {
+  const Vec tc = max(set1(-127.0f), t);  // vmaxps keeps a NaN t (its second operand)
+#if defined(__AVX512F__)
+  const Vec n = _mm512_mask_roundscale_ps(tc, kAll, tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#elif defined(__AVX2__) && defined(__FMA__)
+  const Vec n = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  const Vec n = std::nearbyint(tc);
+#endif
+  const Vec f = sub(tc, n);
+  Vec p = set1(0.000153473201f);
+  p = fmadd(p, f, set1(0.00134001545f));
+  p = fmadd(p, f, set1(0.00961848424f));
+  p = fmadd(p, f, set1(0.0555032808f));
+  p = fmadd(p, f, set1(0.240226469f));
+  p = fmadd(p, f, set1(0.693147206f));
+  p = fmadd(p, f, set1(1.0f));
+#if defined(__AVX512F__)
+  p = _mm512_mask_scalef_ps(p, kAll, p, n);
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, set1(-126.0f), _CMP_NLT_UQ), p);
+#elif defined(__AVX2__) && defined(__FMA__)
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  p = mul(p, _mm256_castsi256_ps(bits));
+  return _mm256_and_ps(p, _mm256_cmp_ps(t, set1(-126.0f), _CMP_NLT_UQ));
+#else
+  return t < -126.0f ? 0.0f : std::ldexp(p, static_cast<int>(n));
 #endif
 }
 
