@@ -17,6 +17,7 @@
 #include "kernels/activations.h"
 #include "kernels/norms.h"
 #include "kernels/tensor_ops.h"
+#include "kernels/upsample.h"
 
 namespace sdcpu {
 namespace {
@@ -97,7 +98,7 @@ void BM_Activation(benchmark::State& state) {
 }
 
 // Args: N, C, H, W, which op: 0 add_ (a += b), 1 add_channel_bias_, 2 concat_channels of two channels-last
-// [N, H, W, C]. Bytes: every operand read once, the result written once.
+// [N, H, W, C], 3 upsample_nearest_2x. Bytes: every operand read once, the result written once.
 void BM_TensorOp(benchmark::State& state) {
   const int64_t n = state.range(0), c = state.range(1), h = state.range(2), w = state.range(3);
   const int which = static_cast<int>(state.range(4));
@@ -107,12 +108,13 @@ void BM_TensorOp(benchmark::State& state) {
     if (which == 0) add_(a, b);
     if (which == 1) add_channel_bias_(a, bias);
     if (which == 2) benchmark::DoNotOptimize(concat_channels(a, b));
+    if (which == 3) benchmark::DoNotOptimize(upsample_nearest_2x(a));
     benchmark::ClobberMemory();
   };
   run();  // see warm_up
   const double cpu0 = process_cpu_seconds();
   for (auto _ : state) run();
-  const double elems = static_cast<double>(a.numel()), bytes_per[] = {12, 8, 16};
+  const double elems = static_cast<double>(a.numel()), bytes_per[] = {12, 8, 16, 20};
   set_counters(state, bytes_per[which] * elems, process_cpu_seconds() - cpu0);
 }
 
@@ -143,9 +145,10 @@ const bool kRegistered = [] {
   reg("gelu/2x77x3072", BM_Activation, {2 * 77 * 3072, 1});
   reg("quick_gelu/2x77x3072", BM_Activation, {2 * 77 * 3072, 2});
   // The glue around the UNet's blocks: residual adds, the time-embedding bias, the up blocks' skip
-  // concatenations.
-  const char* ops[] = {"add_", "add_channel_bias_", "concat_channels"};
-  for (int op = 0; op < 3; ++op)
+  // concatenations, the upsamplers' nearest 2x (the networks write it straight into the next convolution's input,
+  // kernels/upsample.h upsample_nearest_into; this is the fp32 form).
+  const char* ops[] = {"add_", "add_channel_bias_", "concat_channels", "upsample_nearest_2x"};
+  for (int op = 0; op < 4; ++op)
     for (const auto& [c, hw] : {std::pair<int64_t, int64_t>{320, 64}, {640, 32}, {1280, 16}})
       reg(std::string(ops[op]) + "/2x" + std::to_string(c) + "x" + std::to_string(hw) + "x" + std::to_string(hw),
           BM_TensorOp, {2, c, hw, hw, op});
