@@ -293,6 +293,13 @@ TEST(Kernels, AttentionBf16DiffersFromF32WithinBounds) {
   }
 }
 
+// The float with bit pattern u.
+float float_from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 // Applies simd::exp to xs, a vector at a time.
 std::vector<float> simd_exp(const std::vector<float>& xs) {
   std::vector<float> padded(xs), ys(xs.size() + simd::kWidth);
@@ -319,14 +326,9 @@ TEST(Kernels, VectorExpWithinTwoUlp) {
     std::memcpy(&u, &f, 4);
     return u;
   };
-  auto from_bits = [](uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  };
   // Negative floats: bit patterns grow with magnitude from 0x80000000 (-0) to -87.33.
-  for (uint32_t u = bits_of(-0.0f); u <= bits_of(-87.33654f); u += 193) xs.push_back(from_bits(u));
-  for (uint32_t u = 0; u <= bits_of(88.0f); u += 193) xs.push_back(from_bits(u));
+  for (uint32_t u = bits_of(-0.0f); u <= bits_of(-87.33654f); u += 193) xs.push_back(float_from_bits(u));
+  for (uint32_t u = 0; u <= bits_of(88.0f); u += 193) xs.push_back(float_from_bits(u));
   // Every float around +-ln2/2 = +-0.3466, where the reduction's n flips between 0 and +-1.
   for (float x = 0.33f; x <= 0.36f; x = std::nextafter(x, 1.0f)) xs.push_back(x), xs.push_back(-x);
   const std::vector<float> ys = simd_exp(xs);
@@ -357,13 +359,8 @@ TEST(Kernels, VectorExpSpecialValues) {
 // stride (about 11 million values) and every float around the rounding boundaries t = -0.5 - k; exactly 0 below
 // -126 and at -inf; NaN stays NaN.
 TEST(Kernels, VectorExp2WithinTwoUlp) {
-  auto from_bits = [](uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  };
   std::vector<float> ts;
-  for (uint32_t u = 0x80000000u; from_bits(u) >= -126.0f; u += 97) ts.push_back(from_bits(u));
+  for (uint32_t u = 0x80000000u; float_from_bits(u) >= -126.0f; u += 97) ts.push_back(float_from_bits(u));
   for (float t = -0.49f; t >= -0.51f; t = std::nextafter(t, -1.0f)) ts.push_back(t), ts.push_back(t - 7.0f);
   ts.push_back(-126.0f);
   const size_t count = ts.size();
@@ -399,13 +396,8 @@ TEST(Kernels, VectorExp2WithinTwoUlp) {
 // over every float bit pattern of [-126, 0] with a stride (normal results), and the subnormal results' rounding on top
 // below; exactly 0 at -150, -1e30 and -inf; NaN stays NaN.
 TEST(Kernels, Bf16SoftmaxExp2Within3e6) {
-  auto from_bits = [](uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  };
   std::vector<float> ts;
-  for (uint32_t u = 0x80000000u; from_bits(u) >= -150.0f; u += 97) ts.push_back(from_bits(u));
+  for (uint32_t u = 0x80000000u; float_from_bits(u) >= -150.0f; u += 97) ts.push_back(float_from_bits(u));
   ts.resize((ts.size() + 15) / 16 * 16, 0.0f);
   double worst = 0;
   float worst_t = 0;
