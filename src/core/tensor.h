@@ -49,6 +49,9 @@ class Tensor {
   Tensor clone() const;
   // No other tensor shares this one's storage (a kernel may then write its result into it).
   bool storage_unique() const { return storage_ && storage_.use_count() == 1; }
+  // This tensor itself when no other tensor shares its storage, else a copy: a buffer a kernel may overwrite
+  // (a residual its sum post-op adds into) without changing what anyone else sees.
+  Tensor unshared() const { return storage_unique() ? *this : clone(); }
   std::vector<float> to_vector() const { return std::vector<float>(data_, data_ + numel_); }
 
  private:

@@ -286,9 +286,8 @@ std::string PreparedConv2d::implementation(const Shape& x_shape) const {
   return weights_->plan(d.n, d.h, d.w, stride_, padding_, false).pd.impl_info_str();
 }
 
-// The convolution proper, once its source is in `src` (in pd.src_desc()): the residual (if any) goes into the
-// destination first, for the sum post-op; a residual nobody else holds is the destination itself, so nothing is
-// copied. Returns y in the destination's ConvLayouts.
+// The convolution proper, once its source is in `src` (in pd.src_desc()): the residual (if any) is in the
+// destination first, for the sum post-op. Returns y in the destination's ConvLayouts.
 Tensor PreparedConv2d::run(const Plan& plan, const memory& src, const Shape& y_shape, Tensor residual) const {
   const Weights& wt = *weights_;
   auto& eng = dnnl_engine();
@@ -297,17 +296,16 @@ Tensor PreparedConv2d::run(const Plan& plan, const memory& src, const Shape& y_s
   if (has_residual && residual.shape() != y_shape)
     throw InvalidArgument("conv2d: residual " + shape_to_string(residual.shape()) + " does not match the output " +
                           shape_to_string(y_shape));
-  Tensor y = has_residual && !plan.reorder_dst && residual.storage_unique() ? residual : Tensor(y_shape);
+  // Without a destination reorder the convolution adds into the residual itself, or a copy when others hold it;
+  // with one, the residual is reordered into the primitive's destination.
+  Tensor y = has_residual && !plan.reorder_dst ? residual.unshared() : Tensor(y_shape);
   memory y_user(plan.dst_user, eng, y.data());
   const ScratchBuffer dst_buffer =
       plan.reorder_dst ? ScratchBuffer(ScratchSlot::conv_dst, plan.pd.dst_desc().get_size()) : ScratchBuffer();
   memory dst = plan.reorder_dst ? memory(plan.pd.dst_desc(), eng, dst_buffer.data()) : y_user;
-  if (has_residual && y.data() != residual.data()) {
+  if (has_residual && plan.reorder_dst) {
     memory r_user(plan.dst_user, eng, residual.data());
-    if (plan.reorder_dst)
-      plan.residual_in.execute(s, r_user, dst);
-    else
-      std::copy(residual.data(), residual.data() + residual.numel(), y.data());
+    plan.residual_in.execute(s, r_user, dst);
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *plan.weights}, {DNNL_ARG_DST, dst}};
   if (!wt.bias_desc.is_zero()) args[DNNL_ARG_BIAS] = wt.bias;
@@ -324,11 +322,9 @@ std::pair<const PreparedConv2d::Plan*, Shape> PreparedConv2d::plan_for(const Sha
   Weights& wt = *weights_;
   const ImageDims d = image_dims(x_shape, wt.layouts.src);
   check_conv_args({d.n, d.c, d.h, d.w}, {wt.o, wt.c, wt.kh, wt.kw}, stride_, padding_);
-  const Conv2dPadding& p = padding_;
-  const int64_t ho = (d.h + p.top + p.bottom - wt.kh) / stride_ + 1;
-  const int64_t wo = (d.w + p.left + p.right - wt.kw) / stride_ + 1;
-  const Plan& plan = wt.plan(d.n, d.h, d.w, stride_, p, residual);
-  return {&plan, image_shape({d.n, wt.o, ho, wo}, wt.layouts.dst)};
+  const Plan& plan = wt.plan(d.n, d.h, d.w, stride_, padding_, residual);
+  const memory::dims y = plan.dst_user.dims();  // [N, O, Ho, Wo], as the plan computed them
+  return {&plan, image_shape({y[0], y[1], y[2], y[3]}, wt.layouts.dst)};
 }
 
 Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual) {

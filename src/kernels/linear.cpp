@@ -1,6 +1,5 @@
 #include "kernels/linear.h"
 
-#include <algorithm>
 #include <map>
 #include <mutex>
 #include <string>
@@ -164,11 +163,9 @@ Tensor linear(const Tensor& x, const PreparedLinear& layer, Tensor residual) {
   if (has_residual && residual.shape() != out_shape)
     throw InvalidArgument("linear: residual " + shape_to_string(residual.shape()) + " does not match the output " +
                           shape_to_string(out_shape));
-  // A residual nobody else holds is the output itself: the product adds into it.
-  Tensor y = has_residual && residual.storage_unique() ? residual : Tensor(out_shape);
+  // The product adds into the residual itself, or into a copy when others hold it.
+  Tensor y = has_residual ? residual.unshared() : Tensor(out_shape);
   if (m == 0) return y;
-  if (has_residual && y.data() != residual.data())
-    std::copy(residual.data(), residual.data() + residual.numel(), y.data());
   const auto& plan = wt.plan(m, has_residual);
   auto& eng = dnnl_engine();
   memory src(plan.src_plain, eng, const_cast<float*>(x.data()));
