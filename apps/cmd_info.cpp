@@ -1,4 +1,4 @@
-// sdcpu info: what was detected in a model.
+// sdcpu info: what was detected in a model, and the settings a sampler would run with.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -11,14 +11,19 @@ namespace sdcpu::app {
 Command add_info_command(CLI::App& app) {
   auto model = std::make_shared<std::string>();
   auto load = std::make_shared<LoadOptions>();
+  auto gen = std::make_shared<GenerateOptions>();
   auto* cli = app.add_subcommand("info", "Show what sdcpu detects in a model");
   cli->add_option("--model,-m", *model, "Diffusers folder or single-file .safetensors checkpoint")->required();
   cli->add_option("--precision", load->precision, "fp32, bf16 or auto: the precision it would run in")
       ->capture_default_str();
   add_weight_cache_option(*cli, load->weight_cache_dir);
-  return {cli, [model, load] {
+  cli->add_option("--sampler", gen->sampler, "The sampler whose scheduler settings to show")
+      ->check(CLI::IsMember(sampler_names()))
+      ->capture_default_str();
+  add_timestep_spacing_option(*cli, gen->timestep_spacing);
+  return {cli, [model, load, gen] {
             auto pipe = Pipeline::load(*model, *load);
-            std::printf("%s", pipe->describe().c_str());
+            std::printf("%s%s", pipe->describe().c_str(), pipe->describe_scheduler(*gen).c_str());
             return 0;
           }};
 }

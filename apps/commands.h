@@ -28,6 +28,13 @@ inline void add_low_memory_option(CLI::App& cli, bool& low_memory) {
                "per stage); a lower peak");
 }
 
+// --timestep-spacing: overrides the model's scheduler config (README, "How the sampler's settings are chosen").
+inline void add_timestep_spacing_option(CLI::App& cli, std::string& spacing) {
+  cli.add_option("--timestep-spacing", spacing,
+                 "leading, linspace or trailing instead of what the model's scheduler config gives the sampler")
+      ->check(CLI::IsMember({"leading", "linspace", "trailing"}));
+}
+
 Command add_generate_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);

@@ -39,6 +39,19 @@ expect 0 "b-2.png" -- "${gen[@]}" --batch-count 2 --output "$tmp/b.png"
 [ -f "$tmp/b.png" ] && [ -f "$tmp/b-2.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: batch files"; }
 expect 0 "single file" -- info --model "$fixtures/tiny-sd.safetensors"
 
+# Scheduler settings: info shows where each value comes from; --timestep-spacing overrides it and is recorded.
+expect 0 'timestep_spacing        "leading"  (file)' -- info --model "$model" --sampler euler
+expect 0 'timestep_spacing        "leading"  (single-file default)' -- info --model "$fixtures/tiny-sd.safetensors"
+expect 0 'timestep_spacing        "trailing"  (option)' -- info --model "$model" --timestep-spacing trailing
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --timestep-spacing trailing --output "$tmp/trailing.png"
+if grep -aq "Timestep spacing: trailing" "$tmp/trailing.png" && ! grep -aq "Timestep spacing" "$tmp/a.png" &&
+  ! cmp -s "$tmp/a.png" "$tmp/trailing.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: --timestep-spacing not applied or not recorded"
+fi
+expect 2 "timestep-spacing" -- "${gen[@]}" --timestep-spacing uniform --output "$tmp/x.png"
+
 # The weight cache: written by the first start, mapped by the second; the images are the same bytes.
 expect 0 "seed 7" -- "${gen[@]}" --seed 7 --weight-cache "$tmp/cache" --output "$tmp/c1.png"
 expect 0 "unet loaded (was valid)" -- info --model "$model" --weight-cache "$tmp/cache"

@@ -125,12 +125,24 @@ TEST(ModelFiles, TinyFolderAndSingleFileAreTheSameModel) {
   EXPECT_EQ(folder.weight_files.size(), 3u);
   EXPECT_EQ(single.weight_files, std::vector<std::string>{testing::fixture("tiny-sd.safetensors")});
 
-  // The single file's standard SD 1.x scheduler is the tiny folder's (which is SD 1.5's).
-  json a = json::parse(folder.scheduler_config_json), b = json::parse(single.scheduler_config_json);
-  a.erase("_diffusers_version");
-  b.erase("_diffusers_version");
-  b.erase("clip_sample");  // SD 1.5's file has it; diffusers' PNDMScheduler ignores it
-  EXPECT_EQ(a, b);
+  // The folder's scheduler config is its file; the single file gets the one diffusers' from_single_file builds:
+  // SCHEDULER_DEFAULT_CONFIG completed by create_scheduler_from_ldm for SD 1.x, loaded into a DDIMScheduler.
+  EXPECT_EQ(folder.scheduler_config_path, testing::fixture("tiny-sd") + "/scheduler/scheduler_config.json");
+  EXPECT_EQ(single.scheduler_config_path, "");
+  const json expected = {{"_class_name", "DDIMScheduler"},
+                         {"beta_schedule", "scaled_linear"},
+                         {"beta_start", 0.00085},
+                         {"beta_end", 0.012},
+                         {"interpolation_type", "linear"},
+                         {"num_train_timesteps", 1000},
+                         {"prediction_type", "epsilon"},
+                         {"sample_max_value", 1.0},
+                         {"set_alpha_to_one", false},
+                         {"skip_prk_steps", true},
+                         {"steps_offset", 1},
+                         {"timestep_spacing", "leading"},
+                         {"clip_sample", false}};
+  EXPECT_EQ(json::parse(single.scheduler_config_json), expected);
 }
 
 TEST(ModelFiles, VaeAttentionKeepsTheFileShape) {

@@ -9,15 +9,12 @@
 
 #include "core/error.h"
 #include "core/torch_rng.h"
+#include "scheduler_fixtures.h"
 #include "schedulers/scheduler.h"
 #include "test_support.h"
 
 namespace sdcpu {
 namespace {
-
-std::string fixture_config_json() {
-  return testing::read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json"));
-}
 
 template <typename E>
 void expect_throw_mentioning(const std::function<void()>& f, const std::string& needle) {
@@ -34,73 +31,193 @@ void expect_model_error(const std::string& json, const std::string& needle) {
   expect_throw_mentioning<ModelError>([&] { parse_scheduler_config(json); }, needle);
 }
 
-TEST(SchedulerConfig, ParsesTheFixtureConfig) {
-  const SchedulerConfig c = parse_scheduler_config(fixture_config_json());
-  EXPECT_EQ(c.class_name, "PNDMScheduler");
-  EXPECT_EQ(c.num_train_timesteps, 1000);
-  EXPECT_DOUBLE_EQ(c.beta_start, 0.00085);
-  EXPECT_DOUBLE_EQ(c.beta_end, 0.012);
-  EXPECT_EQ(c.beta_schedule, "scaled_linear");
-  EXPECT_TRUE(c.trained_betas.empty());
-  EXPECT_EQ(c.prediction_type, "epsilon");
-  ASSERT_TRUE(c.timestep_spacing.has_value());
-  EXPECT_EQ(*c.timestep_spacing, "leading");
-  EXPECT_EQ(c.steps_offset, 1);
-  ASSERT_TRUE(c.set_alpha_to_one.has_value());
-  EXPECT_FALSE(*c.set_alpha_to_one);
-  EXPECT_TRUE(c.skip_prk_steps);
-  EXPECT_TRUE(c.clip_sample);  // absent: DDIM's default
-  EXPECT_FALSE(c.use_karras_sigmas);
+// The settings `sampler` runs with from a stored config given as JSON text.
+SchedulerConfig settings_for(const std::string& sampler, const std::string& json,
+                             SettingSource source = SettingSource::file, const std::string& spacing = "") {
+  return resolve_scheduler_config(sampler, parse_scheduler_config(json, source), SchedulerOverrides{spacing}).config;
 }
 
-TEST(SchedulerConfig, DefaultIsStableDiffusion15) {
-  const SchedulerConfig d;
-  const SchedulerConfig f = parse_scheduler_config(fixture_config_json());
-  EXPECT_EQ(d.class_name, f.class_name);
-  EXPECT_EQ(d.num_train_timesteps, f.num_train_timesteps);
-  EXPECT_EQ(d.beta_start, f.beta_start);
-  EXPECT_EQ(d.beta_end, f.beta_end);
-  EXPECT_EQ(d.beta_schedule, f.beta_schedule);
-  EXPECT_EQ(d.steps_offset, f.steps_offset);
-  EXPECT_EQ(d.set_alpha_to_one, f.set_alpha_to_one);
-  EXPECT_EQ(d.skip_prk_steps, f.skip_prk_steps);
-  // Every scheduler runs the same schedule from either.
+// The source recorded for `key` when `sampler` is resolved.
+SettingSource source_of(const ResolvedSchedulerConfig& r, const std::string& key) {
+  for (const SchedulerSetting& s : r.settings)
+    if (s.key == key) return s.source;
+  ADD_FAILURE() << key << " is not among " << r.diffusers_class << "'s settings";
+  return SettingSource::class_default;
+}
+
+std::string value_of(const ResolvedSchedulerConfig& r, const std::string& key) {
+  for (const SchedulerSetting& s : r.settings)
+    if (s.key == key) return s.value;
+  ADD_FAILURE() << key << " is not among " << r.diffusers_class << "'s settings";
+  return "";
+}
+
+TEST(SchedulerConfig, ParsesTheFixtureConfigKeepingOnlyTheKeysItSets) {
+  const StoredSchedulerConfig c = parse_scheduler_config(testing::tiny_sd_scheduler_json());
+  EXPECT_EQ(c.class_name, "PNDMScheduler");
+  EXPECT_EQ(c.source, SettingSource::file);
+  const std::map<std::string, std::string> expected = {{"beta_end", "0.012"},
+                                                       {"beta_schedule", "\"scaled_linear\""},
+                                                       {"beta_start", "0.00085"},
+                                                       {"num_train_timesteps", "1000"},
+                                                       {"prediction_type", "\"epsilon\""},
+                                                       {"set_alpha_to_one", "false"},
+                                                       {"skip_prk_steps", "true"},
+                                                       {"steps_offset", "1"},
+                                                       {"timestep_spacing", "\"leading\""}};
+  EXPECT_EQ(c.keys, expected);  // trained_betas is null: not set; _class_name, _diffusers_version are not keys
+}
+
+TEST(SchedulerConfig, EmptyObjectGivesEachClassItsDiffusersDefaults) {
+  const StoredSchedulerConfig stored = parse_scheduler_config("{}");
+  EXPECT_TRUE(stored.keys.empty());
+  EXPECT_EQ(stored.class_name, "");
   for (const std::string& name : scheduler_names()) {
     SCOPED_TRACE(name);
-    auto a = make_scheduler(name, d);
-    auto b = make_scheduler(name, f);
-    a->set_timesteps(25);
-    b->set_timesteps(25);
-    EXPECT_EQ(a->timesteps(), b->timesteps());
-    EXPECT_EQ(a->sigmas(), b->sigmas());
-    EXPECT_EQ(a->init_noise_sigma(), b->init_noise_sigma());
+    const ResolvedSchedulerConfig r = resolve_scheduler_config(name, stored);
+    const SchedulerConfig& c = r.config;
+    EXPECT_EQ(c.num_train_timesteps, 1000);
+    EXPECT_DOUBLE_EQ(c.beta_start, 0.0001);
+    EXPECT_DOUBLE_EQ(c.beta_end, 0.02);
+    EXPECT_EQ(c.beta_schedule, "linear");
+    EXPECT_EQ(c.steps_offset, 0);
+    EXPECT_EQ(c.prediction_type, "epsilon");
+    EXPECT_FALSE(c.skip_prk_steps);
+    EXPECT_TRUE(c.clip_sample);
+    EXPECT_TRUE(std::isinf(c.lambda_min_clipped) && c.lambda_min_clipped < 0);
+    const bool leading_class = name == "pndm" || name == "ddim";
+    EXPECT_EQ(c.timestep_spacing, leading_class ? "leading" : "linspace");
+    EXPECT_EQ(c.set_alpha_to_one, name == "ddim");  // DDIMScheduler's default is true, PNDMScheduler's false
+    for (const SchedulerSetting& s : r.settings) {
+      if (s.key != "solver_order" && s.key != "algorithm_type" && s.key != "use_karras_sigmas") {
+        EXPECT_EQ(s.source, SettingSource::class_default) << s.key;
+      }
+    }
+    EXPECT_EQ(c.use_karras_sigmas, name == "dpmpp_2m_karras");
   }
 }
 
-TEST(SchedulerConfig, EmptyObjectGivesDiffusersDefaults) {
-  const SchedulerConfig c = parse_scheduler_config("{}");
-  EXPECT_EQ(c.class_name, "");
-  EXPECT_EQ(c.num_train_timesteps, 1000);
-  EXPECT_DOUBLE_EQ(c.beta_start, 0.0001);
-  EXPECT_DOUBLE_EQ(c.beta_end, 0.02);
-  EXPECT_EQ(c.beta_schedule, "linear");
-  EXPECT_FALSE(c.timestep_spacing.has_value());
-  EXPECT_EQ(c.steps_offset, 0);
-  EXPECT_FALSE(c.set_alpha_to_one.has_value());
-  EXPECT_FALSE(c.skip_prk_steps);
-  EXPECT_TRUE(std::isinf(c.lambda_min_clipped) && c.lambda_min_clipped < 0);
+// The rule of diffusers' ConfigMixin.from_config: a key the stored config sets carries over to whichever sampler
+// is picked, whatever class wrote it; a key it does not set takes the picked class's default.
+TEST(SchedulerConfig, AKeyTheFileSetsCarriesOverToEverySampler) {
+  const std::string pndm = testing::tiny_sd_scheduler_json();  // PNDMScheduler, "timestep_spacing": "leading"
+  for (const std::string& name : scheduler_names()) {
+    SCOPED_TRACE(name);
+    const SchedulerConfig c = settings_for(name, pndm);
+    EXPECT_EQ(c.timestep_spacing, "leading");
+    EXPECT_EQ(c.steps_offset, 1);
+    EXPECT_EQ(c.beta_schedule, "scaled_linear");
+    EXPECT_FALSE(c.set_alpha_to_one);  // set by the file: DDIM's own default (true) does not apply
+    EXPECT_TRUE(c.clip_sample);        // not set: DDIM's default
+  }
+  // The same file without the key: each class's own default.
+  const std::string no_spacing = testing::tiny_sd_scheduler_json_without_spacing();
+  EXPECT_EQ(settings_for("pndm", no_spacing).timestep_spacing, "leading");
+  EXPECT_EQ(settings_for("ddim", no_spacing).timestep_spacing, "leading");
+  for (const char* name : {"euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"})
+    EXPECT_EQ(settings_for(name, no_spacing).timestep_spacing, "linspace") << name;
+
+  // Every other key the same way: SD 1.5's file says clip_sample false (a key PNDM does not take), SDXL's
+  // EulerDiscreteScheduler file says leading, sd-turbo's trailing, SD 2.x's DDIM file v_prediction.
+  EXPECT_FALSE(settings_for("ddim", R"({"_class_name": "PNDMScheduler", "clip_sample": false})").clip_sample);
+  const std::string sdxl = R"({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "leading",
+                               "use_karras_sigmas": false, "interpolation_type": "linear", "steps_offset": 1})";
+  for (const char* name : {"euler", "dpmpp_2m", "ddim", "pndm"})
+    EXPECT_EQ(settings_for(name, sdxl).timestep_spacing, "leading") << name;
+  const std::string turbo = R"({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"})";
+  for (const std::string& name : scheduler_names()) EXPECT_EQ(settings_for(name, turbo).timestep_spacing, "trailing");
+  const std::string sd2 = R"({"_class_name": "DDIMScheduler", "prediction_type": "v_prediction",
+                              "rescale_betas_zero_snr": true, "use_karras_sigmas": true})";
+  for (const char* name : {"euler", "euler_a", "lms", "dpmpp_2m"}) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(settings_for(name, sd2).prediction_type, "v_prediction");
+  }
+  EXPECT_TRUE(settings_for("euler", sd2).rescale_betas_zero_snr);
+  EXPECT_TRUE(settings_for("euler", sd2).use_karras_sigmas);  // carried: Euler takes it
+  EXPECT_TRUE(settings_for("dpmpp_2m", sd2).use_karras_sigmas);
+}
+
+// The name fixes what it says: DPM++ 2M is dpmsolver++ of order 2, and its Karras variant uses Karras sigmas
+// (from_config(config, use_karras_sigmas=True)), whatever the file says.
+TEST(SchedulerConfig, TheSamplersNameFixesWhatItSays) {
+  const std::string file = R"({"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": false})";
+  const ResolvedSchedulerConfig karras = resolve_scheduler_config("dpmpp_2m_karras", parse_scheduler_config(file));
+  EXPECT_TRUE(karras.config.use_karras_sigmas);
+  EXPECT_EQ(source_of(karras, "use_karras_sigmas"), SettingSource::sampler);
+  EXPECT_EQ(value_of(karras, "algorithm_type"), "\"dpmsolver++\"");
+  EXPECT_EQ(value_of(karras, "solver_order"), "2");
+  EXPECT_EQ(source_of(karras, "solver_order"), SettingSource::sampler);
+  const ResolvedSchedulerConfig plain = resolve_scheduler_config("dpmpp_2m", parse_scheduler_config(file));
+  EXPECT_FALSE(plain.config.use_karras_sigmas);
+  EXPECT_EQ(source_of(plain, "use_karras_sigmas"), SettingSource::file);
+}
+
+// A single file has no scheduler file: diffusers' from_single_file builds a DDIMScheduler from its default
+// config, every key set explicitly, and each carries over.
+TEST(SchedulerConfig, SingleFileDefaultsCarryOverToEverySampler) {
+  const StoredSchedulerConfig stored =
+      parse_scheduler_config(sd1_single_file_scheduler_config_json(), SettingSource::single_file_default);
+  EXPECT_EQ(stored.class_name, "DDIMScheduler");
+  for (const std::string& name : scheduler_names()) {
+    SCOPED_TRACE(name);
+    const ResolvedSchedulerConfig r = resolve_scheduler_config(name, stored);
+    EXPECT_EQ(r.config.timestep_spacing, "leading");
+    EXPECT_EQ(r.config.steps_offset, 1);
+    EXPECT_EQ(r.config.beta_schedule, "scaled_linear");
+    EXPECT_DOUBLE_EQ(r.config.beta_start, 0.00085);
+    EXPECT_DOUBLE_EQ(r.config.beta_end, 0.012);
+    EXPECT_FALSE(r.config.clip_sample);
+    EXPECT_FALSE(r.config.set_alpha_to_one);
+    EXPECT_TRUE(r.config.skip_prk_steps);
+    EXPECT_EQ(source_of(r, "timestep_spacing"), SettingSource::single_file_default);
+    EXPECT_EQ(source_of(r, "steps_offset"), SettingSource::single_file_default);
+  }
+}
+
+TEST(SchedulerConfig, SettingsListEveryKeyOfTheClassWithItsSource) {
+  const StoredSchedulerConfig stored = parse_scheduler_config(testing::tiny_sd_scheduler_json());
+  const ResolvedSchedulerConfig ddim = resolve_scheduler_config("ddim", stored);
+  EXPECT_EQ(ddim.diffusers_class, "DDIMScheduler");
+  std::vector<std::string> keys;
+  for (const SchedulerSetting& s : ddim.settings) keys.push_back(s.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                            "trained_betas", "clip_sample", "set_alpha_to_one", "steps_offset",
+                                            "prediction_type", "thresholding", "clip_sample_range", "timestep_spacing",
+                                            "rescale_betas_zero_snr"}));
+  EXPECT_EQ(source_of(ddim, "timestep_spacing"), SettingSource::file);
+  EXPECT_EQ(value_of(ddim, "timestep_spacing"), "\"leading\"");
+  EXPECT_EQ(source_of(ddim, "clip_sample"), SettingSource::class_default);
+  EXPECT_EQ(value_of(ddim, "clip_sample"), "true");
+  EXPECT_EQ(value_of(ddim, "trained_betas"), "null");
+  const ResolvedSchedulerConfig dpm = resolve_scheduler_config("dpmpp_2m", stored);
+  EXPECT_EQ(value_of(dpm, "lambda_min_clipped"), "-Infinity");
+  EXPECT_EQ(source_of(dpm, "lambda_min_clipped"), SettingSource::class_default);
+}
+
+TEST(SchedulerConfig, TheTimestepSpacingOptionOverridesEverySource) {
+  const StoredSchedulerConfig stored = parse_scheduler_config(testing::tiny_sd_scheduler_json());
+  for (const std::string& name : scheduler_names()) {
+    for (const std::string& spacing : timestep_spacing_names()) {
+      const ResolvedSchedulerConfig r = resolve_scheduler_config(name, stored, SchedulerOverrides{spacing});
+      EXPECT_EQ(r.config.timestep_spacing, spacing) << name;
+      EXPECT_EQ(source_of(r, "timestep_spacing"), SettingSource::option) << name;
+    }
+  }
+  expect_throw_mentioning<InvalidArgument>(
+      [&] { resolve_scheduler_config("euler", stored, SchedulerOverrides{"uniform"}); }, "timestep spacing");
+  expect_throw_mentioning<InvalidArgument>([&] { resolve_scheduler_config("heun", stored); }, "valid schedulers");
 }
 
 TEST(SchedulerConfig, NullMeansUnsetAndUnknownKeysAreIgnored) {
-  const SchedulerConfig c = parse_scheduler_config(
+  const StoredSchedulerConfig c = parse_scheduler_config(
       R"({"trained_betas": null, "timestep_spacing": null, "variance_type": null, "algorithm_type": "dpmsolver++",
           "solver_order": 2, "some_future_key": {"nested": [1, 2, 3]}, "_diffusers_version": "0.99"})");
-  EXPECT_TRUE(c.trained_betas.empty());
-  EXPECT_FALSE(c.timestep_spacing.has_value());
+  EXPECT_TRUE(c.keys.empty());
+  EXPECT_EQ(resolve_scheduler_config("euler", c).config.timestep_spacing, "linspace");
 }
 
 TEST(SchedulerConfig, ReadsEveryKnownKey) {
-  const SchedulerConfig c = parse_scheduler_config(R"({
+  const StoredSchedulerConfig stored = parse_scheduler_config(R"({
     "_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000.0, "beta_start": 0.001, "beta_end": 0.01,
     "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction", "timestep_spacing": "trailing",
     "steps_offset": 0, "set_alpha_to_one": true, "skip_prk_steps": true, "clip_sample": false,
@@ -108,11 +225,13 @@ TEST(SchedulerConfig, ReadsEveryKnownKey) {
     "rescale_betas_zero_snr": true, "interpolation_type": "linear", "timestep_type": "continuous",
     "solver_type": "bh2", "lower_order_final": false, "euler_at_final": true, "final_sigmas_type": "sigma_min",
     "lambda_min_clipped": -5.1, "use_lu_lambdas": false})");
-  EXPECT_EQ(c.class_name, "EulerDiscreteScheduler");
+  EXPECT_EQ(stored.class_name, "EulerDiscreteScheduler");
+  EXPECT_EQ(stored.keys.size(), 24u);  // every key sdcpu reads but trained_betas
+  const SchedulerConfig c = resolve_scheduler_config("ddim", stored).config;
   EXPECT_EQ(c.beta_schedule, "squaredcos_cap_v2");
   EXPECT_EQ(c.prediction_type, "v_prediction");
-  EXPECT_EQ(*c.timestep_spacing, "trailing");
-  EXPECT_TRUE(*c.set_alpha_to_one);
+  EXPECT_EQ(c.timestep_spacing, "trailing");
+  EXPECT_TRUE(c.set_alpha_to_one);
   EXPECT_FALSE(c.clip_sample);
   EXPECT_DOUBLE_EQ(c.clip_sample_range, 2.5);
   EXPECT_TRUE(c.use_karras_sigmas);
@@ -129,9 +248,10 @@ TEST(SchedulerConfig, ReadsEveryKnownKey) {
 
 TEST(SchedulerConfig, AcceptsPythonsNonFiniteLiterals) {
   // json.dumps(float("-inf")) writes -Infinity; DPMSolverMultistepScheduler configs carry it.
-  const SchedulerConfig c = parse_scheduler_config(
-      R"({"lambda_min_clipped": -Infinity, "prediction_type": "epsilon", "note": "NaN -Infinity"})");
+  const SchedulerConfig c = settings_for(
+      "dpmpp_2m", R"({"lambda_min_clipped": -Infinity, "prediction_type": "epsilon", "note": "NaN -Infinity"})");
   EXPECT_TRUE(std::isinf(c.lambda_min_clipped) && c.lambda_min_clipped < 0);
+  EXPECT_EQ(c.prediction_type, "epsilon");
   expect_model_error(R"({"beta_start": NaN})", "beta_start");
   expect_model_error(R"({"lambda_min_clipped": NaN})", "lambda_min_clipped");
 }
@@ -171,7 +291,7 @@ TEST(SchedulerConfig, RejectsInvalidOrUnsupportedValues) {
   expect_model_error(R"({"beta_start": -0.1})", "beta_start and beta_end");
   expect_model_error(R"({"clip_sample_range": 0})", "clip_sample_range");
   expect_model_error(R"({"sigma_max": -1})", "sigma_max");
-  expect_model_error(R"({"interpolation_type": "log_linear"})", "interpolation_type");
+  expect_model_error(R"({"interpolation_type": "cubic"})", "interpolation_type");
   expect_model_error(R"({"final_sigmas_type": "one"})", "final_sigmas_type");
   expect_model_error(R"({"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]})", "trained_betas has 2 values");
   expect_model_error(R"({"num_train_timesteps": 2, "trained_betas": [0.1, 1.0]})", "trained_betas");
@@ -179,6 +299,9 @@ TEST(SchedulerConfig, RejectsInvalidOrUnsupportedValues) {
 
 TEST(SchedulerConfig, SchedulersRejectWhatTheyCannotDo) {
   SchedulerConfig c;
+  c.interpolation_type = "log_linear";
+  expect_throw_mentioning<ModelError>([&] { make_scheduler("euler", c); }, "interpolation_type");
+  c = SchedulerConfig();
   c.thresholding = true;
   for (const char* name : {"ddim", "dpmpp_2m", "dpmpp_2m_karras"})
     expect_throw_mentioning<ModelError>([&] { make_scheduler(name, c); }, "thresholding");
@@ -211,7 +334,7 @@ TEST(MakeScheduler, KnowsEveryNameAndRejectsOthers) {
 TEST(Scheduler, RejectsStepCountsOutsideTheTrainingRange) {
   for (const std::string& name : scheduler_names()) {
     SCOPED_TRACE(name);
-    auto s = make_scheduler(name, SchedulerConfig());
+    auto s = make_scheduler(name, testing::sd15_config(name));
     for (int steps : {0, -1, 1001, 100000})
       expect_throw_mentioning<InvalidArgument>([&] { s->set_timesteps(steps); }, "between 1 and 1000");
     EXPECT_NO_THROW(s->set_timesteps(1));
@@ -227,7 +350,7 @@ TEST(Scheduler, RejectsStepCountsOutsideTheTrainingRange) {
 TEST(Scheduler, LeadingOffsetPastTheLastTrainingTimestepIsAnError) {
   // With steps_offset 1 and 1000 steps the "leading" grid reaches t = 1000, which has no alphas_cumprod.
   for (const char* name : {"ddim", "pndm"}) {
-    auto s = make_scheduler(name, SchedulerConfig());
+    auto s = make_scheduler(name, testing::sd15_config(name));
     EXPECT_THROW(s->set_timesteps(1000), InvalidArgument) << name;
   }
 }

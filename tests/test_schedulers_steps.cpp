@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/torch_rng.h"
+#include "scheduler_fixtures.h"
 #include "schedulers/noise_schedule.h"
 #include "schedulers/scheduler.h"
 #include "test_support.h"
@@ -25,9 +26,8 @@ namespace {
 
 const Shape kLatentShape = {1, 4, 16, 16};
 
-SchedulerConfig fixture_config() {
-  return parse_scheduler_config(testing::read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json")));
-}
+// The plain pipeline goldens' settings for `sampler` (scheduler_fixtures.h).
+SchedulerConfig fixture_config(const std::string& sampler) { return testing::sd15_config(sampler); }
 
 // latents_per_step[step] of a pipeline golden.
 Tensor golden_latents(const std::string& stem, int step) {
@@ -60,7 +60,7 @@ TEST(SchedulerSteps, InitialLatentsAreTheRngGolden) {
 // the noise prediction recovered from PNDM's golden step must give DDIM's golden step, clipping of the
 // predicted x0 included (DDIM's clip_sample default: the fixture config does not set it).
 TEST(SchedulerSteps, DdimFirstStepFromPndmsModelOutput) {
-  const SchedulerConfig config = fixture_config();
+  const SchedulerConfig config = fixture_config("ddim");
   const std::vector<float> ac = noise::make_alphas_cumprod(config, false);
   TorchGenerator gen(42);
   const Tensor x = initial_latents(gen, 1.0f);
@@ -72,7 +72,7 @@ TEST(SchedulerSteps, DdimFirstStepFromPndmsModelOutput) {
   const Tensor eps = map2(x, golden_latents("pipeline_pndm_10steps_cfg7.5", 0),
                           [&](double xi, double pi) { return (coeff * xi - pi) * denom / alpha_diff; });
 
-  auto pndm = make_scheduler("pndm", config);
+  auto pndm = make_scheduler("pndm", fixture_config("pndm"));
   pndm->set_timesteps(10);
   EXPECT_TENSOR_NEAR(pndm->step(eps, 0, x, gen), golden_latents("pipeline_pndm_10steps_cfg7.5", 0), 1e-6);
 
@@ -94,8 +94,7 @@ TEST(SchedulerSteps, DdimFirstStepFromPndmsModelOutput) {
 // goldens' first two UNet evaluations coincide. Euler's golden steps give those model outputs; LMS must then
 // reproduce its golden first step (order 1) and second step (order 2: the integrated Lagrange coefficients).
 TEST(SchedulerSteps, LmsFirstTwoStepsFromEulersModelOutputs) {
-  const SchedulerConfig config = fixture_config();
-  auto euler = make_scheduler("euler", config);
+  auto euler = make_scheduler("euler", fixture_config("euler"));
   euler->set_timesteps(10);
   const std::vector<double>& sig = euler->sigmas();
   TorchGenerator gen(42);
@@ -108,13 +107,13 @@ TEST(SchedulerSteps, LmsFirstTwoStepsFromEulersModelOutputs) {
 
   EXPECT_TENSOR_NEAR(golden_latents("pipeline_lms_10steps_cfg7.5", 0), x1, 0.0);  // the shared first step
 
-  auto lms = make_scheduler("lms", config);
+  auto lms = make_scheduler("lms", fixture_config("lms"));
   lms->set_timesteps(10);
   EXPECT_TENSOR_NEAR(lms->step(m0, 0, x0, gen), golden_latents("pipeline_lms_10steps_cfg7.5", 0), 1e-6);
   EXPECT_TENSOR_NEAR(lms->step(m1, 1, x1, gen), golden_latents("pipeline_lms_10steps_cfg7.5", 1), 1e-6);
 
   // And Euler itself reproduces its goldens from them.
-  auto e = make_scheduler("euler", config);
+  auto e = make_scheduler("euler", fixture_config("euler"));
   e->set_timesteps(10);
   TorchGenerator g2(42);
   const Tensor start = initial_latents(g2, e->init_noise_sigma());
@@ -125,12 +124,11 @@ TEST(SchedulerSteps, LmsFirstTwoStepsFromEulersModelOutputs) {
 // Euler a's first UNet call is Euler's (same sigmas, same scaled input). Its golden first step then pins the
 // ancestral split and the noise: the second randn([1, 4, 16, 16]) of the seed-42 generator.
 TEST(SchedulerSteps, EulerAncestralFirstStepContinuesTheGenerator) {
-  const SchedulerConfig config = fixture_config();
-  auto euler = make_scheduler("euler", config);
+  auto euler = make_scheduler("euler", fixture_config("euler"));
   euler->set_timesteps(10);
   const std::vector<double>& sig = euler->sigmas();
   TorchGenerator gen(42);
-  auto ea = make_scheduler("euler_a", config);
+  auto ea = make_scheduler("euler_a", fixture_config("euler_a"));
   ea->set_timesteps(10);
   const Tensor x0 = initial_latents(gen, ea->init_noise_sigma());
   const Tensor m0 = map2(golden_latents("pipeline_euler_10steps_cfg7.5", 0), x0,
@@ -141,8 +139,7 @@ TEST(SchedulerSteps, EulerAncestralFirstStepContinuesTheGenerator) {
 // DPM-Solver++ with and without Karras sigmas start at the same t = 999 with the same unscaled input, so
 // they see the same model output; their first steps (first order) differ only in the target sigma.
 TEST(SchedulerSteps, DpmSolverKarrasFirstStepFromDpmSolversModelOutput) {
-  const SchedulerConfig config = fixture_config();
-  auto dpm = make_scheduler("dpmpp_2m", config);
+  auto dpm = make_scheduler("dpmpp_2m", fixture_config("dpmpp_2m"));
   dpm->set_timesteps(10);
   TorchGenerator gen(42);
   const Tensor x = initial_latents(gen, dpm->init_noise_sigma());
@@ -160,7 +157,7 @@ TEST(SchedulerSteps, DpmSolverKarrasFirstStepFromDpmSolversModelOutput) {
   const Tensor m = map2(x, pred_x0, [&](double xi, double p) { return (xi - alpha_s * p) / sigma_s; });
 
   EXPECT_TENSOR_NEAR(dpm->step(m, 0, x, gen), golden_latents("pipeline_dpmpp_2m_10steps_cfg7.5", 0), 1e-6);
-  auto karras = make_scheduler("dpmpp_2m_karras", config);
+  auto karras = make_scheduler("dpmpp_2m_karras", fixture_config("dpmpp_2m_karras"));
   karras->set_timesteps(10);
   EXPECT_TENSOR_NEAR(karras->step(m, 0, x, gen), golden_latents("pipeline_dpmpp_2m_karras_10steps_cfg7.5", 0), 1e-6);
 }
@@ -193,9 +190,11 @@ Noise noise_at(const std::string& name, const Scheduler& sched, const std::vecto
 }
 
 // Runs a full sampling loop with a model that knows x0 and answers in `prediction`.
-Tensor sample_with_oracle(const std::string& name, SchedulerConfig config, const std::string& prediction,
-                          const Tensor& x0, int steps) {
+Tensor sample_with_oracle(const std::string& name, const std::string& prediction, const Tensor& x0, int steps) {
+  SchedulerConfig config = fixture_config(name);
   config.prediction_type = prediction;
+  config.clip_sample = false;      // DDIM: no clipping of the (exact) x0
+  config.set_alpha_to_one = true;  // DDIM: the last step goes all the way to alpha = 1
   auto sched = make_scheduler(name, config);
   sched->set_timesteps(steps);
   const std::vector<float> ac = noise::make_alphas_cumprod(config, false);
@@ -219,9 +218,6 @@ Tensor sample_with_oracle(const std::string& name, SchedulerConfig config, const
 
 TEST(SchedulerOracle, EverySamplerLandsOnX0InEveryPredictionType) {
   const Tensor x0 = random_tensor(11, 0.8f);
-  SchedulerConfig config = fixture_config();
-  config.clip_sample = false;      // DDIM: no clipping of the (exact) x0
-  config.set_alpha_to_one = true;  // DDIM: the last step goes all the way to alpha = 1
   const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
       {"ddim", {"epsilon", "v_prediction", "sample"}},
       {"euler", {"epsilon", "v_prediction", "sample"}},
@@ -234,7 +230,7 @@ TEST(SchedulerOracle, EverySamplerLandsOnX0InEveryPredictionType) {
     for (const std::string& prediction : predictions) {
       for (int steps : {1, 4, 20}) {
         SCOPED_TRACE(name + " " + prediction + " " + std::to_string(steps) + " steps");
-        EXPECT_TENSOR_NEAR(sample_with_oracle(name, config, prediction, x0, steps), x0, 2e-5);
+        EXPECT_TENSOR_NEAR(sample_with_oracle(name, prediction, x0, steps), x0, 2e-5);
       }
     }
   }
@@ -247,8 +243,11 @@ TEST(SchedulerOracle, ConstantNoisePredictionMakesMultistepMethodsAgree) {
   const Tensor eps = random_tensor(5);
   const Tensor start = random_tensor(6);
   TorchGenerator gen(1);
-  SchedulerConfig config = fixture_config();
-  config.clip_sample = false;
+  auto config = [](const std::string& name) {
+    SchedulerConfig c = fixture_config(name);
+    c.clip_sample = false;
+    return c;
+  };
 
   auto run = [&](const std::string& name, const SchedulerConfig& c, int steps, float scale) {
     auto s = make_scheduler(name, c);
@@ -262,8 +261,8 @@ TEST(SchedulerOracle, ConstantNoisePredictionMakesMultistepMethodsAgree) {
     }
     return xs;
   };
-  const std::vector<Tensor> ddim = run("ddim", config, 10, 1.0f);
-  const std::vector<Tensor> plms = run("pndm", config, 10, 1.0f);
+  const std::vector<Tensor> ddim = run("ddim", config("ddim"), 10, 1.0f);
+  const std::vector<Tensor> plms = run("pndm", config("pndm"), 10, 1.0f);
   ASSERT_EQ(plms.size(), 11u);
   EXPECT_TENSOR_NEAR(plms[0], ddim[0], 1e-6);
   EXPECT_TENSOR_NEAR(plms[1], ddim[0], 1e-6);
@@ -271,14 +270,14 @@ TEST(SchedulerOracle, ConstantNoisePredictionMakesMultistepMethodsAgree) {
     SCOPED_TRACE("step " + std::to_string(k));
     EXPECT_TENSOR_NEAR(plms[k + 1], ddim[k], 1e-5);
   }
-  SchedulerConfig prk = config;
+  SchedulerConfig prk = config("pndm");
   prk.skip_prk_steps = false;
   const std::vector<Tensor> rk = run("pndm", prk, 10, 1.0f);
   ASSERT_EQ(rk.size(), 19u);
   EXPECT_TENSOR_NEAR(rk.back(), ddim.back(), 1e-5);
 
-  const std::vector<Tensor> euler = run("euler", config, 10, 1.0f);
-  const std::vector<Tensor> lms = run("lms", config, 10, 1.0f);
+  const std::vector<Tensor> euler = run("euler", config("euler"), 10, 1.0f);
+  const std::vector<Tensor> lms = run("lms", config("lms"), 10, 1.0f);
   for (int k = 0; k < 10; ++k) {
     SCOPED_TRACE("lms step " + std::to_string(k));
     EXPECT_TENSOR_NEAR(lms[k], euler[k], 1e-5);
@@ -286,7 +285,7 @@ TEST(SchedulerOracle, ConstantNoisePredictionMakesMultistepMethodsAgree) {
 }
 
 TEST(SchedulerSteps, DdimClipsThePredictedX0) {
-  SchedulerConfig config = fixture_config();
+  SchedulerConfig config = fixture_config("ddim");
   config.clip_sample_range = 2.0;
   auto ddim = make_scheduler("ddim", config);
   ddim->set_timesteps(10);
@@ -300,7 +299,7 @@ TEST(SchedulerSteps, DdimClipsThePredictedX0) {
 }
 
 TEST(SchedulerSteps, DpmSolverLastStepReturnsThePredictedX0) {
-  auto dpm = make_scheduler("dpmpp_2m", SchedulerConfig());
+  auto dpm = make_scheduler("dpmpp_2m", fixture_config("dpmpp_2m"));
   dpm->set_timesteps(1);
   TorchGenerator gen(0);
   const Tensor x = random_tensor(1), m = random_tensor(2);
@@ -311,7 +310,7 @@ TEST(SchedulerSteps, DpmSolverLastStepReturnsThePredictedX0) {
 }
 
 TEST(SchedulerSteps, EulerDrawsAndDiscardsNoiseLikeDiffusers) {
-  auto euler = make_scheduler("euler", SchedulerConfig());
+  auto euler = make_scheduler("euler", fixture_config("euler"));
   euler->set_timesteps(4);
   TorchGenerator a(9), b(9);
   const Tensor x = random_tensor(1), m = random_tensor(2);
@@ -321,7 +320,7 @@ TEST(SchedulerSteps, EulerDrawsAndDiscardsNoiseLikeDiffusers) {
   // Deterministic schedulers leave the generator alone.
   for (const char* name : {"pndm", "ddim", "lms", "dpmpp_2m"}) {
     SCOPED_TRACE(name);
-    auto s = make_scheduler(name, SchedulerConfig());
+    auto s = make_scheduler(name, fixture_config(name));
     s->set_timesteps(4);
     TorchGenerator c(9), d(9);
     s->step(m, 0, x, c);
@@ -332,7 +331,7 @@ TEST(SchedulerSteps, EulerDrawsAndDiscardsNoiseLikeDiffusers) {
 TEST(SchedulerSteps, ScaleModelInput) {
   const Tensor x = Tensor::full({2, 4, 8, 8}, 3.0f);  // the guidance batch
   for (const char* name : {"euler", "euler_a", "lms"}) {
-    auto s = make_scheduler(name, SchedulerConfig());
+    auto s = make_scheduler(name, fixture_config(name));
     s->set_timesteps(10);
     const float sigma = static_cast<float>(s->sigmas()[2]);
     const Tensor y = s->scale_model_input(x, 2);
@@ -340,7 +339,7 @@ TEST(SchedulerSteps, ScaleModelInput) {
     EXPECT_EQ(y[100], 3.0f / std::sqrt(sigma * sigma + 1.0f)) << name;
   }
   for (const char* name : {"pndm", "ddim", "dpmpp_2m", "dpmpp_2m_karras"}) {
-    auto s = make_scheduler(name, SchedulerConfig());
+    auto s = make_scheduler(name, fixture_config(name));
     s->set_timesteps(10);
     EXPECT_EQ(s->scale_model_input(x, 2)[100], 3.0f) << name;
   }
@@ -351,8 +350,8 @@ TEST(SchedulerSteps, ScaleModelInput) {
 TEST(SchedulerSteps, HistoryDoesNotAliasCallerBuffers) {
   for (const char* name : {"pndm", "lms", "dpmpp_2m"}) {
     SCOPED_TRACE(name);
-    auto fresh = make_scheduler(name, SchedulerConfig());
-    auto reused = make_scheduler(name, SchedulerConfig());
+    auto fresh = make_scheduler(name, fixture_config(name));
+    auto reused = make_scheduler(name, fixture_config(name));
     fresh->set_timesteps(6);
     reused->set_timesteps(6);
     TorchGenerator g1(0), g2(0);

@@ -11,16 +11,13 @@
 #include <string>
 
 #include "core/error.h"
+#include "scheduler_fixtures.h"
 #include "schedulers/noise_schedule.h"
 #include "schedulers/scheduler.h"
 #include "test_support.h"
 
 namespace sdcpu {
 namespace {
-
-SchedulerConfig fixture_config() {
-  return parse_scheduler_config(testing::read_text(testing::fixture("tiny-sd/scheduler/scheduler_config.json")));
-}
 
 // A float64 tensor of a golden, exactly.
 std::vector<double> read_f64(const SafetensorsFile& f, const std::string& name) {
@@ -42,24 +39,36 @@ std::vector<std::string> pipeline_goldens() {
   return names;
 }
 
-std::vector<double> timesteps_for(const std::string& name, int steps, const SchedulerConfig& c = SchedulerConfig()) {
+std::vector<double> timesteps_for(const std::string& name, int steps, const SchedulerConfig& c) {
   auto s = make_scheduler(name, c);
   s->set_timesteps(steps);
   return s->timesteps();
 }
 
-// Every pipeline golden: its scheduler, configured from the fixture's scheduler_config.json, has exactly
-// the golden's timesteps and sigmas (bit for bit: the float32 tables are computed as torch does).
+// With SD 1.5's scheduler and the class's own default spacing (the plain goldens' settings).
+std::vector<double> timesteps_for(const std::string& name, int steps) {
+  return timesteps_for(name, steps, testing::sd15_config(name));
+}
+
+// SD 1.5's scheduler with the given spacing.
+SchedulerConfig sd15_with_spacing(const std::string& name, const std::string& spacing) {
+  SchedulerConfig c = testing::sd15_config(name);
+  c.timestep_spacing = spacing;
+  return c;
+}
+
+// Every pipeline golden: its scheduler, configured from the stored config the golden was made from (the folder's
+// file, the file without timestep_spacing, or diffusers' single-file default), has exactly the golden's timesteps
+// and sigmas (bit for bit: the float32 tables are computed as torch does).
 TEST(SchedulerGoldens, TimestepsAndSigmasMatchEveryPipelineGolden) {
-  const SchedulerConfig config = fixture_config();
   const std::vector<std::string> goldens = pipeline_goldens();
-  ASSERT_GE(goldens.size(), 16u);
+  ASSERT_GE(goldens.size(), 29u);
   for (const std::string& g : goldens) {
     SCOPED_TRACE(g);
     const SafetensorsFile& f = testing::golden(g);
     const std::string name = f.metadata().at("scheduler");
     const int steps = std::stoi(f.metadata().at("steps"));
-    auto s = make_scheduler(name, config);
+    auto s = make_scheduler(name, resolve_scheduler_config(name, testing::stored_config_of_golden(g)).config);
     s->set_timesteps(steps);
     const std::vector<double> timesteps = read_f64(f, "timesteps");
     ASSERT_EQ(s->timesteps().size(), timesteps.size());
@@ -80,21 +89,18 @@ TEST(SchedulerGoldens, TimestepsAndSigmasMatchEveryPipelineGolden) {
 }
 
 TEST(SchedulerGoldens, InitNoiseSigma) {
-  const SchedulerConfig config = fixture_config();
   for (const char* name : {"pndm", "ddim", "dpmpp_2m", "dpmpp_2m_karras"}) {
-    auto s = make_scheduler(name, config);
+    auto s = make_scheduler(name, testing::sd15_config(name));
     s->set_timesteps(10);
     EXPECT_EQ(s->init_noise_sigma(), 1.0f) << name;
   }
   for (const char* name : {"euler", "euler_a", "lms"}) {
-    auto s = make_scheduler(name, config);
+    auto s = make_scheduler(name, testing::sd15_config(name));
     s->set_timesteps(10);
     EXPECT_EQ(s->init_noise_sigma(), 14.614645004272461f) << name;  // the largest sigma (linspace)
   }
   // "leading" spacing scales by sqrt(sigma_max^2 + 1) instead.
-  SchedulerConfig leading = config;
-  leading.class_name = "EulerDiscreteScheduler";
-  auto s = make_scheduler("euler", leading);
+  auto s = make_scheduler("euler", sd15_with_spacing("euler", "leading"));
   s->set_timesteps(10);
   const float sigma_max = static_cast<float>(s->sigmas()[0]);
   EXPECT_EQ(s->init_noise_sigma(), std::sqrt(sigma_max * sigma_max + 1.0f));
@@ -112,11 +118,9 @@ TEST(TimestepSpacing, LeadingWithStepsOffset) {
 }
 
 TEST(TimestepSpacing, Linspace) {
-  SchedulerConfig c;
-  c.timestep_spacing = "linspace";
-  c.class_name = "DDIMScheduler";
-  EXPECT_EQ(timesteps_for("ddim", 20, c), (std::vector<double>{999, 946, 894, 841, 789, 736, 684, 631, 578, 526,
-                                                               473, 421, 368, 315, 263, 210, 158, 105, 53,  0}));
+  EXPECT_EQ(timesteps_for("ddim", 20, sd15_with_spacing("ddim", "linspace")),
+            (std::vector<double>{999, 946, 894, 841, 789, 736, 684, 631, 578, 526,
+                                 473, 421, 368, 315, 263, 210, 158, 105, 53,  0}));
   // Euler keeps np.linspace's fractions (as float32).
   EXPECT_EQ(timesteps_for("euler", 7), (std::vector<double>{999, 832.5, 666, 499.5, 333, 166.5, 0}));
   EXPECT_EQ(timesteps_for("lms", 7), (std::vector<double>{999, 832.5, 666, 499.5, 333, 166.5, 0}));
@@ -129,54 +133,27 @@ TEST(TimestepSpacing, Linspace) {
 }
 
 TEST(TimestepSpacing, Trailing) {
-  SchedulerConfig c;
-  c.timestep_spacing = "trailing";
-  EXPECT_EQ(timesteps_for("ddim", 20, c), (std::vector<double>{999, 949, 899, 849, 799, 749, 699, 649, 599, 549,
-                                                               499, 449, 399, 349, 299, 249, 199, 149, 99,  49}));
-  EXPECT_EQ(timesteps_for("ddim", 7, c), (std::vector<double>{999, 856, 713, 570, 428, 285, 142}));
-  EXPECT_EQ(timesteps_for("euler", 7, c), (std::vector<double>{999, 856, 713, 570, 428, 285, 142}));
+  auto c = [](const std::string& name) { return sd15_with_spacing(name, "trailing"); };
+  EXPECT_EQ(timesteps_for("ddim", 20, c("ddim")),
+            (std::vector<double>{999, 949, 899, 849, 799, 749, 699, 649, 599, 549,
+                                 499, 449, 399, 349, 299, 249, 199, 149, 99,  49}));
+  EXPECT_EQ(timesteps_for("ddim", 7, c("ddim")), (std::vector<double>{999, 856, 713, 570, 428, 285, 142}));
+  EXPECT_EQ(timesteps_for("euler", 7, c("euler")), (std::vector<double>{999, 856, 713, 570, 428, 285, 142}));
   // 1000 / 16 = 62.5: the halves round to even, as np.round does.
-  EXPECT_EQ(timesteps_for("dpmpp_2m", 16, c),
+  EXPECT_EQ(timesteps_for("dpmpp_2m", 16, c("dpmpp_2m")),
             (std::vector<double>{999, 937, 874, 811, 749, 687, 624, 561, 499, 437, 374, 311, 249, 187, 124, 61}));
-  EXPECT_EQ(timesteps_for("dpmpp_2m", 10, c), (std::vector<double>{999, 899, 799, 699, 599, 499, 399, 299, 199, 99}));
+  EXPECT_EQ(timesteps_for("dpmpp_2m", 10, c("dpmpp_2m")),
+            (std::vector<double>{999, 899, 799, 699, 599, 499, 399, 299, 199, 99}));
 }
 
 TEST(TimestepSpacing, DpmSolverLeading) {
-  SchedulerConfig c;
-  c.class_name = "DPMSolverMultistepScheduler";
-  c.timestep_spacing = "leading";
   // step 1000 // (10 + 1) = 90, offset 1
-  EXPECT_EQ(timesteps_for("dpmpp_2m", 10, c), (std::vector<double>{901, 811, 721, 631, 541, 451, 361, 271, 181, 91}));
-}
-
-// A timestep_spacing equal to the writing class's default stands for "unset" when another class reads the
-// config (see SchedulerConfig::timestep_spacing); any other value, or the same class, is kept.
-TEST(TimestepSpacing, DefaultsWhenSwitchingSchedulerClass) {
-  SchedulerConfig pndm_leading;  // class PNDMScheduler, leading = PNDM's default
-  pndm_leading.timestep_spacing = "leading";
-  EXPECT_EQ(timesteps_for("euler", 10, pndm_leading)[0], 999);  // Euler's default linspace
-  EXPECT_EQ(timesteps_for("ddim", 10, pndm_leading)[0], 901);   // DDIM's default is leading too
-  EXPECT_EQ(timesteps_for("pndm", 10, pndm_leading)[0], 901);
-
-  SchedulerConfig pndm_trailing = pndm_leading;
-  pndm_trailing.timestep_spacing = "trailing";  // not PNDM's default: explicit
-  EXPECT_EQ(timesteps_for("euler", 10, pndm_trailing)[0], 999);
-  EXPECT_EQ(timesteps_for("euler", 10, pndm_trailing)[9], 99);
-
-  SchedulerConfig sdxl;  // SDXL's EulerDiscreteScheduler config sets leading explicitly
-  sdxl.class_name = "EulerDiscreteScheduler";
-  sdxl.timestep_spacing = "leading";
-  EXPECT_EQ(timesteps_for("euler", 10, sdxl)[0], 901);
-  EXPECT_EQ(timesteps_for("dpmpp_2m", 10, sdxl)[0], 901);  // leading != Euler's default: kept
-  EXPECT_EQ(timesteps_for("ddim", 10, sdxl)[0], 901);
-
-  SchedulerConfig unknown_class = sdxl;
-  unknown_class.class_name = "SomeFutureScheduler";
-  EXPECT_EQ(timesteps_for("euler", 10, unknown_class)[0], 901);
+  EXPECT_EQ(timesteps_for("dpmpp_2m", 10, sd15_with_spacing("dpmpp_2m", "leading")),
+            (std::vector<double>{901, 811, 721, 631, 541, 451, 361, 271, 181, 91}));
 }
 
 TEST(Pndm, RungeKuttaWarmupTimesteps) {
-  SchedulerConfig c;
+  SchedulerConfig c = testing::sd15_config("pndm");
   c.skip_prk_steps = false;
   // _timesteps 1, 101, ..., 901; Runge-Kutta on the last four with half steps of 1000 // 10 // 2 = 50,
   // then PLMS from 601 down.
@@ -210,7 +187,7 @@ TEST(Karras, SigmasFollowEquation5) {
 }
 
 TEST(Karras, DpmSolverKarrasSchedule) {
-  auto s = make_scheduler("dpmpp_2m_karras", SchedulerConfig());
+  auto s = make_scheduler("dpmpp_2m_karras", testing::sd15_config("dpmpp_2m_karras"));
   s->set_timesteps(10);
   // Between the table's extremes (sigma at t = 0 and t = 999), timesteps from log-sigma interpolation.
   EXPECT_EQ(s->timesteps(), (std::vector<double>{999, 916, 815, 687, 523, 327, 146, 41, 7, 0}));
@@ -218,7 +195,7 @@ TEST(Karras, DpmSolverKarrasSchedule) {
   EXPECT_EQ(static_cast<float>(s->sigmas()[9]), 0.029167532920837402f);
   EXPECT_EQ(s->sigmas()[10], 0.0);
   // Configured bounds replace the table's.
-  SchedulerConfig c;
+  SchedulerConfig c = testing::sd15_config("dpmpp_2m_karras");
   c.sigma_min = 0.1;
   c.sigma_max = 10.0;
   auto b = make_scheduler("dpmpp_2m_karras", c);
@@ -228,10 +205,10 @@ TEST(Karras, DpmSolverKarrasSchedule) {
 }
 
 TEST(Karras, EulerAndLmsKarrasKeepFractionalTimesteps) {
-  SchedulerConfig c;
-  c.use_karras_sigmas = true;
   for (const char* name : {"euler", "lms"}) {
     SCOPED_TRACE(name);
+    SchedulerConfig c = testing::sd15_config(name);
+    c.use_karras_sigmas = true;
     auto s = make_scheduler(name, c);
     s->set_timesteps(10);
     EXPECT_EQ(static_cast<float>(s->sigmas()[0]), 14.614645004272461f);
@@ -243,7 +220,7 @@ TEST(Karras, EulerAndLmsKarrasKeepFractionalTimesteps) {
 }
 
 TEST(NoiseSchedule, SigmaToTInvertsTheTable) {
-  const std::vector<float> ac = noise::make_alphas_cumprod(SchedulerConfig(), false);
+  const std::vector<float> ac = noise::make_alphas_cumprod(testing::sd15_config("euler"), false);
   const std::vector<float> table = noise::sigmas_from_alphas_cumprod(ac);
   const std::vector<float> logs = noise::log_f32(table);
   for (int t : {0, 1, 100, 500, 998, 999}) EXPECT_NEAR(noise::sigma_to_t(table[t], logs), t, 1e-4) << t;
@@ -256,7 +233,7 @@ TEST(NoiseSchedule, SigmaToTInvertsTheTable) {
 }
 
 TEST(NoiseSchedule, AlphasCumprodOfSd15) {
-  const std::vector<float> ac = noise::make_alphas_cumprod(SchedulerConfig(), false);
+  const std::vector<float> ac = noise::make_alphas_cumprod(testing::sd15_config("euler"), false);
   ASSERT_EQ(ac.size(), 1000u);
   EXPECT_NEAR(ac[0], 1 - 0.00085, 1e-7);
   EXPECT_NEAR(ac[999], 0.0046600951, 1e-9);
@@ -278,7 +255,7 @@ TEST(NoiseSchedule, TorchLinspace) {
 }
 
 TEST(NoiseSchedule, OtherBetaSchedules) {
-  SchedulerConfig c = SchedulerConfig::diffusers_defaults();  // linear 0.0001 .. 0.02
+  SchedulerConfig c;  // diffusers' __init__ defaults: linear 0.0001 .. 0.02
   std::vector<float> b = noise::make_betas(c);
   EXPECT_EQ(b.front(), 0.0001f);
   EXPECT_EQ(b.back(), 0.02f);
@@ -294,9 +271,9 @@ TEST(NoiseSchedule, OtherBetaSchedules) {
 }
 
 TEST(NoiseSchedule, ZeroTerminalSnr) {
-  SchedulerConfig c;
+  SchedulerConfig c = testing::sd15_config("euler");
   c.rescale_betas_zero_snr = true;
-  const std::vector<float> plain = noise::make_alphas_cumprod(SchedulerConfig(), false);
+  const std::vector<float> plain = noise::make_alphas_cumprod(testing::sd15_config("euler"), false);
   const std::vector<float> ac = noise::make_alphas_cumprod(c, false);
   EXPECT_NEAR(ac[0], plain[0], 1e-6);   // first timestep kept
   EXPECT_NEAR(ac.back(), 0.0f, 1e-12);  // zero SNR at the end

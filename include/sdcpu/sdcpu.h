@@ -49,6 +49,9 @@ struct GenerateOptions {
   int steps = 20;
   float cfg_scale = 7.5f;  // classifier-free guidance; <= 1 runs the conditional half only
   std::string sampler = "dpmpp_2m";
+  // "leading", "linspace" or "trailing" overrides the model's timestep_spacing; empty: as the model's scheduler
+  // config says, read as diffusers reads it (README, "How the sampler's settings are chosen").
+  std::string timestep_spacing;
   uint64_t seed = 0;  // image k of a batch uses seed + k, as AUTOMATIC1111 does
   int width = 512;
   int height = 512;
@@ -80,6 +83,12 @@ class Pipeline {
 
   // What was detected: layout, architecture, configurations, tensors ignored.
   virtual std::string describe() const = 0;
+
+  // The scheduler settings `options.sampler` would run with (its options.timestep_spacing included): every key
+  // of its diffusers class, the value in effect and where it came from (the model's file, diffusers' single-file
+  // default, the class default, the sampler's name, or the option). Throws InvalidArgument for a bad sampler or
+  // spacing.
+  virtual std::string describe_scheduler(const GenerateOptions& options) const = 0;
 };
 
 // `sdcpu bench`: load a model, generate, and measure each stage, throughput per batch size, peak memory

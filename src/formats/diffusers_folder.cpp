@@ -185,6 +185,7 @@ ModelFiles open_diffusers_folder(const std::string& path, const std::string& var
 
   const fs::path scheduler = root / "scheduler" / "scheduler_config.json";
   m.scheduler_config_json = read_text(scheduler, "scheduler config");
+  m.scheduler_config_path = scheduler.string();
   parse_json_object(m.scheduler_config_json, scheduler);  // the scheduler layer reads the keys
 
   const fs::path tokenizer = root / "tokenizer";

@@ -19,8 +19,11 @@ struct ModelFiles {
   ClipTextConfig text_encoder_config;
   UNetConfig unet_config;
   VaeConfig vae_config;
-  std::string scheduler_config_json;  // scheduler/scheduler_config.json, or SD 1.x's standard PNDM config
-  std::string tokenizer_dir;          // folder with vocab.json + merges.txt; "" = sdcpu's bundled vocabulary
+  // The scheduler config as stored: scheduler/scheduler_config.json (its path in scheduler_config_path), or for a
+  // single file, which has none, the config diffusers' from_single_file builds (scheduler_config_path empty).
+  std::string scheduler_config_json;
+  std::string scheduler_config_path;
+  std::string tokenizer_dir;  // folder with vocab.json + merges.txt; "" = sdcpu's bundled vocabulary
   std::shared_ptr<WeightStore> text_encoder, unet, vae;  // under diffusers/transformers names
   // Single file: tensors that belong to no component (model_ema.*, alphas_cumprod, position_ids, ...).
   std::vector<std::string> ignored_tensors;

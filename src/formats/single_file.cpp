@@ -18,20 +18,24 @@ std::shared_ptr<WeightStore> make_store(const char* component, const std::vector
 
 }  // namespace
 
-const std::string& sd1_scheduler_config_json() {
+const std::string& sd1_single_file_scheduler_config_json() {
+  // SCHEDULER_DEFAULT_CONFIG, then create_scheduler_from_ldm's changes for an SD 1.x/2.x checkpoint: the yaml's
+  // linear_start/linear_end (v1-inference.yaml: 0.00085, 0.012), scaled_linear, clip_sample and set_alpha_to_one
+  // false, prediction_type epsilon (no `parameterization: "v"`). DDIMScheduler.from_config keeps every key.
   static const std::string kConfig = R"({
-  "_class_name": "PNDMScheduler",
-  "_diffusers_version": "0.27.2",
-  "beta_end": 0.012,
+  "_class_name": "DDIMScheduler",
   "beta_schedule": "scaled_linear",
   "beta_start": 0.00085,
+  "beta_end": 0.012,
+  "interpolation_type": "linear",
   "num_train_timesteps": 1000,
   "prediction_type": "epsilon",
+  "sample_max_value": 1.0,
   "set_alpha_to_one": false,
   "skip_prk_steps": true,
   "steps_offset": 1,
   "timestep_spacing": "leading",
-  "trained_betas": null
+  "clip_sample": false
 }
 )";
   return kConfig;
@@ -56,8 +60,9 @@ ModelFiles open_single_file(const std::string& path) {
   m.text_encoder_config = layout.text_encoder_config;
   m.unet_config = layout.unet_config;
   m.vae_config = layout.vae_config;
-  // Only SD 1.x gets here (map_single_file refuses the others), so its standard scheduler applies.
-  m.scheduler_config_json = sd1_scheduler_config_json();
+  // Only SD 1.x gets here (map_single_file refuses the others).
+  m.scheduler_config_json = sd1_single_file_scheduler_config_json();
+  m.scheduler_config_path.clear();
   m.tokenizer_dir = "";  // SD 1.x uses the CLIP ViT-L/14 vocabulary sdcpu bundles
   m.text_encoder = make_store("text_encoder", layout.text_encoder, file);
   m.unet = make_store("unet", layout.unet, file);

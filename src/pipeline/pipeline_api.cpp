@@ -1,4 +1,5 @@
 // The public API (include/sdcpu/sdcpu.h) over Txt2ImgPipeline.
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 
@@ -41,6 +42,7 @@ class PipelineImpl : public Pipeline {
     r.steps = o.steps;
     r.cfg_scale = o.cfg_scale;
     r.sampler = o.sampler;
+    r.timestep_spacing = o.timestep_spacing;
     r.seed = o.seed;
     r.width = o.width;
     r.height = o.height;
@@ -57,12 +59,44 @@ class PipelineImpl : public Pipeline {
       img.height = o.height;
       img.rgb = image_to_rgb8(result.image, 0);
       img.seed = r.seed;
-      img.parameters =
-          format_a1111_parameters({o.prompt, o.negative_prompt, o.sampler, model_name(txt2img_.files().path), o.steps,
-                                   o.width, o.height, o.clip_skip, o.cfg_scale, r.seed});
+      GenerationParameters p;
+      p.prompt = o.prompt;
+      p.negative_prompt = o.negative_prompt;
+      p.sampler = o.sampler;
+      p.model = model_name(txt2img_.files().path);
+      p.timestep_spacing = o.timestep_spacing;
+      p.steps = o.steps;
+      p.width = o.width;
+      p.height = o.height;
+      p.clip_skip = o.clip_skip;
+      p.cfg_scale = o.cfg_scale;
+      p.seed = r.seed;
+      img.parameters = format_a1111_parameters(p);
       images.push_back(std::move(img));
     }
     return images;
+  }
+
+  std::string describe_scheduler(const GenerateOptions& o) const override {
+    Txt2ImgRequest r;
+    r.sampler = o.sampler;
+    r.timestep_spacing = o.timestep_spacing;
+    const ResolvedSchedulerConfig resolved = txt2img_.scheduler_settings(r);
+    const ModelFiles& f = txt2img_.files();
+    const StoredSchedulerConfig& stored = txt2img_.scheduler_config();
+    std::ostringstream s;
+    s << "scheduler:    " << resolved.sampler << " (" << resolved.diffusers_class << "), from "
+      << (f.scheduler_config_path.empty()
+              ? "diffusers' single-file default config (DDIMScheduler)"
+              : f.scheduler_config_path + " (" + (stored.class_name.empty() ? "no _class_name" : stored.class_name) +
+                    ")")
+      << "\n";
+    size_t width = 0;
+    for (const SchedulerSetting& setting : resolved.settings) width = std::max(width, setting.key.size());
+    for (const SchedulerSetting& setting : resolved.settings)
+      s << "  " << setting.key << std::string(width + 2 - setting.key.size(), ' ') << setting.value << "  ("
+        << setting_source_name(setting.source) << ")\n";
+    return s.str();
   }
 
   std::string describe() const override {

@@ -1,5 +1,6 @@
 #include "pipeline/txt2img.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <optional>
@@ -56,6 +57,15 @@ void validate(const Txt2ImgRequest& r) {
   if (!std::isfinite(r.cfg_scale) || r.cfg_scale < 0 || r.cfg_scale > kMaxCfg)
     throw InvalidArgument("cfg scale must be between 0 and " + std::to_string(static_cast<int>(kMaxCfg)));
   if (r.clip_skip < 0 || r.clip_skip > 10) throw InvalidArgument("clip skip must be between 0 and 10");
+  const auto& samplers = scheduler_names();
+  if (std::find(samplers.begin(), samplers.end(), r.sampler) == samplers.end()) {
+    std::string list;
+    for (const std::string& n : samplers) list += (list.empty() ? "" : ", ") + n;
+    throw InvalidArgument("unknown sampler \"" + r.sampler + "\"; valid samplers: " + list);
+  }
+  const auto& spacings = timestep_spacing_names();
+  if (!r.timestep_spacing.empty() && std::find(spacings.begin(), spacings.end(), r.timestep_spacing) == spacings.end())
+    throw InvalidArgument("timestep spacing must be leading, linspace or trailing, got \"" + r.timestep_spacing + "\"");
   if (r.batch_size < 1 || r.batch_size > kMaxBatch)
     throw InvalidArgument("batch size must be between 1 and " + std::to_string(kMaxBatch) + ", got " +
                           std::to_string(r.batch_size));
@@ -86,7 +96,9 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
           files_.unet_config, *files_.unet, compute, memory_.weight_cache_dir, unet_weights_, weight_cache_status_[1])),
       vae_decoder_(build_with_weight_cache<VaeDecoder>(
           files_.vae_config, *files_.vae, compute, memory_.weight_cache_dir, vae_weights_, weight_cache_status_[2])),
-      scheduler_config_(parse_scheduler_config(files_.scheduler_config_json)) {
+      scheduler_config_(parse_scheduler_config(files_.scheduler_config_json, files_.scheduler_config_path.empty()
+                                                                                 ? SettingSource::single_file_default
+                                                                                 : SettingSource::file)) {
   if (memory_.weight_cache_dir.empty()) weight_cache_status_.clear();
   // Built from the cache, the networks have not touched their weights' pages; a network maps them when it runs.
   for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_}) {
@@ -150,6 +162,10 @@ Tensor Txt2ImgPipeline::decode_latents(const Tensor& latents) const {
   return pass.output(vae_decoder_.forward(scaled));
 }
 
+ResolvedSchedulerConfig Txt2ImgPipeline::scheduler_settings(const Txt2ImgRequest& request) const {
+  return resolve_scheduler_config(request.sampler, scheduler_config_, SchedulerOverrides{request.timestep_spacing});
+}
+
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
   const auto t_start = std::chrono::steady_clock::now();
   validate(request);
@@ -164,7 +180,7 @@ Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, cons
   if (!request.latents.empty() && request.latents.shape() != latent_shape)
     throw InvalidArgument("initial latents must be " + shape_to_string(latent_shape) + ", got " +
                           shape_to_string(request.latents.shape()));
-  std::unique_ptr<Scheduler> scheduler = make_scheduler(request.sampler, scheduler_config_);
+  std::unique_ptr<Scheduler> scheduler = make_scheduler(request.sampler, scheduler_settings(request).config);
   scheduler->set_timesteps(request.steps);
   Result result;
 

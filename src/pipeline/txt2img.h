@@ -40,6 +40,9 @@ struct Txt2ImgRequest {
   int steps = 20;
   float cfg_scale = 7.5f;
   std::string sampler = "dpmpp_2m";
+  // Overrides the model's timestep_spacing (leading | linspace | trailing); empty: as its scheduler config says
+  // (schedulers/scheduler_config.h).
+  std::string timestep_spacing;
   uint64_t seed = 0;
   int width = 512;
   int height = 512;
@@ -107,6 +110,10 @@ class Txt2ImgPipeline {
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
 
   const ModelFiles& files() const { return files_; }
+  // The scheduler config the model stores (a folder's file, or diffusers' single-file default).
+  const StoredSchedulerConfig& scheduler_config() const { return scheduler_config_; }
+  // The settings `request.sampler` runs with for `request` (its timestep_spacing override included).
+  ResolvedSchedulerConfig scheduler_settings(const Txt2ImgRequest& request) const;
   // One per network when a weight cache directory was given, else empty.
   const std::vector<WeightCacheStatus>& weight_cache_status() const { return weight_cache_status_; }
   ComputeType compute_type() const { return compute_; }
@@ -132,7 +139,7 @@ class Txt2ImgPipeline {
   ClipTextModel text_encoder_;
   UNet2DConditionModel unet_;
   VaeDecoder vae_decoder_;
-  SchedulerConfig scheduler_config_;
+  StoredSchedulerConfig scheduler_config_;
 };
 
 }  // namespace sdcpu

@@ -14,13 +14,11 @@ namespace {
 class DdimScheduler final : public Scheduler {
  public:
   explicit DdimScheduler(const SchedulerConfig& config)
-      : config_(config),
-        spacing_(noise::resolve_timestep_spacing(config, "DDIMScheduler", "leading")),
-        alphas_cumprod_(noise::make_alphas_cumprod(config, /*zero_snr_last_2m24=*/false)) {
+      : config_(config), alphas_cumprod_(noise::make_alphas_cumprod(config, /*zero_snr_last_2m24=*/false)) {
     if (config.thresholding) throw ModelError("ddim: dynamic thresholding is not supported");
     // "When this option is `True` the previous alpha product is fixed to `1`, otherwise it uses the alpha
     // value at step 0." DDIM's default is true; SD configs set false.
-    final_alpha_cumprod_ = config.set_alpha_to_one.value_or(true) ? 1.0f : alphas_cumprod_[0];
+    final_alpha_cumprod_ = config.set_alpha_to_one ? 1.0f : alphas_cumprod_[0];
   }
 
   const std::string& name() const override {
@@ -31,7 +29,8 @@ class DdimScheduler final : public Scheduler {
   void set_timesteps(int num_inference_steps) override {
     const int T = config_.num_train_timesteps;
     check_num_inference_steps(num_inference_steps, T);
-    const std::vector<int64_t> ts = noise::discrete_timesteps(spacing_, T, num_inference_steps, config_.steps_offset);
+    const std::vector<int64_t> ts =
+        noise::discrete_timesteps(config_.timestep_spacing, T, num_inference_steps, config_.steps_offset);
     for (int64_t t : ts)
       if (t < 0 || t >= T)
         throw InvalidArgument("ddim: timestep " + std::to_string(t) + " (steps_offset " +
@@ -96,7 +95,6 @@ class DdimScheduler final : public Scheduler {
 
  private:
   SchedulerConfig config_;
-  std::string spacing_;
   std::vector<float> alphas_cumprod_;
   float final_alpha_cumprod_ = 1.0f;
   std::vector<int64_t> int_timesteps_;

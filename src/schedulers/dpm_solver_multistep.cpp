@@ -31,9 +31,7 @@ float lambda_of(const AlphaSigma& as) { return std::log(as.alpha) - std::log(as.
 class DpmSolverMultistepScheduler final : public Scheduler {
  public:
   DpmSolverMultistepScheduler(const SchedulerConfig& config, std::string name)
-      : config_(config),
-        name_(std::move(name)),
-        spacing_(noise::resolve_timestep_spacing(config, "DPMSolverMultistepScheduler", "linspace")) {
+      : config_(config), name_(std::move(name)) {
     if (config.thresholding) throw ModelError(name_ + ": dynamic thresholding is not supported");
     if (config.use_lu_lambdas) throw ModelError(name_ + ": use_lu_lambdas is not supported");
     alphas_cumprod_ = noise::make_alphas_cumprod(config, /*zero_snr_last_2m24=*/true);
@@ -60,18 +58,18 @@ class DpmSolverMultistepScheduler final : public Scheduler {
     const int64_t N = num_inference_steps;
 
     std::vector<double> ts;  // float64 before the final cast to int64
-    if (spacing_ == "linspace") {
+    if (config_.timestep_spacing == "linspace") {
       const std::vector<double> grid = noise::np_linspace(0, static_cast<double>(last_timestep - 1), N + 1);
       for (int64_t i = N; i >= 1; --i) ts.push_back(noise::np_round(grid[i]));  // [::-1][:-1]
-    } else if (spacing_ == "leading") {
+    } else if (config_.timestep_spacing == "leading") {
       const int64_t ratio = last_timestep / (N + 1);
       for (int64_t i = N; i >= 1; --i) ts.push_back(static_cast<double>(i * ratio + config_.steps_offset));
-    } else if (spacing_ == "trailing") {
+    } else if (config_.timestep_spacing == "trailing") {
       const double ratio = static_cast<double>(T) / static_cast<double>(N);
       for (double v : noise::np_arange(static_cast<double>(last_timestep), 0, -ratio))
         ts.push_back(noise::np_round(v) - 1);
     } else {
-      throw ModelError(name_ + ": unsupported timestep_spacing \"" + spacing_ + "\"");
+      throw ModelError(name_ + ": unsupported timestep_spacing \"" + config_.timestep_spacing + "\"");
     }
     if (ts.empty()) throw InvalidArgument(name_ + ": no timesteps for " + std::to_string(N) + " steps");
 
@@ -202,7 +200,6 @@ class DpmSolverMultistepScheduler final : public Scheduler {
 
   SchedulerConfig config_;
   std::string name_;
-  std::string spacing_;
   std::vector<float> alphas_cumprod_, sigma_table_, log_sigmas_, lambda_table_;
   std::vector<float> sigmas_f32_;
   std::vector<Tensor> model_outputs_;  // the last kSolverOrder x0 predictions, oldest first

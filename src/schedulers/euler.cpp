@@ -14,8 +14,9 @@ namespace {
 
 class EulerScheduler final : public Scheduler {
  public:
-  explicit EulerScheduler(const SchedulerConfig& config)
-      : config_(config), spacing_(noise::resolve_timestep_spacing(config, "EulerDiscreteScheduler", "linspace")) {
+  explicit EulerScheduler(const SchedulerConfig& config) : config_(config) {
+    if (config.interpolation_type != "linear")
+      throw ModelError("euler: interpolation_type \"" + config.interpolation_type + "\" is not supported");
     const std::vector<float> alphas_cumprod = noise::make_alphas_cumprod(config, /*zero_snr_last_2m24=*/true);
     sigma_table_ = noise::sigmas_from_alphas_cumprod(alphas_cumprod);
     log_sigmas_ = noise::log_f32(sigma_table_);
@@ -30,7 +31,8 @@ class EulerScheduler final : public Scheduler {
   void set_timesteps(int num_inference_steps) override {
     const int T = config_.num_train_timesteps;
     check_num_inference_steps(num_inference_steps, T);
-    const std::vector<float> ts = noise::sigma_timesteps(spacing_, T, num_inference_steps, config_.steps_offset);
+    const std::vector<float> ts =
+        noise::sigma_timesteps(config_.timestep_spacing, T, num_inference_steps, config_.steps_offset);
     std::vector<double> sigmas(ts.size()), timesteps(ts.begin(), ts.end());
     for (size_t i = 0; i < ts.size(); ++i) sigmas[i] = noise::np_interp_index(ts[i], sigma_table_);
     if (config_.use_karras_sigmas) {
@@ -52,7 +54,7 @@ class EulerScheduler final : public Scheduler {
 
   float init_noise_sigma() const override {
     // (before set_timesteps(): the training table's, as diffusers' __init__ sigmas)
-    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, spacing_);
+    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, config_.timestep_spacing);
   }
 
   Tensor scale_model_input(const Tensor& sample, int step_index) const override {
@@ -86,7 +88,6 @@ class EulerScheduler final : public Scheduler {
 
  private:
   SchedulerConfig config_;
-  std::string spacing_;
   std::vector<float> sigma_table_, log_sigmas_;  // per training timestep
   std::vector<float> sigmas_f32_;                // scheduler.sigmas (float32), num_steps + 1
 };

@@ -15,9 +15,7 @@ namespace {
 
 class EulerAncestralScheduler final : public Scheduler {
  public:
-  explicit EulerAncestralScheduler(const SchedulerConfig& config)
-      : config_(config),
-        spacing_(noise::resolve_timestep_spacing(config, "EulerAncestralDiscreteScheduler", "linspace")) {
+  explicit EulerAncestralScheduler(const SchedulerConfig& config) : config_(config) {
     if (config.prediction_type == "sample")
       throw ModelError("euler_a: prediction_type \"sample\" is not supported (diffusers: not implemented)");
     sigma_table_ = noise::sigmas_from_alphas_cumprod(noise::make_alphas_cumprod(config, /*zero_snr_last_2m24=*/true));
@@ -32,7 +30,8 @@ class EulerAncestralScheduler final : public Scheduler {
   void set_timesteps(int num_inference_steps) override {
     const int T = config_.num_train_timesteps;
     check_num_inference_steps(num_inference_steps, T);
-    const std::vector<float> ts = noise::sigma_timesteps(spacing_, T, num_inference_steps, config_.steps_offset);
+    const std::vector<float> ts =
+        noise::sigma_timesteps(config_.timestep_spacing, T, num_inference_steps, config_.steps_offset);
     std::vector<double> sigmas(ts.size());
     for (size_t i = 0; i < ts.size(); ++i) sigmas[i] = noise::np_interp_index(ts[i], sigma_table_);
     sigmas_f32_ = noise::sigmas_with_final_zero(sigmas);
@@ -43,7 +42,7 @@ class EulerAncestralScheduler final : public Scheduler {
 
   float init_noise_sigma() const override {
     // (before set_timesteps(): the training table's, as diffusers' __init__ sigmas)
-    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, spacing_);
+    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, config_.timestep_spacing);
   }
 
   Tensor scale_model_input(const Tensor& sample, int step_index) const override {
@@ -82,7 +81,6 @@ class EulerAncestralScheduler final : public Scheduler {
 
  private:
   SchedulerConfig config_;
-  std::string spacing_;
   std::vector<float> sigma_table_;
   std::vector<float> sigmas_f32_;
 };

@@ -20,8 +20,7 @@ constexpr int kLmsOrder = 4;  // LMSDiscreteScheduler.step(order=4)
 
 class LmsScheduler final : public Scheduler {
  public:
-  explicit LmsScheduler(const SchedulerConfig& config)
-      : config_(config), spacing_(noise::resolve_timestep_spacing(config, "LMSDiscreteScheduler", "linspace")) {
+  explicit LmsScheduler(const SchedulerConfig& config) : config_(config) {
     SchedulerConfig no_rescale = config;  // LMSDiscreteScheduler has no rescale_betas_zero_snr
     no_rescale.rescale_betas_zero_snr = false;
     sigma_table_ = noise::sigmas_from_alphas_cumprod(noise::make_alphas_cumprod(no_rescale, false));
@@ -37,7 +36,8 @@ class LmsScheduler final : public Scheduler {
   void set_timesteps(int num_inference_steps) override {
     const int T = config_.num_train_timesteps;
     check_num_inference_steps(num_inference_steps, T);
-    const std::vector<float> ts = noise::sigma_timesteps(spacing_, T, num_inference_steps, config_.steps_offset);
+    const std::vector<float> ts =
+        noise::sigma_timesteps(config_.timestep_spacing, T, num_inference_steps, config_.steps_offset);
     std::vector<double> sigmas(ts.size()), timesteps(ts.begin(), ts.end());
     for (size_t i = 0; i < ts.size(); ++i) sigmas[i] = noise::np_interp_index(ts[i], sigma_table_);
     if (config_.use_karras_sigmas) {
@@ -54,7 +54,7 @@ class LmsScheduler final : public Scheduler {
 
   float init_noise_sigma() const override {
     // (before set_timesteps(): the training table's, as diffusers' __init__ sigmas)
-    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, spacing_);
+    return noise::sigma_init_noise_sigma(sigmas_f32_.empty() ? sigma_table_ : sigmas_f32_, config_.timestep_spacing);
   }
 
   Tensor scale_model_input(const Tensor& sample, int step_index) const override {
@@ -128,7 +128,6 @@ class LmsScheduler final : public Scheduler {
   }
 
   SchedulerConfig config_;
-  std::string spacing_;
   std::vector<float> sigma_table_, log_sigmas_;
   std::vector<float> sigmas_f32_;
   std::deque<Tensor> derivatives_;

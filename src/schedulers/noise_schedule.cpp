@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 
 #include "core/error.h"
 
@@ -272,39 +271,6 @@ double gauss_kronrod_21(const std::function<double(double)>& f, double a, double
     resk += kWgk[jtwm1] * fsum;
   }
   return resk * hlgth;
-}
-
-std::string resolve_timestep_spacing(const SchedulerConfig& config, const std::string& target_class,
-                                     const std::string& target_default) {
-  if (!config.timestep_spacing) return target_default;
-  if (config.class_name != target_class) {
-    // The __init__ default of timestep_spacing in each diffusers 0.27.2 scheduler class that has one.
-    static const std::map<std::string, std::string> kClassDefault = {
-        {"DDIMScheduler", "leading"},
-        {"DDIMInverseScheduler", "leading"},
-        {"DDIMParallelScheduler", "leading"},
-        {"DDPMScheduler", "leading"},
-        {"DDPMParallelScheduler", "leading"},
-        {"LCMScheduler", "leading"},
-        {"PNDMScheduler", "leading"},
-        {"TCDScheduler", "leading"},
-        {"DEISMultistepScheduler", "linspace"},
-        {"DPMSolverMultistepScheduler", "linspace"},
-        {"DPMSolverMultistepInverseScheduler", "linspace"},
-        {"DPMSolverSDEScheduler", "linspace"},
-        {"EulerAncestralDiscreteScheduler", "linspace"},
-        {"EulerDiscreteScheduler", "linspace"},
-        {"HeunDiscreteScheduler", "linspace"},
-        {"KDPM2AncestralDiscreteScheduler", "linspace"},
-        {"KDPM2DiscreteScheduler", "linspace"},
-        {"LMSDiscreteScheduler", "linspace"},
-        {"SASolverScheduler", "linspace"},
-        {"UniPCMultistepScheduler", "linspace"},
-    };
-    auto it = kClassDefault.find(config.class_name);
-    if (it != kClassDefault.end() && it->second == *config.timestep_spacing) return target_default;
-  }
-  return *config.timestep_spacing;
 }
 
 void check_same_shape(const Tensor& a, const Tensor& b, const char* what) {

@@ -95,13 +95,6 @@ double sigma_to_t(double sigma, const std::vector<float>& log_sigmas);
 // error estimate is already small, as it is for polynomials of degree <= 31.
 double gauss_kronrod_21(const std::function<double(double)>& f, double a, double b);
 
-// ---- config resolution ----
-
-// The timestep_spacing a scheduler of diffusers class `target_class` (default `target_default`) uses with
-// `config`; see SchedulerConfig::timestep_spacing.
-std::string resolve_timestep_spacing(const SchedulerConfig& config, const std::string& target_class,
-                                     const std::string& target_default);
-
 // ---- shared by the sigma-parameterized schedulers: Euler, Euler a and LMS ----
 
 // The schedule's float32 sigmas followed by the final 0 diffusers appends (np.concatenate([sigmas, [0.0]])).

@@ -18,14 +18,13 @@ Tensor zeros_like(const Tensor& t) { return Tensor::zeros(t.shape()); }
 
 class PndmScheduler final : public Scheduler {
  public:
-  explicit PndmScheduler(const SchedulerConfig& config)
-      : config_(config), spacing_(noise::resolve_timestep_spacing(config, "PNDMScheduler", "leading")) {
+  explicit PndmScheduler(const SchedulerConfig& config) : config_(config) {
     if (config.prediction_type == "sample")
       throw ModelError("pndm: prediction_type \"sample\" is not supported (diffusers: epsilon or v_prediction)");
     SchedulerConfig no_rescale = config;  // PNDMScheduler has no rescale_betas_zero_snr
     no_rescale.rescale_betas_zero_snr = false;
     alphas_cumprod_ = noise::make_alphas_cumprod(no_rescale, false);
-    final_alpha_cumprod_ = config.set_alpha_to_one.value_or(false) ? 1.0f : alphas_cumprod_[0];
+    final_alpha_cumprod_ = config.set_alpha_to_one ? 1.0f : alphas_cumprod_[0];
   }
 
   const std::string& name() const override {
@@ -38,7 +37,8 @@ class PndmScheduler final : public Scheduler {
     const int T = config_.num_train_timesteps;
     check_num_inference_steps(num_inference_steps, T);
     // _timesteps, ascending (DDIM's grid reversed).
-    std::vector<int64_t> base = noise::discrete_timesteps(spacing_, T, num_inference_steps, config_.steps_offset);
+    std::vector<int64_t> base =
+        noise::discrete_timesteps(config_.timestep_spacing, T, num_inference_steps, config_.steps_offset);
     std::reverse(base.begin(), base.end());
     const int64_t n = static_cast<int64_t>(base.size());
     std::vector<int64_t> prk, plms;
@@ -220,7 +220,6 @@ class PndmScheduler final : public Scheduler {
 
   static constexpr int64_t pndm_order_ = 4;
   SchedulerConfig config_;
-  std::string spacing_;
   std::vector<float> alphas_cumprod_;
   float final_alpha_cumprod_ = 1.0f;
   std::vector<int64_t> int_timesteps_, prk_timesteps_;
