@@ -94,11 +94,12 @@ std::string golden_for(const Case& c, Source source) {
   return "";
 }
 
-void check_case(const Case& c, Source source) {
-  const std::string golden = golden_for(c, source);
-  if (golden.empty()) return;
+// Runs case `c` from `source` against golden `g` (named `golden`). `fixture_loop` says that g was made by the
+// shared fixtures' loop, which scales the initial noise before set_timesteps (see below); else by the real
+// StableDiffusionPipeline.__call__.
+void check_golden(const Case& c, Source source, const SafetensorsFile& g, const std::string& golden,
+                  bool fixture_loop) {
   SCOPED_TRACE(golden);
-  auto& g = testing::golden("tiny-sd/" + golden + ".safetensors");
   ASSERT_EQ(g.metadata().at("scheduler"), c.sampler);
   Txt2ImgRequest r;
   r.prompt = "a photo of an astronaut riding a horse on mars";
@@ -121,7 +122,7 @@ void check_case(const Case& c, Source source) {
   // run() must match (EveryAffectedSamplerMatchesTheRealPipelineCall).
   const float init_sigma_before_set_timesteps = scheduler->init_noise_sigma();
   scheduler->set_timesteps(c.steps);
-  const bool fixture_loop_order = init_sigma_before_set_timesteps != scheduler->init_noise_sigma();
+  const bool fixture_loop_order = fixture_loop && init_sigma_before_set_timesteps != scheduler->init_noise_sigma();
   // DDIM with diffusers' default clip_sample=True passes the guidance-amplified UNet rounding error straight
   // into the next latents (the clipped x0 no longer cancels it): on the random tiny model a 2e-6 difference
   // grows ~3x per step. Then each step is checked from the golden's previous latents (teacher forcing), and the
@@ -170,6 +171,12 @@ void check_case(const Case& c, Source source) {
                 100.0 * exact / golden_image.numel(), static_cast<long long>(worst));
 }
 
+void check_case(const Case& c, Source source) {
+  const std::string golden = golden_for(c, source);
+  if (golden.empty()) return;
+  check_golden(c, source, testing::golden("tiny-sd/" + golden + ".safetensors"), golden, /*fixture_loop=*/true);
+}
+
 TEST(Txt2Img, EverySamplerMatchesDiffusersFromTheFolderAsItIsOnDisk) {
   for (const Case& c : kCases) check_case(c, Source::folder);
 }
@@ -184,6 +191,22 @@ TEST(Txt2Img, EverySamplerMatchesDiffusersFromSingleFile) {
 
 TEST(Txt2Img, EverySamplerMatchesDiffusersWithSingleFileWeightsAndAFolderConfig) {
   for (const Case& c : kCases) check_case(c, Source::single_file_without_spacing);
+}
+
+// tests/goldens/tiny-sd: the runs where the shared goldens' loop order differs from StableDiffusionPipeline.__call__
+// (Euler, Euler a, LMS with leading spacing), and the folder's cfg-1 run, made by the real pipeline call
+// (tests/oracle/make_pipeline_goldens.py). run() must match them as it matches the others.
+TEST(Txt2Img, EveryAffectedSamplerMatchesTheRealPipelineCall) {
+  const std::vector<std::string> goldens = testing::repo_goldens("tiny-sd");
+  ASSERT_EQ(goldens.size(), 7u);
+  for (const std::string& name : goldens) {
+    const SafetensorsFile& g = testing::repo_golden("tiny-sd/" + name);
+    const Source source =
+        name.find("_single_file_scheduler") != std::string::npos ? Source::single_file : Source::folder;
+    const Case c{name, g.metadata().at("scheduler"), std::stoi(g.metadata().at("steps")),
+                 std::stof(g.metadata().at("guidance_scale"))};
+    check_golden(c, source, g, name, /*fixture_loop=*/false);
+  }
 }
 
 TEST(Txt2Img, TimestepSpacingOptionChangesTheScheduleAndNothingElse) {

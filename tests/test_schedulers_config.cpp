@@ -137,6 +137,25 @@ TEST(SchedulerConfig, AKeyTheFileSetsCarriesOverToEverySampler) {
   EXPECT_TRUE(settings_for("dpmpp_2m", sd2).use_karras_sigmas);
 }
 
+// stabilityai/stable-diffusion-2-1's scheduler/scheduler_config.json as published (written by diffusers 0.8): a
+// DDIMScheduler file without timestep_spacing, so DDIM/PNDM run leading and the k-diffusion samplers linspace, all
+// with v-prediction and without DDIM's clipping.
+TEST(SchedulerConfig, Sd21FolderAsPublished) {
+  const std::string sd21 = R"({
+  "_class_name": "DDIMScheduler", "_diffusers_version": "0.8.0", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085, "clip_sample": false, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+  "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null})";
+  for (const std::string& name : scheduler_names()) {
+    SCOPED_TRACE(name);
+    const SchedulerConfig c = settings_for(name, sd21);
+    EXPECT_EQ(c.prediction_type, "v_prediction");
+    EXPECT_EQ(c.timestep_spacing, name == "pndm" || name == "ddim" ? "leading" : "linspace");
+    EXPECT_FALSE(c.clip_sample);
+    EXPECT_FALSE(c.set_alpha_to_one);
+    EXPECT_EQ(c.steps_offset, 1);
+  }
+}
+
 // The name fixes what it says: DPM++ 2M is dpmsolver++ of order 2, and its Karras variant uses Karras sigmas
 // (from_config(config, use_karras_sigmas=True)), whatever the file says.
 TEST(SchedulerConfig, TheSamplersNameFixesWhatItSays) {

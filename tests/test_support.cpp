@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +28,21 @@ SafetensorsFile& golden(const std::string& relative) {
   auto& slot = cache[relative];
   if (!slot) slot = std::make_unique<SafetensorsFile>(fixture("goldens/" + relative));
   return *slot;
+}
+
+SafetensorsFile& repo_golden(const std::string& relative) {
+  static std::map<std::string, std::unique_ptr<SafetensorsFile>> cache;
+  auto& slot = cache[relative];
+  if (!slot) slot = std::make_unique<SafetensorsFile>(std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/" + relative);
+  return *slot;
+}
+
+std::vector<std::string> repo_goldens(const std::string& folder) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/" + folder))
+    if (e.path().extension() == ".safetensors") names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 std::string sd15_random_dir() {

@@ -18,6 +18,11 @@ std::string fixtures_dir();
 std::string fixture(const std::string& relative);
 // A golden file under fixtures/goldens/, e.g. golden("tiny-sd/unet.safetensors").
 SafetensorsFile& golden(const std::string& relative);
+// A golden this repository makes itself (tests/oracle/), under tests/goldens/, e.g.
+// repo_golden("tiny-sd/pipeline_euler_..._pipeline_call.safetensors").
+SafetensorsFile& repo_golden(const std::string& relative);
+// The files of a folder under tests/goldens/, sorted by name.
+std::vector<std::string> repo_goldens(const std::string& folder);
 // The full-size random SD 1.5 folder written by ../shared/tools/make_random_sd.py (--layout diffusers
 // --dtype fp32 --seed 0), from SDCPU_SD15_RANDOM; empty when not set or missing (tests then skip).
 std::string sd15_random_dir();
