@@ -1,4 +1,6 @@
 // sdcpu generate: text to image(s), written as PNGs with their generation parameters.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -23,11 +25,29 @@ struct GenerateArgs {
   std::string model;
   LoadOptions load;
   GenerateOptions gen;
+  int64_t seed = 0;  // -1: random
   std::string output = "sdcpu.png";
   bool quiet = false;
 };
 
-int run_generate(const GenerateArgs& a) {
+// Refuses an output path that cannot be written before any work is done: its folder must exist and be
+// writable, and the path must not be a folder. (Nothing is created: a failed run leaves no file behind.)
+void check_writable(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  std::error_code ec;
+  if (fs::is_directory(p, ec)) throw IoError("cannot create " + path + ": it is a directory");
+  const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  if (!fs::is_directory(dir, ec)) throw IoError("cannot create " + path + ": no such directory " + dir.string());
+  if (access(dir.c_str(), W_OK) != 0) throw IoError("cannot create " + path + ": " + dir.string() + " is not writable");
+}
+
+int run_generate(GenerateArgs& a) {
+  // Everything that does not need the model is checked before it loads.
+  if (a.seed < -1) throw InvalidArgument("seed must be >= 0, or -1 for a random one");
+  a.gen.seed = a.seed == -1 ? kRandomSeed : static_cast<uint64_t>(a.seed);
+  validate(a.gen);
+  for (int k = 0; k < a.gen.batch_count; ++k) check_writable(numbered(a.output, k));
   const auto t0 = std::chrono::steady_clock::now();
   auto pipe = Pipeline::load(a.model, a.load);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -64,7 +84,7 @@ Command add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cli->add_option("--sampler", gen.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
   add_timestep_spacing_option(*cli, gen.timestep_spacing);
-  cli->add_option("--seed", gen.seed, "Seed; image k of a batch uses seed + k")->capture_default_str();
+  cli->add_option("--seed", a->seed, "Seed (-1: random); image k of a batch uses seed + k")->capture_default_str();
   cli->add_option("--width,-W", gen.width, "Image width, a multiple of 8")->capture_default_str();
   cli->add_option("--height,-H", gen.height, "Image height, a multiple of 8")->capture_default_str();
   cli->add_option("--batch-count", gen.batch_count, "Images to generate, one after another")->capture_default_str();

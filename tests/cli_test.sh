@@ -92,6 +92,22 @@ expect 3 "truncated" -- "${gen[@]}" --model "$tmp/truncated.safetensors" --outpu
 printf 'not a model' >"$tmp/model.ckpt"
 expect 3 "pickle" -- "${gen[@]}" --model "$tmp/model.ckpt" --output "$tmp/x.png"
 expect 4 "cannot create" -- "${gen[@]}" --output "$tmp/no-such-dir/x.png"
+expect 4 "is a directory" -- "${gen[@]}" --output "$tmp"
+# Checked before the model loads: no "loaded" line, even with a model that does not exist.
+out=$("$sdcpu" generate --model "$tmp/nothing" --prompt x --output "$tmp/no-such-dir/x.png" 2>&1)
+[ $? -eq 4 ] && ! grep -q "loaded" <<<"$out" && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: output checked after loading: $out"; }
+expect 2 "steps" -- generate --model "$tmp/nothing" --prompt x --steps 0 --output "$tmp/x.png"
+expect 2 "threads must be between 0" -- "${gen[@]}" --threads 1000 --output "$tmp/x.png"
+expect 2 "threads must be between 0" -- "${bench[@]}" --threads 1000
+expect 2 "seed" -- "${gen[@]}" --seed -2 --output "$tmp/x.png"
+# --seed -1 draws a seed in A1111's range, prints it and records it.
+out=$("$sdcpu" "${gen[@]}" --seed -1 --output "$tmp/random.png" 2>&1)
+seed=$(sed -nE 's/.*\(seed ([0-9]+)\).*/\1/p' <<<"$out")
+if [ -n "$seed" ] && [ "$seed" -lt 4294967295 ] && grep -aq "Seed: $seed," "$tmp/random.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: --seed -1: $out"
+fi
 [ ! -e "$tmp/x.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: an error left a file"; }
 
 echo "$passed passed, $failed failed"

@@ -8,6 +8,7 @@
 #include <set>
 #include <vector>
 
+#include "core/error.h"
 #include "core/threads.h"
 
 namespace sdcpu {
@@ -42,9 +43,11 @@ TEST(CoreThreads, SetupSizesAndPinsTheTeam) {
   }
   EXPECT_EQ(setup_threads(0, false), static_cast<int>(cores.size()));
   EXPECT_EQ(omp_get_max_threads(), static_cast<int>(cores.size()));
-  EXPECT_EQ(setup_threads(3, true), 3);
-  std::vector<int> bound(3, -1);
-#pragma omp parallel num_threads(3)
+  // As many threads as CPUs: with SMT that is more than physical cores, and the binding wraps around them.
+  const int n = allowed_cpu_count();
+  EXPECT_EQ(setup_threads(n, true), n);
+  std::vector<int> bound(n, -1);
+#pragma omp parallel num_threads(n)
   {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -52,7 +55,22 @@ TEST(CoreThreads, SetupSizesAndPinsTheTeam) {
       for (int c = 0; c < CPU_SETSIZE; ++c)
         if (CPU_ISSET(c, &set)) bound[omp_get_thread_num()] = c;
   }
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(bound[i], cores[i % cores.size()]) << "thread " << i;
+  for (int i = 0; i < n; ++i) EXPECT_EQ(bound[i], cores[i % cores.size()]) << "thread " << i;
+}
+
+TEST(Threads, MoreThreadsThanCpusAreRefused) {
+  const int n = allowed_cpu_count();
+  EXPECT_GE(n, static_cast<int>(physical_core_cpus().size()));
+  for (int bad : {-1, n + 1, 1000}) {
+    try {
+      setup_threads(bad, false);
+      ADD_FAILURE() << bad << " threads accepted";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("threads must be between 0"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(setup_threads(n, false), n);
+  setup_threads(0, false);
 }
 
 }  // namespace

@@ -43,6 +43,10 @@ struct LoadOptions {
   bool low_memory = false;
 };
 
+// GenerateOptions::seed for "draw a random seed": -1 as an unsigned number, as AUTOMATIC1111 takes -1. The seed
+// drawn is in [0, 2^32 - 2], as A1111 draws them, and is returned in Image::seed and the PNG parameters.
+inline constexpr uint64_t kRandomSeed = ~uint64_t{0};
+
 struct GenerateOptions {
   std::string prompt;
   std::string negative_prompt;
@@ -52,7 +56,7 @@ struct GenerateOptions {
   // "leading", "linspace" or "trailing" overrides the model's timestep_spacing; empty: as the model's scheduler
   // config says, read as diffusers reads it (README, "How the sampler's settings are chosen").
   std::string timestep_spacing;
-  uint64_t seed = 0;  // image k of a batch uses seed + k, as AUTOMATIC1111 does
+  uint64_t seed = 0;  // image k of a batch uses seed + k, as AUTOMATIC1111 does; kRandomSeed: a random one
   int width = 512;
   int height = 512;
   int batch_count = 1;  // images generated one after another
@@ -68,6 +72,11 @@ struct Image {
   // Writes an 8-bit RGB PNG with the parameters in a "parameters" text chunk.
   void save_png(const std::string& path) const;
 };
+
+// Throws InvalidArgument naming the first invalid option (sizes, steps, guidance, sampler, timestep spacing, clip
+// skip, batch count, prompts that are not UTF-8) without loading anything: what generate() checks before any
+// work, except what depends on the model (e.g. clip skip against its text encoder's layers).
+void validate(const GenerateOptions& options);
 
 // Called after each denoising step: image index within the batch, steps done, total steps.
 using ProgressCallback = std::function<void(int image, int step, int steps)>;

@@ -9,7 +9,10 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
+
+#include "core/error.h"
 
 namespace sdcpu {
 namespace {
@@ -58,7 +61,18 @@ std::vector<int> physical_core_cpus() {
   return firsts.empty() ? all : firsts;
 }
 
+int allowed_cpu_count() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0) return std::max(1, CPU_COUNT(&allowed));
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
 int setup_threads(int threads, bool pin) {
+  const int limit = allowed_cpu_count();
+  if (threads < 0 || threads > limit)
+    throw InvalidArgument("threads must be between 0 (one per physical core) and " + std::to_string(limit) +
+                          " (the CPUs this process may use), got " + std::to_string(threads));
   const std::vector<int> cpus = physical_core_cpus();
   const int team = threads > 0 ? threads : std::max<int>(1, static_cast<int>(cpus.size()));
   omp_set_num_threads(team);

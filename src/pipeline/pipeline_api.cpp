@@ -1,6 +1,7 @@
 // The public API (include/sdcpu/sdcpu.h) over Txt2ImgPipeline.
 #include <algorithm>
 #include <filesystem>
+#include <random>
 #include <sstream>
 
 #include "core/error.h"
@@ -29,28 +30,39 @@ std::string model_name(const std::string& path) {
   return p.stem().string();
 }
 
+// The pipeline's request for image k of a batch (seed + k).
+Txt2ImgRequest request_for(const GenerateOptions& o, uint64_t seed) {
+  Txt2ImgRequest r;
+  r.prompt = o.prompt;
+  r.negative_prompt = o.negative_prompt;
+  r.steps = o.steps;
+  r.cfg_scale = o.cfg_scale;
+  r.sampler = o.sampler;
+  r.timestep_spacing = o.timestep_spacing;
+  r.seed = seed;
+  r.width = o.width;
+  r.height = o.height;
+  r.clip_skip = o.clip_skip;
+  return r;
+}
+
+// A1111's random seed: int(random.randrange(4294967294)), so that the seed fits every tool that reads it back.
+uint64_t draw_random_seed() {
+  std::random_device device;
+  return std::uniform_int_distribution<uint64_t>(0, 4294967293u)(device);
+}
+
 class PipelineImpl : public Pipeline {
  public:
   PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory)
       : txt2img_(std::move(files), compute, std::move(memory)) {}
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
-    if (o.batch_count < 1 || o.batch_count > 1000) throw InvalidArgument("batch count must be between 1 and 1000");
-    Txt2ImgRequest r;
-    r.prompt = o.prompt;
-    r.negative_prompt = o.negative_prompt;
-    r.steps = o.steps;
-    r.cfg_scale = o.cfg_scale;
-    r.sampler = o.sampler;
-    r.timestep_spacing = o.timestep_spacing;
-    r.seed = o.seed;
-    r.width = o.width;
-    r.height = o.height;
-    r.clip_skip = o.clip_skip;
-    validate(r);
+    validate(o);
+    const uint64_t seed = o.seed == kRandomSeed ? draw_random_seed() : o.seed;
     std::vector<Image> images;
     for (int k = 0; k < o.batch_count; ++k) {
-      r.seed = o.seed + static_cast<uint64_t>(k);
+      const Txt2ImgRequest r = request_for(o, seed + static_cast<uint64_t>(k));
       auto result = txt2img_.run(r, [&](int step, int steps, const Tensor&) {
         if (progress) progress(k, step + 1, steps);
       });
@@ -78,10 +90,7 @@ class PipelineImpl : public Pipeline {
   }
 
   std::string describe_scheduler(const GenerateOptions& o) const override {
-    Txt2ImgRequest r;
-    r.sampler = o.sampler;
-    r.timestep_spacing = o.timestep_spacing;
-    const ResolvedSchedulerConfig resolved = txt2img_.scheduler_settings(r);
+    const ResolvedSchedulerConfig resolved = txt2img_.scheduler_settings(request_for(o, 0));
     const ModelFiles& f = txt2img_.files();
     const StoredSchedulerConfig& stored = txt2img_.scheduler_config();
     std::ostringstream s;
@@ -141,6 +150,12 @@ class PipelineImpl : public Pipeline {
 };
 
 }  // namespace
+
+void validate(const GenerateOptions& options) {
+  if (options.batch_count < 1 || options.batch_count > 1000)
+    throw InvalidArgument("batch count must be between 1 and 1000");
+  validate(request_for(options, 0));
+}
 
 std::vector<std::string> sampler_names() {
   return {"pndm", "ddim", "euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"};

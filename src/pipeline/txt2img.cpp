@@ -10,6 +10,7 @@
 #include "core/torch_rng.h"
 #include "kernels/scratch.h"
 #include "kernels/tensor_ops.h"
+#include "text/unicode_text.h"
 
 namespace sdcpu {
 namespace {
@@ -66,6 +67,12 @@ void validate(const Txt2ImgRequest& r) {
   const auto& spacings = timestep_spacing_names();
   if (!r.timestep_spacing.empty() && std::find(spacings.begin(), spacings.end(), r.timestep_spacing) == spacings.end())
     throw InvalidArgument("timestep spacing must be leading, linspace or trailing, got \"" + r.timestep_spacing + "\"");
+  text::decode_utf8(r.prompt);  // throws "prompt is not valid UTF-8: ... at byte N"
+  try {
+    text::decode_utf8(r.negative_prompt);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("negative ") + e.what());
+  }
   if (r.batch_size < 1 || r.batch_size > kMaxBatch)
     throw InvalidArgument("batch size must be between 1 and " + std::to_string(kMaxBatch) + ", got " +
                           std::to_string(r.batch_size));
