@@ -38,5 +38,7 @@ inline void add_timestep_spacing_option(CLI::App& cli, std::string& spacing) {
 Command add_generate_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_serve_command(CLI::App& app);
+Command add_worker_command(CLI::App& app);
 
 }  // namespace sdcpu::app

@@ -1,4 +1,4 @@
-// sdcpu: Stable Diffusion on CPUs. Subcommands (one file each, apps/cmd_*.cpp): generate, info, bench.
+// sdcpu: Stable Diffusion on CPUs. Subcommands (one file each, apps/cmd_*.cpp): generate, info, bench, serve, worker.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("sdcpu ") + sdcpu::kVersion);
 
   const std::vector<sdcpu::app::Command> commands = {
-      sdcpu::app::add_generate_command(app), sdcpu::app::add_info_command(app), sdcpu::app::add_bench_command(app)};
+      sdcpu::app::add_generate_command(app), sdcpu::app::add_info_command(app), sdcpu::app::add_bench_command(app),
+      sdcpu::app::add_serve_command(app), sdcpu::app::add_worker_command(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -12,6 +12,10 @@ packages=(
   libpng-dev           # PNG output with text chunks
   libgoogle-perftools-dev  # tcmalloc: reuses freed activation memory instead of page-faulting it in again
   libicu-dev           # Unicode normalization and character classes for the CLIP tokenizer
+  libsqlite3-dev       # the service's embedded durable job queue
+  libcpp-httplib-dev   # the service's HTTP server
+  redis-server libhiredis-dev  # the service's shared queue across machines (tests start their own redis-server)
+  nodejs curl          # service tests: the official OpenAI client (npm) and plain HTTP
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy  # only to run ../shared/tools/make_random_sd.py for the full-size tests
   clang libclang-rt-14-dev  # libFuzzer and sanitizer runtimes

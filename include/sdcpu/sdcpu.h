@@ -47,6 +47,9 @@ struct LoadOptions {
 // drawn is in [0, 2^32 - 2], as A1111 draws them, and is returned in Image::seed and the PNG parameters.
 inline constexpr uint64_t kRandomSeed = ~uint64_t{0};
 
+// A random seed as AUTOMATIC1111 draws one (0..4294967293), from the system's random source.
+uint64_t random_seed();
+
 struct GenerateOptions {
   std::string prompt;
   std::string negative_prompt;
@@ -71,6 +74,8 @@ struct Image {
   std::string parameters;  // generation parameters in AUTOMATIC1111's "parameters" format
   // Writes an 8-bit RGB PNG with the parameters in a "parameters" text chunk.
   void save_png(const std::string& path) const;
+  // The same PNG's bytes.
+  std::vector<uint8_t> encode_png() const;
 };
 
 // Throws InvalidArgument naming the first invalid option (sizes, steps, guidance, sampler, timestep spacing, clip

@@ -139,11 +139,11 @@ constexpr uint64_t kMaxReadPixels = uint64_t{1} << 26;  // 64 Mpx: 192 MiB of RG
 
 }  // namespace
 
-void write_png_rgb8(const std::string& path, int width, int height, const uint8_t* rgb,
+std::vector<uint8_t> encode_png_rgb8(int width, int height, const uint8_t* rgb,
                     const std::vector<std::pair<std::string, std::string>>& text) {
   if (width <= 0 || height <= 0 || width > 0x7fffffff / 3)
-    throw InvalidArgument("write_png_rgb8: bad image size " + std::to_string(width) + "x" + std::to_string(height));
-  if (!rgb) throw InvalidArgument("write_png_rgb8: no pixel data");
+    throw InvalidArgument("encode_png_rgb8: bad image size " + std::to_string(width) + "x" + std::to_string(height));
+  if (!rgb) throw InvalidArgument("encode_png_rgb8: no pixel data");
 
   std::vector<EncodedText> encoded;
   encoded.reserve(text.size());
@@ -168,9 +168,7 @@ void write_png_rgb8(const std::string& path, int width, int height, const uint8_
   const size_t stride = static_cast<size_t>(width) * 3;
   for (int y = 0; y < height; ++y) rows[y] = const_cast<png_bytep>(rgb + stride * y);
 
-  FILE* file = std::fopen(path.c_str(), "wb");
-  if (!file) throw IoError("cannot create " + path + ": " + std::strerror(errno));
-
+  std::vector<uint8_t> out;
   PngContext ctx;
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &ctx, on_png_error, on_png_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
@@ -178,7 +176,13 @@ void write_png_rgb8(const std::string& path, int width, int height, const uint8_
   if (!ok) ctx.message = "out of memory";
   if (ok) {
     ok = png_guarded(png, [&] {
-      png_init_io(png, file);
+      png_set_write_fn(
+          png, &out,
+          [](png_structp p, png_bytep data, png_size_t length) {
+            auto* bytes = static_cast<std::vector<uint8_t>*>(png_get_io_ptr(p));
+            bytes->insert(bytes->end(), data, data + length);
+          },
+          nullptr);
       png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                    PNG_FILTER_TYPE_DEFAULT);
       if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
@@ -188,15 +192,24 @@ void write_png_rgb8(const std::string& path, int width, int height, const uint8_
     });
   }
   if (png) png_destroy_write_struct(&png, info ? &info : nullptr);
+  if (!ok) throw InvalidArgument("cannot encode PNG: " + ctx.message);
+  return out;
+}
 
+void write_png_rgb8(const std::string& path, int width, int height, const uint8_t* rgb,
+                    const std::vector<std::pair<std::string, std::string>>& text) {
+  const std::vector<uint8_t> bytes = encode_png_rgb8(width, height, rgb, text);
+  FILE* file = std::fopen(path.c_str(), "wb");
+  if (!file) throw IoError("cannot create " + path + ": " + std::strerror(errno));
+  std::string error;
+  if (std::fwrite(bytes.data(), 1, bytes.size(), file) != bytes.size()) error = std::strerror(errno);
   // A full disk may only show up when the buffered data is flushed.
-  if (std::ferror(file) && ok) ok = false, ctx.message = std::strerror(errno);
-  if (std::fclose(file) != 0 && ok) ok = false, ctx.message = std::strerror(errno);
-  if (!ok) {
+  if (std::fclose(file) != 0 && error.empty()) error = std::strerror(errno);
+  if (!error.empty()) {
     // Remove the partial file, but never a device or anything else that is not a plain file we wrote.
     std::error_code ec;
     if (std::filesystem::is_regular_file(path, ec)) std::filesystem::remove(path, ec);
-    throw IoError("cannot write PNG " + path + ": " + ctx.message);
+    throw IoError("cannot write PNG " + path + ": " + error);
   }
 }
 

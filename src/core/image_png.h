@@ -18,6 +18,11 @@ namespace sdcpu {
 void write_png_rgb8(const std::string& path, int width, int height, const uint8_t* rgb,
                     const std::vector<std::pair<std::string, std::string>>& text = {});
 
+// The same PNG as bytes in memory (write_png_rgb8 writes exactly these). Throws InvalidArgument for bad sizes
+// or text.
+std::vector<uint8_t> encode_png_rgb8(int width, int height, const uint8_t* rgb,
+                                     const std::vector<std::pair<std::string, std::string>>& text = {});
+
 struct ImageRGB8 {
   int width = 0, height = 0;
   std::vector<uint8_t> pixels;                            // row-major HWC RGB, width * height * 3 bytes

@@ -46,12 +46,6 @@ Txt2ImgRequest request_for(const GenerateOptions& o, uint64_t seed) {
   return r;
 }
 
-// A1111's random seed: int(random.randrange(4294967294)), so that the seed fits every tool that reads it back.
-uint64_t draw_random_seed() {
-  std::random_device device;
-  return std::uniform_int_distribution<uint64_t>(0, 4294967293u)(device);
-}
-
 class PipelineImpl : public Pipeline {
  public:
   PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory)
@@ -59,7 +53,7 @@ class PipelineImpl : public Pipeline {
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
     validate(o);
-    const uint64_t seed = o.seed == kRandomSeed ? draw_random_seed() : o.seed;
+    const uint64_t seed = o.seed == kRandomSeed ? random_seed() : o.seed;
     std::vector<Image> images;
     for (int k = 0; k < o.batch_count; ++k) {
       const Txt2ImgRequest r = request_for(o, seed + static_cast<uint64_t>(k));
@@ -151,6 +145,12 @@ class PipelineImpl : public Pipeline {
 
 }  // namespace
 
+// A1111's random seed: int(random.randrange(4294967294)), so that the seed fits every tool that reads it back.
+uint64_t random_seed() {
+  std::random_device device;
+  return std::uniform_int_distribution<uint64_t>(0, 4294967293u)(device);
+}
+
 void validate(const GenerateOptions& options) {
   if (options.batch_count < 1 || options.batch_count > 1000)
     throw InvalidArgument("batch count must be between 1 and 1000");
@@ -171,6 +171,10 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const Lo
 
 void Image::save_png(const std::string& path) const {
   write_png_rgb8(path, width, height, rgb.data(), {{"parameters", parameters}});
+}
+
+std::vector<uint8_t> Image::encode_png() const {
+  return encode_png_rgb8(width, height, rgb.data(), {{"parameters", parameters}});
 }
 
 }  // namespace sdcpu

@@ -1,0 +1,42 @@
+// The compute worker: takes jobs from the queue one at a time and runs each with all cores on a model that was
+// loaded once and stays warm. HTTP threads never compute.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sdcpu/sdcpu.h"
+#include "service/job_queue.h"
+#include "service/metrics.h"
+
+namespace sdcpu::service {
+
+// A model the service was started with (--model NAME=PATH).
+struct ServedModel {
+  std::string name;
+  std::string path;
+  std::unique_ptr<Pipeline> pipeline;  // null on a front end without a worker
+};
+
+class Worker {
+ public:
+  // `models` (the first is the default) and `metrics` must outlive the worker.
+  Worker(JobQueue& queue, std::vector<ServedModel>& models, ServiceMetrics& metrics);
+
+  // Claims one job (waiting up to `wait` for one) and runs it to its end: its images stored, then succeeded; or
+  // failed with the error; or cancelled when asked at a denoising step. Returns false when no job came.
+  bool run_one(std::chrono::milliseconds wait);
+
+  // run_one() until `stop` is set (checked at least every 200 ms while idle). A queue that fails (its backend
+  // unreachable) is retried after a second; the job it held stays with the queue, which gives it out again.
+  void run(const std::atomic<bool>& stop);
+
+ private:
+  JobQueue& queue_;
+  std::vector<ServedModel>& models_;
+  ServiceMetrics& metrics_;
+};
+
+}  // namespace sdcpu::service
