@@ -87,6 +87,7 @@ void stop_on_signals(std::atomic<bool>& stop) {
   g_stop = &stop;
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
+  std::signal(SIGPIPE, SIG_IGN);  // a client or Redis that hangs up is an error to handle, not a reason to die
 }
 
 }  // namespace sdcpu::app

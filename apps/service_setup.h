@@ -36,7 +36,8 @@ std::vector<service::ServedModel> load_served_models(const ServiceArgs& args, bo
 // The --queue spec as it may be printed: a Redis password replaced by ***.
 std::string printable_queue(const std::string& spec);
 
-// Sets `stop` on SIGINT or SIGTERM (only that: a signal handler may do little safely; threads watch the flag).
+// Sets `stop` on SIGINT or SIGTERM (only that: a signal handler may do little safely; threads watch the flag), and
+// ignores SIGPIPE.
 void stop_on_signals(std::atomic<bool>& stop);
 
 }  // namespace sdcpu::app

@@ -2,7 +2,8 @@
 // workers (`sdcpu worker --queue redis://...`) and API nodes (`sdcpu serve --no-worker`) share one queue. Job
 // records and result images live in Redis too, and expire --keep-results after they finish.
 //
-// How a job is never lost: submit() stores the job's record and appends its id to the stream in one MULTI. A
+// How a job is never lost: submit() stores the job's record and appends its id to the stream in one Lua script (atomic with the
+// idempotency check). A
 // worker reads it with XREADGROUP, which leaves the entry pending for that worker; it acknowledges (XACK) only
 // after the images are stored and the job is marked succeeded (or failed, or cancelled). While it runs, a
 // heartbeat thread re-claims the worker's own pending entries (XCLAIM to itself) so they never look idle. A worker
