@@ -108,15 +108,15 @@ TEST(JobId, RandomHexAndStrictlyValidated) {
     ids.insert(id);
   }
   EXPECT_EQ(ids.size(), 1000u);
-  for (const char* bad : {"", "../../etc/passwd", "0123456789abcdef0123456789abcde", "0123456789abcdef0123456789abcdef0",
-                          "0123456789ABCDEF0123456789abcdef", "0123456789abcdef0123456789abcde/",
-                          "0123456789abcdeg0123456789abcdef"})
+  for (const char* bad :
+       {"", "../../etc/passwd", "0123456789abcdef0123456789abcde", "0123456789abcdef0123456789abcdef0",
+        "0123456789ABCDEF0123456789abcdef", "0123456789abcdef0123456789abcde/", "0123456789abcdeg0123456789abcdef"})
     EXPECT_FALSE(is_valid_job_id(bad)) << bad;
 }
 
 TEST(PngText, ReadsTheParametersTheEncoderWrote) {
   const std::vector<uint8_t> rgb(4 * 3 * 3, 200);
-  const std::string latin1 = "a caf\xc3\xa9 at dusk\nSteps: 20";        // tEXt (Latin-1 on disk)
+  const std::string latin1 = "a caf\xc3\xa9 at dusk\nSteps: 20";            // tEXt (Latin-1 on disk)
   const std::string utf8 = "\xe7\x81\xaf\xe5\xa1\x94 lighthouse\nSeed: 1";  // iTXt
   EXPECT_EQ(png_text_chunk(encode_png_rgb8(4, 3, rgb.data(), {{"parameters", latin1}}), "parameters"), latin1);
   EXPECT_EQ(png_text_chunk(encode_png_rgb8(4, 3, rgb.data(), {{"parameters", utf8}}), "parameters"), utf8);

@@ -113,7 +113,7 @@ JobRequest parse_txt2img(const std::string& body, int& batch_size) {
   try {
     validate(o);
   } catch (const InvalidArgument& e) {
-    throw RequestError(422, "invalid_request", e.what());
+    throw RequestError(422, "invalid_request", e.what(), field_of_validation_error(e.what()));
   }
   return job;
 }
@@ -135,6 +135,11 @@ void add_a1111_routes(httplib::Server& server, HttpContext& ctx) {
       const std::string owner = authenticate(ctx, req);
       int batch_size = 1;
       const JobRequest request = parse_txt2img(req.body, batch_size);
+      try {
+        find_model(ctx, request.model, "sd_model_checkpoint");
+      } catch (const RequestError& e) {
+        throw RequestError(422, e.code, e.what(), e.field);  // A1111 answers every request error with 422
+      }
       const JobQueue::Submitted submitted = submit_job(ctx, request, owner);
       const Job job = wait_for_job(ctx, submitted.job.id);
       if (job.status != JobStatus::succeeded)

@@ -3,6 +3,7 @@
 #pragma once
 #include <httplib.h>
 
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -18,6 +19,9 @@ struct HttpContext {
   const std::vector<ServedModel>& models;
   ServiceMetrics& metrics;
   HttpOptions options;
+  // Set by HttpServer::stop(): requests waiting for a job (A1111, OpenAI, event streams) give up, so that the
+  // server's threads can be joined; the jobs stay in the queue.
+  std::atomic<bool> stopping{false};
 };
 
 // The caller's identity: "" without keys, else a fingerprint of the key it presented. Throws RequestError 401
@@ -32,7 +36,8 @@ JobQueue::Submitted submit_job(HttpContext& ctx, JobRequest request, const std::
                                const std::string& idempotency_key = "");
 
 // Blocks until the job is finished (polling the queue) and returns it. A client that disconnects meanwhile
-// cancels nothing: the job stays in the queue and its result can be fetched later.
+// cancels nothing: the job stays in the queue and its result can be fetched later. Throws RequestError 503 when
+// the server stops first.
 Job wait_for_job(HttpContext& ctx, const std::string& id);
 
 // The native JSON view of a job (GET /v1/jobs/{id}).

@@ -139,6 +139,9 @@ JobQueue::Submitted submit_job(HttpContext& ctx, JobRequest request, const std::
 
 Job wait_for_job(HttpContext& ctx, const std::string& id) {
   for (;;) {
+    if (ctx.stopping.load())
+      throw RequestError(503, "shutting_down",
+                         "the server is stopping; the job stays queued: GET /v1/jobs/" + id + " after the restart");
     std::optional<Job> job = ctx.queue.get(id);
     if (!job) throw RequestError(404, "not_found", "the job is gone");
     if (is_finished(job->status)) return *job;
@@ -147,6 +150,10 @@ Job wait_for_job(HttpContext& ctx, const std::string& id) {
 }
 
 json job_to_json(HttpContext& ctx, const Job& job) {
+  JobProgress progress = job.progress;
+  if (job.status == JobStatus::succeeded)  // the worker's progress ends with the job: show it complete
+    progress = {job.request.options.batch_count, job.request.options.batch_count, job.request.options.steps,
+                job.request.options.steps};
   json j = {{"id", job.id},
             {"status", job_status_name(job.status)},
             {"model", job.request.model},
@@ -156,10 +163,10 @@ json job_to_json(HttpContext& ctx, const Job& job) {
             {"started_ms", job.started_ms ? json(job.started_ms) : json(nullptr)},
             {"finished_ms", job.finished_ms ? json(job.finished_ms) : json(nullptr)}};
   j["queue_position"] = job.status == JobStatus::queued ? json(ctx.queue.queue_position(job.id)) : json(nullptr);
-  j["progress"] = {{"image", job.progress.image},
+  j["progress"] = {{"image", progress.image},
                    {"images", job.request.options.batch_count},
-                   {"step", job.progress.step},
-                   {"steps", job.progress.steps}};
+                   {"step", progress.step},
+                   {"steps", progress.steps}};
   json timings = json::object();
   if (job.started_ms) timings["queue_wait_s"] = (job.started_ms - job.created_ms) / 1000.0;
   if (job.finished_ms && job.started_ms) timings["run_s"] = (job.finished_ms - job.started_ms) / 1000.0;
@@ -191,6 +198,9 @@ HttpServer::HttpServer(JobQueue& queue, const std::vector<ServedModel>& models, 
   server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   server.set_payload_max_length(impl_->ctx.options.max_body_bytes);
   server.set_read_timeout(10, 0);
+  // Replies are written as headers then body: without TCP_NODELAY, Nagle's algorithm and the client's delayed ACK
+  // hold every reply on a kept-alive connection back by ~40 ms.
+  server.set_tcp_nodelay(true);
   // Replies httplib makes itself (no such route, a body over the limit, a malformed request) get a JSON body.
   server.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
@@ -220,7 +230,10 @@ int HttpServer::bind(const std::string& host, int port) {
 
 void HttpServer::serve() { impl_->server.listen_after_bind(); }
 
-void HttpServer::stop() { impl_->server.stop(); }
+void HttpServer::stop() {
+  impl_->ctx.stopping.store(true);
+  impl_->server.stop();
+}
 
 std::vector<std::string> read_api_keys(const std::string& path) {
   std::ifstream in(path);

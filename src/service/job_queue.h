@@ -1,6 +1,6 @@
 // The service's durable job queue: one interface, two backends. SqliteJobQueue (sqlite_job_queue.h) keeps jobs in
-// a SQLite file and result images as files beside it, for one machine; RedisJobQueue (redis_job_queue.h) for many. The HTTP
-// front end and the worker loop use only this interface.
+// a SQLite file and result images as files beside it, for one machine; RedisJobQueue (redis_job_queue.h) for many. The
+// HTTP front end and the worker loop use only this interface.
 //
 // The promise every backend keeps: a job that submit() returned is stored durably, so it is never lost; a job
 // that was running when its worker died runs again (same seed, same image); a job is marked succeeded only

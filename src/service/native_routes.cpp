@@ -132,19 +132,27 @@ void add_native_routes(httplib::Server& server, HttpContext& ctx) {
     });
   });
 
-  server.Get(R"(/v1/jobs/([^/]+)/images/([0-9]{1,4})\.png)",
-             [&ctx](const httplib::Request& req, httplib::Response& res) {
-               guarded(res, ErrorShape::native, [&] {
-                 const std::string owner = authenticate(ctx, req);
-                 const Job job = visible_job(ctx, req.matches[1], owner);
-                 const int k = std::stoi(req.matches[2]);
-                 if (job.status != JobStatus::succeeded)
-                   throw RequestError(409, "not_ready", std::string("the job is ") + job_status_name(job.status));
-                 std::optional<std::vector<uint8_t>> png = ctx.queue.load_image(job.id, k);
-                 if (!png) throw RequestError(404, "not_found", "the job has no image " + std::to_string(k));
-                 res.set_content(std::string(png->begin(), png->end()), "image/png");
-               });
-             });
+  server.Get(R"(/v1/jobs/([^/]+)/images/([0-9]+)\.png)", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, ErrorShape::native, [&] {
+      const std::string owner = authenticate(ctx, req);
+      const Job job = visible_job(ctx, req.matches[1], owner);
+      const int k = std::stoi(req.matches[2]);
+      if (job.status != JobStatus::succeeded)
+        throw RequestError(409, "not_ready", std::string("the job is ") + job_status_name(job.status));
+      std::optional<std::vector<uint8_t>> png;
+      if (k < static_cast<int>(job.seeds.size())) png = ctx.queue.load_image(job.id, k);
+      if (!png) throw RequestError(404, "not_found", "the job has no image " + std::to_string(k));
+      res.set_content(std::string(png->begin(), png->end()), "image/png");
+    });
+  });
+
+  // Any other path under /v1/jobs/ holds no valid id (httplib decodes %2F before routing, so "..%2F.." lands here).
+  auto malformed_id = [&ctx](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, ErrorShape::native, [&] {
+      authenticate(ctx, req);
+      throw RequestError(400, "invalid_job_id", "a job id is 32 lowercase hex digits", "id");
+    });
+  };
 
   // Progress as Server-Sent Events: a "progress" event whenever the job's status or step changes, then one
   // "end" event with the job's final JSON.
@@ -168,7 +176,7 @@ void add_native_routes(httplib::Server& server, HttpContext& ctx) {
           const std::string event = sse(is_finished(job->status) ? "end" : "progress", view);
           if (!sink.write(event.data(), event.size())) return false;
         }
-        if (is_finished(job->status)) {
+        if (is_finished(job->status) || ctx.stopping.load()) {
           sink.done();
           return true;
         }
@@ -177,6 +185,9 @@ void add_native_routes(httplib::Server& server, HttpContext& ctx) {
       });
     });
   });
+
+  server.Get(R"(/v1/jobs/.*)", malformed_id);
+  server.Delete(R"(/v1/jobs/.*)", malformed_id);
 }
 
 }  // namespace sdcpu::service

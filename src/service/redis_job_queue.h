@@ -2,14 +2,13 @@
 // workers (`sdcpu worker --queue redis://...`) and API nodes (`sdcpu serve --no-worker`) share one queue. Job
 // records and result images live in Redis too, and expire --keep-results after they finish.
 //
-// How a job is never lost: submit() stores the job's record and appends its id to the stream in one Lua script (atomic with the
-// idempotency check). A
-// worker reads it with XREADGROUP, which leaves the entry pending for that worker; it acknowledges (XACK) only
-// after the images are stored and the job is marked succeeded (or failed, or cancelled). While it runs, a
-// heartbeat thread re-claims the worker's own pending entries (XCLAIM to itself) so they never look idle. A worker
-// that dies stops heartbeating; once its entry has been idle longer than the visibility timeout, another worker's
-// claim() takes it over (XAUTOCLAIM) and runs the job again with its stored seed. Marking a job finished checks
-// that this worker still holds it, so a job that succeeded once is never run to success twice.
+// How a job is never lost: submit() stores the job's record and appends its id to the stream in one Lua script (atomic
+// with the idempotency check). A worker reads it with XREADGROUP, which leaves the entry pending for that worker; it
+// acknowledges (XACK) only after the images are stored and the job is marked succeeded (or failed, or cancelled). While
+// it runs, a heartbeat thread re-claims the worker's own pending entries (XCLAIM to itself) so they never look idle. A
+// worker that dies stops heartbeating; once its entry has been idle longer than the visibility timeout, another
+// worker's claim() takes it over (XAUTOCLAIM) and runs the job again with its stored seed. Marking a job finished
+// checks that this worker still holds it, so a job that succeeded once is never run to success twice.
 //
 // Losing Redis: calls throw IoError (the HTTP front end answers 503), the connection is re-established on the
 // next call, and nothing Redis kept is lost (run Redis with appendonly yes and appendfsync always for the
