@@ -266,6 +266,12 @@ struct SamplerClass {
 };
 
 const std::vector<SamplerClass>& sampler_classes() {
+  // DPMSolverMultistepScheduler's, for both of its samplers.
+  static const std::vector<const char*> kDpmSolverKeys = {
+      "num_train_timesteps", "beta_start",       "beta_end",          "beta_schedule",         "trained_betas",
+      "solver_order",        "prediction_type",  "thresholding",      "algorithm_type",        "solver_type",
+      "lower_order_final",   "euler_at_final",   "use_karras_sigmas", "use_lu_lambdas",        "final_sigmas_type",
+      "lambda_min_clipped",  "timestep_spacing", "steps_offset",      "rescale_betas_zero_snr"};
   static const std::vector<SamplerClass> kClasses = {
       {"pndm",
        "PNDMScheduler",
@@ -308,19 +314,13 @@ const std::vector<SamplerClass>& sampler_classes() {
        "DPMSolverMultistepScheduler",
        "linspace",
        false,
-       {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "solver_order",
-        "prediction_type", "thresholding", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
-        "use_karras_sigmas", "use_lu_lambdas", "final_sigmas_type", "lambda_min_clipped", "timestep_spacing",
-        "steps_offset", "rescale_betas_zero_snr"},
+       kDpmSolverKeys,
        {{"solver_order", "2"}, {"algorithm_type", "\"dpmsolver++\""}}},
       {"dpmpp_2m_karras",
        "DPMSolverMultistepScheduler",
        "linspace",
        false,
-       {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "solver_order",
-        "prediction_type", "thresholding", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
-        "use_karras_sigmas", "use_lu_lambdas", "final_sigmas_type", "lambda_min_clipped", "timestep_spacing",
-        "steps_offset", "rescale_betas_zero_snr"},
+       kDpmSolverKeys,
        {{"solver_order", "2"}, {"algorithm_type", "\"dpmsolver++\""}, {"use_karras_sigmas", "true"}}},
   };
   return kClasses;
