@@ -102,8 +102,6 @@ Command add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cli->add_option("--max-queued-per-key", a->http.max_queued_per_key, "Queued jobs one API key may have")
       ->capture_default_str();
-  add_weight_cache_option(*cli, a->service.load.weight_cache_dir);
-  add_low_memory_option(*cli, a->service.load.low_memory);
   return {cli, [a] { return run_serve(*a); }};
 }
 

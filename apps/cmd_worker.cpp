@@ -39,8 +39,6 @@ Command add_worker_command(CLI::App& app) {
   auto* cli = app.add_subcommand("worker", "Run jobs from a shared queue (redis://) on this machine");
   add_service_options(*cli, a->service);
   cli->add_option("--name", a->name, "This worker's name in the queue (default: hostname-pid)");
-  add_weight_cache_option(*cli, a->service.load.weight_cache_dir);
-  add_low_memory_option(*cli, a->service.load.low_memory);
   return {cli, [a] { return run_worker(*a); }};
 }
 

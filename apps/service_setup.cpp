@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "commands.h"
+
 namespace sdcpu::app {
 namespace {
 
@@ -52,6 +54,8 @@ void add_service_options(CLI::App& cli, ServiceArgs& a) {
   cli.add_option("--threads", a.load.threads, "Compute threads (0: one per physical core)")->capture_default_str();
   cli.add_flag("--pin", a.load.pin_threads, "Bind compute thread i to core i");
   cli.add_option("--precision", a.load.precision, "fp32, bf16 or auto")->capture_default_str();
+  add_weight_cache_option(cli, a.load.weight_cache_dir);
+  add_low_memory_option(cli, a.load.low_memory);
 }
 
 std::vector<service::ServedModel> load_served_models(const ServiceArgs& a, bool load) {

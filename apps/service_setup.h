@@ -26,7 +26,8 @@ struct ServiceArgs {
   service::QueueOptions queue_options(const std::string& consumer = "") const;
 };
 
-// Registers --model, --data-dir, --queue, --keep-results and the load options on `cli`.
+// Registers --model, --data-dir, --queue, --keep-results, --visibility-timeout and the load options (--threads,
+// --pin, --precision, --weight-cache, --low-memory) on `cli`.
 void add_service_options(CLI::App& cli, ServiceArgs& args);
 
 // Validates the options (before anything loads) and loads every model (or, with `load` false, only names them:

@@ -21,6 +21,10 @@ inline constexpr const char* kVersion = "0.1.0";
 // The samplers sdcpu implements, under the names the CLI and the API accept.
 std::vector<std::string> sampler_names();
 
+// AUTOMATIC1111's display name of a sampler ("euler_a" -> "Euler a", "pndm" -> "PLMS"), as the PNG parameters
+// write it.
+std::string a1111_sampler_name(const std::string& sampler);
+
 struct LoadOptions {
   // "fp16" selects *.fp16.safetensors weights in a diffusers folder when present.
   std::string variant;

@@ -157,9 +157,7 @@ void validate(const GenerateOptions& options) {
   validate(request_for(options, 0));
 }
 
-std::vector<std::string> sampler_names() {
-  return {"pndm", "ddim", "euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"};
-}
+std::vector<std::string> sampler_names() { return scheduler_names(); }
 
 std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const LoadOptions& options) {
   if (options.threads < 0) throw InvalidArgument("threads must be >= 0");

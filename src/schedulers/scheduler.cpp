@@ -31,12 +31,6 @@ Tensor Scheduler::scale_model_input(const Tensor& sample, int step_index) const 
   return sample;
 }
 
-const std::vector<std::string>& scheduler_names() {
-  static const std::vector<std::string> kNames = {"pndm", "ddim",     "euler",          "euler_a",
-                                                  "lms",  "dpmpp_2m", "dpmpp_2m_karras"};
-  return kNames;
-}
-
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config) {
   if (name == "pndm") return make_pndm_scheduler(config);
   if (name == "ddim") return make_ddim_scheduler(config);

@@ -86,7 +86,7 @@ class Scheduler {
   int next_step_ = -1;  // -1: no step taken since set_timesteps()
 };
 
-// The scheduler names make_scheduler() accepts, in a stable order.
+// The scheduler names make_scheduler() accepts, in a stable order (scheduler_config.cpp's table of their classes).
 const std::vector<std::string>& scheduler_names();
 
 // Builds the named scheduler with exactly these settings (resolve_scheduler_config() makes them from a model's

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "schedulers/scheduler.h"
 
 namespace sdcpu {
 namespace {
@@ -336,6 +337,15 @@ const SamplerClass& sampler_class(const std::string& sampler) {
 }
 
 }  // namespace
+
+const std::vector<std::string>& scheduler_names() {
+  static const std::vector<std::string> kNames = [] {
+    std::vector<std::string> names;
+    for (const SamplerClass& c : sampler_classes()) names.push_back(c.sampler);
+    return names;
+  }();
+  return kNames;
+}
 
 const char* setting_source_name(SettingSource source) {
   switch (source) {

@@ -10,32 +10,16 @@
 namespace sdcpu::service {
 namespace {
 
-struct A1111Sampler {
-  const char* a1111;
-  const char* sdcpu;
-};
-// A1111's names; "DPM++ 2M" with scheduler "Karras" (A1111 1.9+) is the Karras variant.
-constexpr A1111Sampler kSamplers[] = {{"DPM++ 2M", "dpmpp_2m"}, {"DPM++ 2M Karras", "dpmpp_2m_karras"},
-                                      {"Euler a", "euler_a"},   {"Euler", "euler"},
-                                      {"LMS", "lms"},           {"DDIM", "ddim"},
-                                      {"PLMS", "pndm"}};
-
+// A1111's sampler names are those sdcpu writes into its PNGs (sdcpu::a1111_sampler_name); sdcpu's own names are
+// accepted too. "DPM++ 2M" with scheduler "Karras" (A1111 1.9+) is the Karras variant.
 std::string sdcpu_sampler(const std::string& name, const std::string& scheduler) {
-  for (const A1111Sampler& s : kSamplers) {
-    if (name == s.a1111 || name == s.sdcpu) {
-      if (scheduler == "Karras" && std::string(s.sdcpu) == "dpmpp_2m") return "dpmpp_2m_karras";
-      return s.sdcpu;
-    }
-  }
   std::string list;
-  for (const A1111Sampler& s : kSamplers) list += (list.empty() ? "" : ", ") + std::string(s.a1111);
+  for (const std::string& s : sampler_names()) {
+    if (name == a1111_sampler_name(s) || name == s)
+      return scheduler == "Karras" && s == "dpmpp_2m" ? "dpmpp_2m_karras" : s;
+    list += (list.empty() ? "" : ", ") + a1111_sampler_name(s);
+  }
   throw RequestError(422, "unknown_sampler", "sampler \"" + name + "\" not found; samplers: " + list, "sampler_name");
-}
-
-const char* a1111_name(const std::string& sdcpu) {
-  for (const A1111Sampler& s : kSamplers)
-    if (sdcpu == s.sdcpu) return s.a1111;
-  return "";
 }
 
 int int_of(const json& v, const char* field) {
@@ -168,7 +152,7 @@ void add_a1111_routes(httplib::Server& server, HttpContext& ctx) {
                          {"subseed_strength", 0},
                          {"width", o.width},
                          {"height", o.height},
-                         {"sampler_name", a1111_name(o.sampler)},
+                         {"sampler_name", a1111_sampler_name(o.sampler)},
                          {"cfg_scale", o.cfg_scale},
                          {"steps", o.steps},
                          {"batch_size", batch_size},
@@ -197,7 +181,7 @@ void add_a1111_routes(httplib::Server& server, HttpContext& ctx) {
       parameters["cfg_scale"] = o.cfg_scale;
       parameters["width"] = o.width;
       parameters["height"] = o.height;
-      parameters["sampler_name"] = a1111_name(o.sampler);
+      parameters["sampler_name"] = a1111_sampler_name(o.sampler);
       parameters["batch_size"] = batch_size;
       parameters["n_iter"] = o.batch_count / batch_size;
       reply_json(res, 200,
@@ -211,8 +195,8 @@ void add_a1111_routes(httplib::Server& server, HttpContext& ctx) {
     guarded(res, ErrorShape::a1111, [&] {
       authenticate(ctx, req);
       json list = json::array();
-      for (const A1111Sampler& s : kSamplers)
-        list.push_back({{"name", s.a1111}, {"aliases", {s.sdcpu}}, {"options", json::object()}});
+      for (const std::string& s : sampler_names())
+        list.push_back({{"name", a1111_sampler_name(s)}, {"aliases", {s}}, {"options", json::object()}});
       reply_json(res, 200, list);
     });
   });

@@ -8,6 +8,11 @@
 
 namespace sdcpu::service {
 
+int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
 std::unique_ptr<JobQueue> open_job_queue(const std::string& spec, const QueueOptions& options) {
   if (spec == "sqlite") return std::make_unique<SqliteJobQueue>(options.data_dir);
   if (spec.rfind("redis://", 0) == 0) {

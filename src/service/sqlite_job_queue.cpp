@@ -30,11 +30,6 @@
 
 namespace sdcpu::service {
 
-int64_t now_ms() {
-  using namespace std::chrono;
-  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
-}
-
 namespace {
 
 namespace fs = std::filesystem;
