@@ -76,7 +76,7 @@ int run_serve(ServeArgs& a) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });
-  service::Worker worker(*queue, models, metrics);
+  service::Worker worker(*queue, models, metrics, a.service.max_batch);
   if (a.no_worker) {
     while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   } else {

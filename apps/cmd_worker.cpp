@@ -22,7 +22,7 @@ int run_worker(WorkerArgs& a) {
   std::vector<service::ServedModel> models = load_served_models(a.service, true);
   std::unique_ptr<service::JobQueue> queue = service::open_job_queue(a.service.queue, a.service.queue_options(a.name));
   service::ServiceMetrics metrics;
-  service::Worker worker(*queue, models, metrics);
+  service::Worker worker(*queue, models, metrics, a.service.max_batch);
   std::atomic<bool> stop{false};
   stop_on_signals(stop);
   std::printf("sdcpu worker: taking jobs from %s\n", printable_queue(a.service.queue).c_str());

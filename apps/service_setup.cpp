@@ -51,6 +51,10 @@ void add_service_options(CLI::App& cli, ServiceArgs& a) {
   cli.add_option("--visibility-timeout", a.visibility_timeout_s,
                  "Redis: seconds without a heartbeat after which another worker takes a job over")
       ->capture_default_str();
+  cli.add_option("--max-batch", a.max_batch,
+                 "Images per UNet call: queued jobs with the same model, size, steps, sampler and guidance share "
+                 "one (1..64)")
+      ->capture_default_str();
   cli.add_option("--threads", a.load.threads, "Compute threads (0: one per physical core)")->capture_default_str();
   cli.add_flag("--pin", a.load.pin_threads, "Bind compute thread i to core i");
   cli.add_option("--precision", a.load.precision, "fp32, bf16 or auto")->capture_default_str();
@@ -64,6 +68,7 @@ std::vector<service::ServedModel> load_served_models(const ServiceArgs& a, bool 
     throw InvalidArgument("--keep-results must be a positive number of hours");
   if (!(a.visibility_timeout_s >= 0.5 && a.visibility_timeout_s <= 86400))
     throw InvalidArgument("--visibility-timeout must be between 0.5 and 86400 seconds");
+  if (a.max_batch < 1 || a.max_batch > 64) throw InvalidArgument("--max-batch must be between 1 and 64");
   std::vector<service::ServedModel> models;
   for (const std::string& spec : a.models) {
     auto [name, path] = model_spec(spec);

@@ -19,6 +19,7 @@ struct ServiceArgs {
   std::string queue = "sqlite";
   double keep_results_hours = 24;
   double visibility_timeout_s = 60;
+  int max_batch = 1;  // images per UNet call across jobs (README, "Batching across requests")
   LoadOptions load;
 
   std::chrono::milliseconds keep_results() const;
@@ -26,7 +27,8 @@ struct ServiceArgs {
   service::QueueOptions queue_options(const std::string& consumer = "") const;
 };
 
-// Registers --model, --data-dir, --queue, --keep-results, --visibility-timeout and the load options (--threads,
+// Registers --model, --data-dir, --queue, --keep-results, --visibility-timeout, --max-batch and the load options
+// (--threads,
 // --pin, --precision, --weight-cache, --low-memory) on `cli`.
 void add_service_options(CLI::App& cli, ServiceArgs& args);
 

@@ -674,6 +674,54 @@ fi
 stop_server 10 && ok || fail "SIGTERM did not stop the idle server within 10 s"
 grep -q "sdcpu serve: stopped" "$tmp/main.err" && ok || fail "no 'stopped' line: $(tail -3 "$tmp/main.err")"
 
+section batching
+# ---- (d2) batching across requests: --max-batch 4 -----------------------------------------------------------------
+# Jobs queued behind a long one, with the same size, steps, sampler and guidance, run together as one UNet batch:
+# they are all running at the same time (one worker runs one batch at a time), each image is still the one
+# `sdcpu generate` makes, and a job cancelled mid-batch leaves the others to finish.
+start_server batch "$tmp/batch" --max-batch 4 || { fail "the batching server did not start"; finish; }
+submit '{"prompt": "a long job", "width": 256, "height": 256, "steps": 1000, "seed": 1}'
+blocker=$id
+wait_running "$blocker" 20 && ok || fail "batching: the long job did not start"
+bjobs=()
+for k in 0 1 2 3; do
+  submit "{\"prompt\": \"batched $k\", \"negative_prompt\": \"blur $k\", \"width\": 128, \"height\": 128, \"steps\": 40,
+    \"sampler\": \"euler_a\", \"seed\": $((50 + k)), \"cfg_scale\": 6}"
+  bjobs+=("$id")
+done
+submit '{"prompt": "other settings", "width": 64, "height": 64, "steps": 5, "sampler": "euler_a", "seed": 60}'
+other=$id
+expect 200 "j['cancel_requested'] is True" "batching: cancel the long job" -- DELETE "/v1/jobs/$blocker"
+wait_running "${bjobs[1]}" 20
+expect 200 "j['cancel_requested'] is True" "batching: cancel a job inside a running batch" -- DELETE "/v1/jobs/${bjobs[1]}"
+for jid in "${bjobs[@]}" "$other"; do wait_job "$jid" 60; done
+for k in 0 2 3; do
+  call GET "/v1/jobs/${bjobs[$k]}"
+  h check "$tmp/body" "j['status'] == 'succeeded' and j['attempts'] == 1" && ok ||
+    fail "batched job $k: $(head -c 300 "$tmp/body")"
+  cp "$tmp/body" "$tmp/b$k.json"
+  call GET "/v1/jobs/${bjobs[$k]}/images/0.png"; cp "$tmp/body" "$tmp/b$k.png"
+  gen "$tmp/gb$k.png" --prompt "batched $k" --negative-prompt "blur $k" --width 128 --height 128 --steps 40 \
+    --sampler euler_a --seed $((50 + k)) --cfg-scale 6
+  same "batched job $k vs generate --seed $((50 + k))" "$tmp/b$k.png" "$tmp/gb$k.png"
+done
+call GET "/v1/jobs/${bjobs[1]}"
+h check "$tmp/body" "j['status'] == 'cancelled' and j['images'] == []" && ok ||
+  fail "the job cancelled inside its batch: $(head -c 300 "$tmp/body")"
+# Ran together: every one started before any finished (the worker runs one batch at a time).
+"$py" - "$tmp/b0.json" "$tmp/b2.json" "$tmp/b3.json" <<'PYEOF' && ok || fail "batching: the jobs did not run together"
+import json, sys
+jobs = [json.load(open(f)) for f in sys.argv[1:]]
+print(f"  batched jobs: started {[j['started_ms'] for j in jobs]}, finished {[j['finished_ms'] for j in jobs]}")
+sys.exit(0 if max(j['started_ms'] for j in jobs) < min(j['finished_ms'] for j in jobs) else 1)
+PYEOF
+call GET "/v1/jobs/$other"
+h check "$tmp/body" "j['status'] == 'succeeded'" && ok || fail "the job with other settings: $(head -c 300 "$tmp/body")"
+call GET "/v1/jobs/$other/images/0.png"; cp "$tmp/body" "$tmp/bo.png"
+gen "$tmp/gbo.png" --prompt "other settings" --steps 5 --sampler euler_a --seed 60
+same "the job with other settings after a batch vs generate" "$tmp/bo.png" "$tmp/gbo.png"
+stop_server 10 && ok || fail "SIGTERM did not stop the batching server"
+
 section durability
 # ---- (e) durability: kill -9 while jobs are queued and one is running, three times ----------------------------
 

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -146,6 +147,57 @@ TEST(SqliteJobQueue, ClaimIsFifoAndQueuePositionCounts) {
   }
   EXPECT_FALSE(q.claim(milliseconds(0)));
   EXPECT_EQ(q.queue_position("0123456789abcdef0123456789abcdef"), -1);
+}
+
+// A request that batches with request() or not, with `images` images.
+JobRequest batch_request(bool matching, int images) {
+  JobRequest r = request();
+  if (!matching) r.options.steps = 8;
+  r.options.batch_count = images;
+  return r;
+}
+
+TEST(SqliteJobQueue, BatchMatesAreMatchingQueuedJobsWithinTheImageBudget) {
+  SqliteJobQueue q(testing::temp_dir());
+  std::vector<std::string> ids;
+  for (auto [matching, images] :
+       std::vector<std::pair<bool, int>>{{true, 1}, {false, 1}, {true, 4}, {true, 2}, {true, 1}, {true, 1}})
+    ids.push_back(q.submit(batch_request(matching, images), "", "").job.id);
+  const auto first = q.claim(milliseconds(0));
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->id, ids[0]);
+  EXPECT_TRUE(q.claim_batch_mates(*first, 1).empty());  // the first fills the batch
+  // 4 images: the first's 1, then #3 (2) and #4 (1); #1 does not match, #2 (4) does not fit.
+  const auto mates = q.claim_batch_mates(*first, 4);
+  ASSERT_EQ(mates.size(), 2u);
+  EXPECT_EQ(mates[0].id, ids[3]);
+  EXPECT_EQ(mates[1].id, ids[4]);
+  for (const Job& mate : mates) {
+    EXPECT_EQ(mate.status, JobStatus::running);
+    EXPECT_EQ(mate.attempts, 1);
+    EXPECT_EQ(q.get(mate.id)->status, JobStatus::running);
+    EXPECT_EQ(batch_key(mate.request), batch_key(first->request));
+  }
+  // The rest stay queued, in order.
+  EXPECT_EQ(q.queue_position(ids[1]), 0);
+  EXPECT_EQ(q.queue_position(ids[2]), 1);
+  EXPECT_EQ(q.queue_position(ids[5]), 2);
+  EXPECT_EQ(q.claim(milliseconds(0))->id, ids[1]);
+}
+
+TEST(SqliteJobQueue, BatchKeysDifferInEverySettingThatSharesTheUNet) {
+  const std::string key = batch_key(request());
+  EXPECT_EQ(batch_key(request("another prompt", 5)), key);  // prompt and seed may differ
+  for (auto change : std::vector<std::function<void(JobRequest&)>>{
+           [](JobRequest& r) { r.model = "other"; }, [](JobRequest& r) { r.options.width = 512; },
+           [](JobRequest& r) { r.options.height = 512; }, [](JobRequest& r) { r.options.steps = 20; },
+           [](JobRequest& r) { r.options.sampler = "lms"; }, [](JobRequest& r) { r.options.timestep_spacing = ""; },
+           [](JobRequest& r) { r.options.cfg_scale = 5.5000005f; }, [](JobRequest& r) { r.options.clip_skip = 0; }}) {
+    JobRequest r = request();
+    change(r);
+    EXPECT_NE(batch_key(r), key) << job_request_to_json(r);
+    EXPECT_FALSE(batchable(r.options, request().options) && r.model == request().model);
+  }
 }
 
 TEST(SqliteJobQueue, ClaimWakesWhenAnotherThreadSubmits) {

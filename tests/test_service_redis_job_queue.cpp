@@ -392,6 +392,50 @@ TEST_F(RedisJobQueueTest, ClaimIsFifoAndQueuePositionCounts) {
   EXPECT_EQ(q.queue_position("../x"), -1);
 }
 
+// Redis takes batch mates only from right behind in the stream: a job that does not match ends the batch.
+TEST_F(RedisJobQueueTest, BatchMatesAreTheMatchingJobsRightBehindWithinTheImageBudget) {
+  RedisJobQueue q(options());
+  auto make = [](bool matching, int images) {
+    JobRequest r = request();
+    if (!matching) r.options.steps = 8;
+    r.options.batch_count = images;
+    return r;
+  };
+  std::vector<std::string> ids;
+  for (auto [matching, images] :
+       std::vector<std::pair<bool, int>>{{true, 1}, {true, 2}, {true, 3}, {false, 1}, {true, 1}})
+    ids.push_back(q.submit(make(matching, images), "", "").job.id);
+  const auto first = q.claim(0ms);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->id, ids[0]);
+  EXPECT_TRUE(q.claim_batch_mates(*first, 1).empty());
+  // 4 images: #1 (2) fits, #2 (3) does not, and the batch ends there.
+  const auto mates = q.claim_batch_mates(*first, 4);
+  ASSERT_EQ(mates.size(), 1u);
+  EXPECT_EQ(mates[0].id, ids[1]);
+  EXPECT_EQ(mates[0].status, JobStatus::running);
+  EXPECT_EQ(mates[0].attempts, 1);
+  EXPECT_EQ(q.get(ids[1])->status, JobStatus::running);
+  EXPECT_EQ(q.queue_position(ids[2]), 0);
+  // The next claim starts at #2; #3 does not match it; #4 is then the next job.
+  const auto second = q.claim(0ms);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->id, ids[2]);
+  EXPECT_TRUE(q.claim_batch_mates(*second, 64).empty());
+  EXPECT_EQ(q.claim(0ms)->id, ids[3]);
+  // Mates finish like any job, and a cancelled queued job is never a mate.
+  q.succeed(ids[1], {1, 2});
+  EXPECT_EQ(q.get(ids[1])->status, JobStatus::succeeded);
+  const std::string cancelled = q.submit(make(true, 1), "", "").job.id, after = q.submit(make(true, 1), "", "").job.id;
+  q.cancel(cancelled);
+  const auto mates_after = q.claim_batch_mates(*first, 4);
+  ASSERT_EQ(mates_after.size(), 2u);
+  EXPECT_EQ(mates_after[0].id, ids[4]);
+  EXPECT_EQ(mates_after[1].id, after);
+  EXPECT_EQ(q.get(cancelled)->status, JobStatus::cancelled);
+  EXPECT_FALSE(q.claim(0ms));
+}
+
 TEST_F(RedisJobQueueTest, ClaimWakesWhenAnotherThreadSubmitsAndBlocksNoOtherCall) {
   RedisJobQueue q(options());
   std::optional<Job> claimed;

@@ -90,6 +90,15 @@ void validate(const GenerateOptions& options);
 // Called after each denoising step: image index within the batch, steps done, total steps.
 using ProgressCallback = std::function<void(int image, int step, int steps)>;
 
+// Whether two requests can be generated together by Pipeline::generate_batch: the same width, height, steps,
+// sampler, timestep spacing, guidance and clip skip (prompts, negative prompts, seeds and batch counts may differ).
+bool batchable(const GenerateOptions& a, const GenerateOptions& b);
+
+// Called after each denoising step for every image of a batch: the request's index, the image's index within the
+// request, steps done, total steps. Returning false stops that request: its images leave the batch at once and
+// generate_batch returns none for it.
+using BatchProgressCallback = std::function<bool(int request, int image, int step, int steps)>;
+
 class Pipeline {
  public:
   // Opens a diffusers folder or a single-file .safetensors checkpoint and builds every network.
@@ -98,6 +107,14 @@ class Pipeline {
 
   // Runs text-to-image. Throws InvalidArgument for invalid options before doing any work.
   virtual std::vector<Image> generate(const GenerateOptions& options, const ProgressCallback& progress = {}) = 0;
+
+  // Generates several batchable() requests together: their images (image k of request j with seed_j + k) go
+  // through the UNet up to `max_batch` (1..64) at a time, one UNet call per step for all of them. Each image is
+  // the one generate(requests[j]) gives, up to the kernels' rounding at another batch size (README, "Batching
+  // across requests"). Returns each request's images, in order. Throws InvalidArgument for options that are
+  // invalid or not batchable, before any work.
+  virtual std::vector<std::vector<Image>> generate_batch(const std::vector<GenerateOptions>& requests, int max_batch,
+                                                         const BatchProgressCallback& progress = {}) = 0;
 
   // What was detected: layout, architecture, configurations, tensors ignored.
   virtual std::string describe() const = 0;

@@ -52,34 +52,59 @@ class PipelineImpl : public Pipeline {
       : txt2img_(std::move(files), compute, std::move(memory)) {}
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
-    validate(o);
-    const uint64_t seed = o.seed == kRandomSeed ? random_seed() : o.seed;
-    std::vector<Image> images;
-    for (int k = 0; k < o.batch_count; ++k) {
-      const Txt2ImgRequest r = request_for(o, seed + static_cast<uint64_t>(k));
-      auto result = txt2img_.run(r, [&](int step, int steps, const Tensor&) {
-        if (progress) progress(k, step + 1, steps);
-      });
-      Image img;
-      img.width = o.width;
-      img.height = o.height;
-      img.rgb = image_to_rgb8(result.image, 0);
-      img.seed = r.seed;
-      GenerationParameters p;
-      p.prompt = o.prompt;
-      p.negative_prompt = o.negative_prompt;
-      p.sampler = o.sampler;
-      p.model = model_name(txt2img_.files().path);
-      p.timestep_spacing = o.timestep_spacing;
-      p.steps = o.steps;
-      p.width = o.width;
-      p.height = o.height;
-      p.clip_skip = o.clip_skip;
-      p.cfg_scale = o.cfg_scale;
-      p.seed = r.seed;
-      img.parameters = format_a1111_parameters(p);
-      images.push_back(std::move(img));
+    // Images one after another: a batch of one per UNet call, so that each is what diffusers gives for its seed.
+    return generate_batch({o}, 1,
+                          [&](int, int image, int step, int steps) {
+                            if (progress) progress(image, step, steps);
+                            return true;
+                          })
+        .front();
+  }
+
+  std::vector<std::vector<Image>> generate_batch(const std::vector<GenerateOptions>& requests, int max_batch,
+                                                 const BatchProgressCallback& progress) override {
+    if (requests.empty()) throw InvalidArgument("no requests to generate");
+    if (max_batch < 1 || max_batch > 64) throw InvalidArgument("max batch must be between 1 and 64");
+    for (const GenerateOptions& o : requests) {
+      validate(o);
+      if (!batchable(o, requests.front()))
+        throw InvalidArgument(
+            "requests generated together must agree on size, steps, sampler, timestep spacing, guidance and clip skip");
     }
+    // Every image of every request, in order: image k of request j has seed_j + k.
+    struct Item {
+      int request, image;
+      uint64_t seed;
+    };
+    std::vector<Item> items;
+    for (size_t j = 0; j < requests.size(); ++j) {
+      const uint64_t seed = requests[j].seed == kRandomSeed ? random_seed() : requests[j].seed;
+      for (int k = 0; k < requests[j].batch_count; ++k)
+        items.push_back({static_cast<int>(j), k, seed + static_cast<uint64_t>(k)});
+    }
+    std::vector<std::vector<Image>> images(requests.size());
+    std::vector<bool> dropped(requests.size(), false);
+    for (size_t first = 0; first < items.size(); first += max_batch) {
+      std::vector<Item> chunk;
+      std::vector<Txt2ImgRequest> chunk_requests;
+      for (size_t i = first; i < std::min(items.size(), first + max_batch); ++i) {
+        if (dropped[items[i].request]) continue;
+        chunk.push_back(items[i]);
+        chunk_requests.push_back(request_for(requests[items[i].request], items[i].seed));
+      }
+      if (chunk.empty()) continue;
+      const auto results = txt2img_.run_batch(chunk_requests, [&](int member, int step, int steps, const Tensor&) {
+        const Item& item = chunk[member];
+        if (!dropped[item.request] && progress && !progress(item.request, item.image, step + 1, steps))
+          dropped[item.request] = true;
+        return !dropped[item.request];
+      });
+      for (size_t m = 0; m < chunk.size(); ++m)
+        if (!dropped[chunk[m].request])
+          images[chunk[m].request].push_back(make_image(requests[chunk[m].request], results[m], chunk[m].seed));
+    }
+    for (size_t j = 0; j < requests.size(); ++j)
+      if (dropped[j]) images[j].clear();
     return images;
   }
 
@@ -140,6 +165,28 @@ class PipelineImpl : public Pipeline {
   }
 
  private:
+  Image make_image(const GenerateOptions& o, const Txt2ImgPipeline::Result& result, uint64_t seed) const {
+    Image img;
+    img.width = o.width;
+    img.height = o.height;
+    img.rgb = image_to_rgb8(result.image, 0);
+    img.seed = seed;
+    GenerationParameters p;
+    p.prompt = o.prompt;
+    p.negative_prompt = o.negative_prompt;
+    p.sampler = o.sampler;
+    p.model = model_name(txt2img_.files().path);
+    p.timestep_spacing = o.timestep_spacing;
+    p.steps = o.steps;
+    p.width = o.width;
+    p.height = o.height;
+    p.clip_skip = o.clip_skip;
+    p.cfg_scale = o.cfg_scale;
+    p.seed = seed;
+    img.parameters = format_a1111_parameters(p);
+    return img;
+  }
+
   Txt2ImgPipeline txt2img_;
 };
 
@@ -155,6 +202,10 @@ void validate(const GenerateOptions& options) {
   if (options.batch_count < 1 || options.batch_count > 1000)
     throw InvalidArgument("batch count must be between 1 and 1000");
   validate(request_for(options, 0));
+}
+
+bool batchable(const GenerateOptions& a, const GenerateOptions& b) {
+  return batchable(request_for(a, 0), request_for(b, 0));
 }
 
 std::vector<std::string> sampler_names() { return scheduler_names(); }

@@ -140,24 +140,73 @@ Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, 
   return pass.output(text_encoder_.forward(ids, clip_skip));
 }
 
-Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
-                                     float cfg_scale, TorchGenerator& generator) const {
-  const int64_t batch = latents.dim(0);
-  const bool guided = embeddings.dim(0) == 2 * batch;
-  const Tensor unet_input = guided ? concat0({latents, latents}) : latents;
-  const Tensor scaled = scheduler.scale_model_input(unet_input, i);
-  const PackedWeightCache::Use weights(unet_weights_.get());  // run() holds one across all steps
+// One request's state in the denoising loop: its own scheduler (multistep samplers keep a history) and its own
+// generator (ancestral samplers draw their noise from it), so that batching it with others changes nothing it
+// computes but the UNet's batch.
+struct Txt2ImgPipeline::Denoising {
+  Scheduler* scheduler;
+  TorchGenerator generator;  // copies share one state, like references to a torch.Generator
+  Tensor latents;            // [n, C, h, w]
+  Tensor embeddings;         // [uncond x n, cond x n] with guidance, else [cond x n]
+  float cfg_scale = 1;
+  int request = 0;  // its index in run_batch()'s requests
+};
+
+void Txt2ImgPipeline::denoise_step(std::vector<Denoising*>& batch, int i) const {
+  const Scheduler& schedule = *batch.front()->scheduler;  // every member has the same timesteps
+  const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
+  // The UNet's batch is [uncond of every member, cond of every member], as diffusers' cat([latents] * 2) is for
+  // one: the scaled latents twice, the embeddings' halves in the same order.
+  std::vector<Tensor> inputs, uncond_embeddings, cond_embeddings;
+  int64_t images = 0;
+  for (Denoising* d : batch) {
+    const int64_t n = d->latents.dim(0);
+    inputs.push_back(d->scheduler->scale_model_input(d->latents, i));
+    if (guided) {
+      uncond_embeddings.push_back(d->embeddings.slice0(0, n));
+      cond_embeddings.push_back(d->embeddings.slice0(n, 2 * n));
+    } else {
+      cond_embeddings.push_back(d->embeddings);
+    }
+    images += n;
+  }
+  if (guided) {
+    const std::vector<Tensor> once = inputs;
+    inputs.insert(inputs.end(), once.begin(), once.end());
+  }
+  uncond_embeddings.insert(uncond_embeddings.end(), cond_embeddings.begin(), cond_embeddings.end());
+  const Tensor scaled = inputs.size() == 1 ? inputs.front() : concat0(inputs);
+  const Tensor embeddings = uncond_embeddings.size() == 1 ? uncond_embeddings.front() : concat0(uncond_embeddings);
+  const PackedWeightCache::Use weights(unet_weights_.get());  // run_batch() holds one across all steps
   const Tensor noise_pred = [&] {
     ActivationArena::Pass pass(arena_.get(),
                                "unet " + shape_to_string(scaled.shape()) + " " + shape_to_string(embeddings.shape()));
-    return pass.output(unet_.forward(scaled, static_cast<float>(scheduler.timesteps()[i]), embeddings));
+    return pass.output(unet_.forward(scaled, static_cast<float>(schedule.timesteps()[i]), embeddings));
   }();
-  if (!guided) return scheduler.step(noise_pred, i, latents, generator);
-  // noise_pred.chunk(2); noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
-  const Tensor uncond = noise_pred.slice0(0, batch), cond = noise_pred.slice0(batch, 2 * batch);
-  Tensor guided_pred(uncond.shape());
-  for (int64_t j = 0; j < guided_pred.numel(); ++j) guided_pred[j] = uncond[j] + cfg_scale * (cond[j] - uncond[j]);
-  return scheduler.step(guided_pred, i, latents, generator);
+  int64_t offset = 0;
+  for (Denoising* d : batch) {
+    const int64_t n = d->latents.dim(0);
+    if (!guided) {
+      d->latents = d->scheduler->step(noise_pred.slice0(offset, offset + n), i, d->latents, d->generator);
+    } else {
+      // noise_pred.chunk(2); noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in this order.
+      const Tensor uncond = noise_pred.slice0(offset, offset + n),
+                   cond = noise_pred.slice0(images + offset, images + offset + n);
+      Tensor guided_pred(uncond.shape());
+      for (int64_t j = 0; j < guided_pred.numel(); ++j)
+        guided_pred[j] = uncond[j] + d->cfg_scale * (cond[j] - uncond[j]);
+      d->latents = d->scheduler->step(guided_pred, i, d->latents, d->generator);
+    }
+    offset += n;
+  }
+}
+
+Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
+                                     float cfg_scale, TorchGenerator& generator) const {
+  Denoising d{&scheduler, generator, latents, embeddings, cfg_scale, 0};
+  std::vector<Denoising*> batch{&d};
+  denoise_step(batch, i);
+  return d.latents;
 }
 
 Tensor Txt2ImgPipeline::decode_latents(const Tensor& latents) const {
@@ -173,59 +222,113 @@ ResolvedSchedulerConfig Txt2ImgPipeline::scheduler_settings(const Txt2ImgRequest
   return resolve_scheduler_config(request.sampler, scheduler_config_, SchedulerOverrides{request.timestep_spacing});
 }
 
+bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b) {
+  return a.steps == b.steps && a.cfg_scale == b.cfg_scale && a.sampler == b.sampler &&
+         a.timestep_spacing == b.timestep_spacing && a.width == b.width && a.height == b.height &&
+         a.clip_skip == b.clip_skip;
+}
+
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
+  std::vector<Result> results = run_batch({request}, [&](int, int step, int steps, const Tensor& latents) {
+    if (on_step) on_step(step, steps, latents);
+    return true;
+  });
+  return std::move(results.front());
+}
+
+std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vector<Txt2ImgRequest>& requests,
+                                                                const BatchStepCallback& on_step) const {
   const auto t_start = std::chrono::steady_clock::now();
-  validate(request);
-  if (request.clip_skip >= files_.text_encoder_config.num_hidden_layers)
+  if (requests.empty()) throw InvalidArgument("no requests to run");
+  int total_images = 0;
+  for (const Txt2ImgRequest& request : requests) {
+    validate(request);
+    if (!batchable(request, requests.front()))
+      throw InvalidArgument("requests run in one batch must agree on size, steps, sampler, guidance and clip skip");
+    total_images += request.batch_size;
+  }
+  if (total_images > kMaxBatch)
+    throw InvalidArgument("a batch holds at most " + std::to_string(kMaxBatch) + " images, got " +
+                          std::to_string(total_images));
+  const Txt2ImgRequest& shared = requests.front();
+  if (shared.clip_skip >= files_.text_encoder_config.num_hidden_layers)
     throw InvalidArgument("clip skip exceeds the text encoder's layers");
   const int64_t channels = files_.unet_config.in_channels;
   // The VAE downsamples by 2 per level except the last: 8x for the 4-level SD VAE.
   const int64_t factor = int64_t{1} << (files_.vae_config.block_out_channels.size() - 1);
-  if (request.width % factor != 0 || request.height % factor != 0)
+  if (shared.width % factor != 0 || shared.height % factor != 0)
     throw InvalidArgument("width and height must be multiples of " + std::to_string(factor) + " for this model");
-  const Shape latent_shape = {request.batch_size, channels, request.height / factor, request.width / factor};
-  if (!request.latents.empty() && request.latents.shape() != latent_shape)
-    throw InvalidArgument("initial latents must be " + shape_to_string(latent_shape) + ", got " +
-                          shape_to_string(request.latents.shape()));
-  std::unique_ptr<Scheduler> scheduler = make_scheduler(request.sampler, scheduler_settings(request).config);
-  scheduler->set_timesteps(request.steps);
-  Result result;
+  for (const Txt2ImgRequest& request : requests) {
+    const Shape latent_shape = {request.batch_size, channels, request.height / factor, request.width / factor};
+    if (!request.latents.empty() && request.latents.shape() != latent_shape)
+      throw InvalidArgument("initial latents must be " + shape_to_string(latent_shape) + ", got " +
+                            shape_to_string(request.latents.shape()));
+  }
+  const SchedulerConfig config = scheduler_settings(shared).config;
+  std::vector<std::unique_ptr<Scheduler>> schedulers;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    schedulers.push_back(make_scheduler(shared.sampler, config));
+    schedulers.back()->set_timesteps(shared.steps);
+  }
+  std::vector<Result> results(requests.size());
 
+  // Each request's prompts are encoded on their own, as run() alone would: the text encoder costs little, and
+  // its embeddings then do not depend on the batch.
   auto t0 = std::chrono::steady_clock::now();
-  const bool guided = request.cfg_scale > 1.0f;
-  const Tensor embeddings =
-      repeat_each(guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
-                         : encode_prompts({request.prompt}, request.clip_skip),
-                  request.batch_size);
+  const bool guided = shared.cfg_scale > 1.0f;
+  std::vector<Denoising> members;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const Txt2ImgRequest& request = requests[r];
+    members.push_back(
+        Denoising{schedulers[r].get(), TorchGenerator(request.seed), Tensor(),
+                  repeat_each(guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
+                                     : encode_prompts({request.prompt}, request.clip_skip),
+                              request.batch_size),
+                  request.cfg_scale, static_cast<int>(r)});
+  }
   end_stage();
-  result.times.text_encode_s = seconds_since(t0);
+  const double text_encode_s = seconds_since(t0);
 
-  TorchGenerator generator(request.seed);
-  // Given latents are copied: scale_ below must not write into the caller's tensor.
-  Tensor latents = request.latents.empty() ? generator.randn(latent_shape) : request.latents.clone();
-  scale_(latents, static_cast<float>(scheduler->init_noise_sigma()));
+  for (Denoising& d : members) {
+    const Txt2ImgRequest& request = requests[d.request];
+    const Shape latent_shape = {request.batch_size, channels, request.height / factor, request.width / factor};
+    // Given latents are copied: scale_ below must not write into the caller's tensor.
+    d.latents = request.latents.empty() ? d.generator.randn(latent_shape) : request.latents.clone();
+    scale_(d.latents, static_cast<float>(d.scheduler->init_noise_sigma()));
+  }
 
-  const auto& timesteps = scheduler->timesteps();
-  const int steps = static_cast<int>(timesteps.size());
+  std::vector<Denoising*> batch;
+  for (Denoising& d : members) batch.push_back(&d);
+  const int steps = schedulers.front()->num_steps();
+  std::vector<double> step_times;
   // The UNet's weights stay in memory for the whole loop (each step's own Use is then only a count), and leave
   // before the VAE decoder takes its own.
   std::optional<PackedWeightCache::Use> unet_weights(unet_weights_.get());
-  for (int i = 0; i < steps; ++i) {
+  for (int i = 0; i < steps && !batch.empty(); ++i) {
     t0 = std::chrono::steady_clock::now();
-    latents = denoise_step(*scheduler, i, latents, embeddings, request.cfg_scale, generator);
-    result.times.denoise_step_s.push_back(seconds_since(t0));
-    if (on_step) on_step(i, steps, latents);
+    denoise_step(batch, i);
+    step_times.push_back(seconds_since(t0));
+    // A member the callback lets go leaves the batch: the next step's UNet runs without it.
+    if (on_step) std::erase_if(batch, [&](Denoising* d) { return !on_step(d->request, i, steps, d->latents); });
   }
-
   unet_weights.reset();
   end_stage();
-  t0 = std::chrono::steady_clock::now();
-  result.image = decode_latents(latents);
-  result.times.vae_decode_s = seconds_since(t0);
+
+  // Decoded one request at a time: the VAE gains little from a batch, and its activations are the largest.
+  for (Denoising* d : batch) {
+    t0 = std::chrono::steady_clock::now();
+    Result& result = results[d->request];
+    result.image = decode_latents(d->latents);
+    result.times.vae_decode_s = seconds_since(t0);
+    result.latents = std::move(d->latents);
+  }
   end_stage();
-  result.latents = std::move(latents);
-  result.times.total_s = seconds_since(t_start);
-  return result;
+  for (Result& result : results) {
+    result.times.text_encode_s = text_encode_s;
+    result.times.denoise_step_s = step_times;
+    result.times.total_s = seconds_since(t_start);
+  }
+  return results;
 }
 
 }  // namespace sdcpu

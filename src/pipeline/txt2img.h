@@ -66,6 +66,10 @@ struct StageTimes {
 // Throws InvalidArgument naming the first invalid field; called before any work is done.
 void validate(const Txt2ImgRequest& request);
 
+// Whether two requests can share one denoising loop in run_batch(): the same size, steps, sampler, timestep
+// spacing, guidance and clip skip. Prompts, seeds, given latents and batch sizes may differ.
+bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b);
+
 // Where the weights live and what memory the pipeline hands back between its stages (README, "Weight cache and
 // memory").
 struct MemoryOptions {
@@ -97,6 +101,17 @@ class Txt2ImgPipeline {
   };
   Result run(const Txt2ImgRequest& request, const StepCallback& on_step = {}) const;
 
+  // Called after every step for each request still in the batch, with its index in run_batch()'s requests and
+  // its new latents; returning false takes the request out of the batch (its Result stays empty).
+  using BatchStepCallback = std::function<bool(int request, int step, int steps, const Tensor& latents)>;
+
+  // Several batchable() requests in one denoising loop (cross-request batching: the service's --max-batch):
+  // every step is one UNet call on all their images, [uncond of each, cond of each]. Each request keeps its own
+  // prompt embeddings, generator and scheduler and is decoded on its own, so its result is the one run() gives
+  // it alone, up to the kernels' rounding at another batch size. At most 64 images in all.
+  std::vector<Result> run_batch(const std::vector<Txt2ImgRequest>& requests,
+                                const BatchStepCallback& on_step = {}) const;
+
   // One iteration of the denoising loop at scheduler step i: UNet on the guidance batch (when
   // embeddings hold [uncond x B, cond x B] for B latents), guidance mix, scheduler step. Returns the new
   // latents.
@@ -121,6 +136,11 @@ class Txt2ImgPipeline {
   ActivationArena::Stats activation_stats() const { return arena_->stats(); }
 
  private:
+  struct Denoising;
+  // One step of the loop for every member of a batch: one UNet call, then each member's guidance mix and
+  // scheduler step.
+  void denoise_step(std::vector<Denoising*>& batch, int i) const;
+
   // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to
   // the system (MemoryOptions).
   void end_stage() const;

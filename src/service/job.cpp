@@ -155,6 +155,15 @@ std::string job_request_to_json(const JobRequest& request) {
   return j.dump();
 }
 
+std::string batch_key(const JobRequest& request) {
+  const GenerateOptions& o = request.options;
+  // cfg_scale as its float's exact decimal: equal keys must mean equal guidance.
+  char cfg[32];
+  std::snprintf(cfg, sizeof cfg, "%.9g", static_cast<double>(o.cfg_scale));
+  return json::array({request.model, o.width, o.height, o.steps, o.sampler, o.timestep_spacing, cfg, o.clip_skip})
+      .dump();
+}
+
 std::string new_job_id() {
   std::random_device device;
   std::string id;

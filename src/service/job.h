@@ -46,6 +46,11 @@ std::string field_of_validation_error(const std::string& message);
 // The stored form of a request (a JSON object with every field set); parse_job_request() reads it back.
 std::string job_request_to_json(const JobRequest& request);
 
+// Jobs with equal keys can run in one UNet batch (the worker's --max-batch): the same model and everything
+// sdcpu::batchable() compares (size, steps, sampler, timestep spacing, guidance, clip skip), as one string so a
+// queue can store and compare it.
+std::string batch_key(const JobRequest& request);
+
 // How far a running job is: image `image` (from 0) of `images`, `step` of `steps` done.
 struct JobProgress {
   int image = 0;

@@ -58,6 +58,11 @@ class JobQueue {
 
   // The oldest queued job, now marked running (attempts + 1), or nullopt when none arrived within `wait`.
   virtual std::optional<Job> claim(std::chrono::milliseconds wait) = 0;
+  // After claim() gave `first`: queued jobs that can share its UNet batches (equal batch_key()), now marked running,
+  // with at most `max_images` images in all, first's included. The SQLite queue looks among the next 32 queued
+  // jobs in order (a matching job may so start before an earlier one that does not match); Redis takes only the
+  // jobs right behind in its stream. Empty when none fits.
+  virtual std::vector<Job> claim_batch_mates(const Job& first, int max_images) = 0;
   // Progress of a running job (kept for readers; it need not survive a crash).
   virtual void set_progress(const std::string& id, const JobProgress& progress) = 0;
   virtual bool cancel_requested(const std::string& id) = 0;

@@ -222,7 +222,7 @@ local function finish(id, to, now, keep, field, value)
 end
 )";
 
-// ARGV: prefix, new id, request, owner, idempotency key name ("" = none), now.
+// ARGV: prefix, new id, request, owner, idempotency key name ("" = none), now, batch key, images.
 // Returns {created (0/1), the job's id (the earlier one's when not created), its HGETALL, its queue position}.
 constexpr const char* kSubmit = R"(
 local id, owner, idem = ARGV[2], ARGV[4], ARGV[5]
@@ -236,7 +236,8 @@ else
   local entry = redis.call('XADD', stream, '*', 'id', id)
   redis.call('HSET', job_key(id), 'request', ARGV[3], 'owner', owner, 'status', 'queued', 'seq', seq,
              'created_ms', ARGV[6], 'started_ms', 0, 'finished_ms', 0, 'attempts', 0, 'cancel_requested', 0,
-             'seeds', '[]', 'error', '', 'holder', '', 'entry', entry, 'idem', idem)
+             'seeds', '[]', 'error', '', 'holder', '', 'entry', entry, 'idem', idem, 'batch', ARGV[7],
+             'images', ARGV[8])
   redis.call('ZADD', p .. 'jobs', seq, id)
   redis.call('ZADD', p .. 'status:queued', seq, id)
   redis.call('ZADD', p .. 'owner-queued:' .. owner, seq, id)
@@ -273,6 +274,30 @@ redis.call('HSET', key, 'status', 'running', 'holder', ARGV[4], 'started_ms', AR
 redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('HDEL', key, 'progress')
 return redis.call('HGETALL', key)
+)";
+
+// The stream's next undelivered entry, read into this consumer's pending list when its job is queued, has the
+// batch key ARGV[3] and at most ARGV[4] images; a worker then starts it with kStart. Atomic, so the entry read
+// is the one looked at. ARGV: prefix, consumer, batch key, images left. Returns {job id, entry id}, or 0.
+constexpr const char* kNextBatchMate = R"(
+local last
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local name, delivered
+  for k = 1, #group, 2 do
+    if group[k] == 'name' then name = group[k + 1] elseif group[k] == 'last-delivered-id' then delivered = group[k + 1] end
+  end
+  if name == 'workers' then last = delivered end
+end
+if not last then return 0 end
+local next = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)[1]
+if not next then return 0 end
+local id
+for k = 1, #next[2], 2 do if next[2][k] == 'id' then id = next[2][k + 1] end end
+if not id then return 0 end
+local j = redis.call('HMGET', job_key(id), 'status', 'batch', 'images')
+if j[1] ~= 'queued' or j[2] ~= ARGV[3] or (tonumber(j[3]) or 1e9) > tonumber(ARGV[4]) then return 0 end
+redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[2], 'COUNT', 1, 'STREAMS', stream, '>')
+return {id, next[1]}
 )";
 
 // succeed, fail, mark_cancelled. ARGV: prefix, id, consumer, now, keep, new status, field, value.
@@ -425,7 +450,7 @@ struct RedisJobQueue::Impl {
   Connection main;      // every call but the two below
   Connection blocking;  // claim()'s XREADGROUP ... BLOCK
   Connection beat;      // the heartbeat thread
-  Script submit, start, finish, cancel, store, heartbeat, expire;
+  Script submit, start, next_batch_mate, finish, cancel, store, heartbeat, expire;
 
   std::mutex held_mutex;
   std::map<std::string, std::string> held;  // job id -> stream entry id: the jobs this object's worker runs
@@ -638,6 +663,7 @@ RedisJobQueue::RedisJobQueue(Options options) : impl_(std::make_unique<Impl>(std
 
   m.ensure_group();  // connects: IoError when Redis cannot be reached
   m.submit = m.load(kSubmit);
+  m.next_batch_mate = m.load(kNextBatchMate);
   m.start = m.load(kStart);
   m.finish = m.load(kFinish);
   m.cancel = m.load(kCancel);
@@ -664,7 +690,8 @@ JobQueue::Submitted RedisJobQueue::submit(const JobRequest& request, const std::
   const std::string idem = idempotency_key.empty()
                                ? std::string()
                                : m.key("idem:") + std::to_string(owner.size()) + ":" + owner + ":" + idempotency_key;
-  const Reply reply = m.eval(m.main, m.submit, {id, body, owner, idem, now});
+  const Reply reply = m.eval(
+      m.main, m.submit, {id, body, owner, idem, now, batch_key(request), std::to_string(request.options.batch_count)});
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) m.main.error("submit: an unexpected reply");
   Submitted result;
   result.created = reply->element[0]->integer == 1;
@@ -773,6 +800,26 @@ std::optional<Job> RedisJobQueue::claim(milliseconds wait) {
     }
     if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
   }
+}
+
+std::vector<Job> RedisJobQueue::claim_batch_mates(const Job& first, int max_images) {
+  Impl& m = *impl_;
+  const std::string key = batch_key(first.request);
+  int left = max_images - first.request.options.batch_count;
+  std::vector<Job> mates;
+  try {
+    while (left > 0) {
+      const Reply reply = m.eval(m.main, m.next_batch_mate, {m.consumer, key, std::to_string(left)});
+      if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) break;  // the next job does not fit
+      auto job = m.start_entry(text(reply->element[0]), text(reply->element[1]), false);
+      if (!job) continue;  // cancelled meanwhile: its entry is dropped
+      left -= job->request.options.batch_count;
+      mates.push_back(std::move(*job));
+    }
+  } catch (const IoError&) {
+    // Redis is lost: the jobs started so far run; an entry read but not started goes idle and is taken over.
+  }
+  return mates;
 }
 
 void RedisJobQueue::set_progress(const std::string& id, const JobProgress& progress) {

@@ -277,6 +277,40 @@ struct SqliteJobQueue::Impl {
     return load(id);
   }
 
+  // Up to `max_images` images of queued jobs with `key`, among the next `lookahead` in order, marked running.
+  std::vector<Job> claim_matching(const std::string& key, int max_images, int lookahead) {
+    Transaction t(db, "claim a batch");
+    std::vector<std::string> ids;
+    {
+      Statement next(db, "claim a batch", "SELECT id, request FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT ?1");
+      next.bind(1, lookahead);
+      while (max_images > 0 && next.step()) {
+        JobRequest request;
+        try {
+          request = parse_job_request(next.text(1));
+        } catch (const std::exception&) {
+          continue;  // claim() gives it out alone, and its worker fails it with the reason
+        }
+        if (batch_key(request) != key || request.options.batch_count > max_images) continue;
+        ids.push_back(next.text(0));
+        max_images -= request.options.batch_count;
+      }
+    }
+    const int64_t now = now_ms();
+    for (const std::string& id : ids) {
+      Statement s(db, "claim a batch",
+                  "UPDATE jobs SET status = 'running', started_ms = ?2, attempts = attempts + 1 WHERE id = ?1");
+      s.bind(1, id).bind(2, now).step();
+    }
+    t.commit();
+    std::vector<Job> jobs;
+    for (const std::string& id : ids) {
+      progress.erase(id);
+      jobs.push_back(*load(id));
+    }
+    return jobs;
+  }
+
   // Under the lock (unlike the helpers above, which expect it held): runs an UPDATE that finishes a job (?1 = id,
   // ?2 = now, ?3 = the text it stores) and forgets the job's progress.
   void finish(const std::string& id, const char* what, const char* sql, const std::string& text) {
@@ -408,6 +442,13 @@ std::optional<Job> SqliteJobQueue::claim(std::chrono::milliseconds wait) {
     if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
     impl_->submitted.wait_until(lock, deadline);
   }
+}
+
+std::vector<Job> SqliteJobQueue::claim_batch_mates(const Job& first, int max_images) {
+  const int left = max_images - first.request.options.batch_count;
+  if (left <= 0) return {};
+  std::lock_guard lock(impl_->mutex);
+  return impl_->claim_matching(batch_key(first.request), left, 32);
 }
 
 void SqliteJobQueue::set_progress(const std::string& id, const JobProgress& progress) {

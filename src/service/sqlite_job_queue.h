@@ -30,6 +30,7 @@ class SqliteJobQueue final : public JobQueue {
   bool healthy() override;
 
   std::optional<Job> claim(std::chrono::milliseconds wait) override;
+  std::vector<Job> claim_batch_mates(const Job& first, int max_images) override;
   void set_progress(const std::string& id, const JobProgress& progress) override;
   bool cancel_requested(const std::string& id) override;
   void store_image(const std::string& id, int k, const std::vector<uint8_t>& png) override;

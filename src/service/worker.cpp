@@ -5,51 +5,87 @@
 #include <thread>
 
 namespace sdcpu::service {
-namespace {
-
-// Thrown from the progress callback to stop a generation whose job was cancelled; it unwinds out of
-// Pipeline::generate between two denoising steps.
-struct JobCancelled {};
-
-}  // namespace
-
-Worker::Worker(JobQueue& queue, std::vector<ServedModel>& models, ServiceMetrics& metrics)
-    : queue_(queue), models_(models), metrics_(metrics) {}
+Worker::Worker(JobQueue& queue, std::vector<ServedModel>& models, ServiceMetrics& metrics, int max_batch)
+    : queue_(queue), models_(models), metrics_(metrics), max_batch_(max_batch) {
+  if (max_batch < 1 || max_batch > 64) throw InvalidArgument("max batch must be between 1 and 64");
+}
 
 bool Worker::run_one(std::chrono::milliseconds wait) {
-  const std::optional<Job> claimed = queue_.claim(wait);
-  if (!claimed) return false;
-  const Job& job = *claimed;
+  std::optional<Job> first = queue_.claim(wait);
+  if (!first) return false;
+  std::vector<Job> jobs{std::move(*first)};
+  Pipeline* pipeline = nullptr;
   try {
-    Pipeline* pipeline = nullptr;
-    for (ServedModel& m : models_)
-      if (m.name == job.request.model || (job.request.model.empty() && &m == &models_.front()))
-        pipeline = m.pipeline.get();
-    if (!pipeline) throw InvalidArgument("this worker does not serve model \"" + job.request.model + "\"");
-    const GenerateOptions& options = job.request.options;
-    const auto job_start = std::chrono::steady_clock::now();
-    auto step_start = job_start;
-    std::vector<Image> images = pipeline->generate(options, [&](int image, int step, int steps) {
-      const auto now = std::chrono::steady_clock::now();
-      metrics_.step_seconds.observe(std::chrono::duration<double>(now - step_start).count());
-      step_start = now;
-      queue_.set_progress(job.id, JobProgress{image, options.batch_count, step, steps});
-      if (queue_.cancel_requested(job.id)) throw JobCancelled{};
-    });
-    std::vector<uint64_t> seeds;
-    for (size_t k = 0; k < images.size(); ++k) {
-      queue_.store_image(job.id, static_cast<int>(k), images[k].encode_png());
-      seeds.push_back(images[k].seed);
-    }
-    queue_.succeed(job.id, seeds);
-    metrics_.job_seconds.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - job_start).count());
-    metrics_.add_images(images.size());
-  } catch (const JobCancelled&) {
-    queue_.mark_cancelled(job.id);
+    pipeline = pipeline_for(jobs.front().request);
+    if (!pipeline) throw InvalidArgument("this worker does not serve model \"" + jobs.front().request.model + "\"");
   } catch (const std::exception& e) {
-    queue_.fail(job.id, e.what());
+    queue_.fail(jobs.front().id, e.what());
+    return true;
   }
+  // Jobs queued behind it that share its model and settings join its UNet batches (batch_key()). Should the queue
+  // fail here, the first job runs alone.
+  if (max_batch_ > 1) {
+    try {
+      for (Job& mate : queue_.claim_batch_mates(jobs.front(), max_batch_)) jobs.push_back(std::move(mate));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "sdcpu worker: no batch for job %s: %s\n", jobs.front().id.c_str(), e.what());
+    }
+  }
+  run_batch(*pipeline, jobs);
   return true;
+}
+
+Pipeline* Worker::pipeline_for(const JobRequest& request) {
+  for (ServedModel& m : models_)
+    if (m.name == request.model || (request.model.empty() && &m == &models_.front())) return m.pipeline.get();
+  return nullptr;
+}
+
+void Worker::run_batch(Pipeline& pipeline, const std::vector<Job>& jobs) {
+  std::vector<GenerateOptions> options;
+  for (const Job& job : jobs) options.push_back(job.request.options);
+  std::vector<bool> cancelled(jobs.size(), false);
+  try {
+    const auto start = std::chrono::steady_clock::now();
+    auto step_start = start;
+    int last_step = 0;
+    const std::vector<std::vector<Image>> images =
+        pipeline.generate_batch(options, max_batch_, [&](int j, int image, int step, int steps) {
+          if (step != last_step) {  // the first member to report a step: one UNet call for all of them
+            const auto now = std::chrono::steady_clock::now();
+            metrics_.step_seconds.observe(std::chrono::duration<double>(now - step_start).count());
+            step_start = now;
+            last_step = step;
+          }
+          queue_.set_progress(jobs[j].id, JobProgress{image, options[j].batch_count, step, steps});
+          if (queue_.cancel_requested(jobs[j].id)) cancelled[j] = true;
+          return !cancelled[j];
+        });
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      if (cancelled[j]) {
+        queue_.mark_cancelled(jobs[j].id);
+        continue;
+      }
+      std::vector<uint64_t> seeds;
+      for (size_t k = 0; k < images[j].size(); ++k) {
+        queue_.store_image(jobs[j].id, static_cast<int>(k), images[j][k].encode_png());
+        seeds.push_back(images[j][k].seed);
+      }
+      queue_.succeed(jobs[j].id, seeds);
+      metrics_.add_images(images[j].size());
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (size_t j = 0; j < jobs.size(); ++j)
+      if (!cancelled[j]) metrics_.job_seconds.observe(seconds);
+  } catch (const std::exception& e) {
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      if (cancelled[j]) {
+        queue_.mark_cancelled(jobs[j].id);
+      } else {
+        queue_.fail(jobs[j].id, e.what());
+      }
+    }
+  }
 }
 
 void Worker::run(const std::atomic<bool>& stop) {

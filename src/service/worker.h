@@ -1,5 +1,6 @@
-// The compute worker: takes jobs from the queue one at a time and runs each with all cores on a model that was
-// loaded once and stays warm. HTTP threads never compute.
+// The compute worker: takes jobs from the queue one at a time (or, with --max-batch, a job and the queued jobs that
+// can share its UNet batches) and runs them with all cores on a model that was loaded once and stays warm. HTTP
+// threads never compute.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -22,11 +23,13 @@ struct ServedModel {
 
 class Worker {
  public:
-  // `models` (the first is the default) and `metrics` must outlive the worker.
-  Worker(JobQueue& queue, std::vector<ServedModel>& models, ServiceMetrics& metrics);
+  // `models` (the first is the default) and `metrics` must outlive the worker. Up to `max_batch` images (1..64)
+  // share one UNet call: a job's own images, and those of queued jobs that can share its batches.
+  Worker(JobQueue& queue, std::vector<ServedModel>& models, ServiceMetrics& metrics, int max_batch = 1);
 
-  // Claims one job (waiting up to `wait` for one) and runs it to its end: its images stored, then succeeded; or
-  // failed with the error; or cancelled when asked at a denoising step. Returns false when no job came.
+  // Claims one job (waiting up to `wait` for one), with max_batch > 1 also the queued jobs that can join its
+  // batches, and runs them to their end: each job's images stored, then succeeded; or failed with the error; or
+  // cancelled when asked at a denoising step (the others of its batch go on). Returns false when no job came.
   bool run_one(std::chrono::milliseconds wait);
 
   // run_one() until `stop` is set (checked at least every 200 ms while idle). A queue that fails (its backend
@@ -34,9 +37,14 @@ class Worker {
   void run(const std::atomic<bool>& stop);
 
  private:
+  // The served model a request names (null when this worker does not serve it).
+  Pipeline* pipeline_for(const JobRequest& request);
+  void run_batch(Pipeline& pipeline, const std::vector<Job>& jobs);
+
   JobQueue& queue_;
   std::vector<ServedModel>& models_;
   ServiceMetrics& metrics_;
+  int max_batch_;
 };
 
 }  // namespace sdcpu::service
