@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "commands.h"
@@ -13,6 +14,9 @@ namespace {
 
 struct BenchArgs {
   BenchOptions options;
+  bool quality = false;
+  std::string modes = "bf16";
+  int prompts = 8;
   std::string batch_sizes = "1";
   std::string json_path;
   bool quiet = false;
@@ -40,10 +44,38 @@ std::vector<int> parse_batch_sizes(const std::string& text) {
   return sizes;
 }
 
+// "bf16,fp32" -> {"bf16", "fp32"}; bench_quality() checks the names.
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream s(text);
+  for (std::string item; std::getline(s, item, ',');) items.push_back(item);
+  return items;
+}
+
+// --quality: the same size, steps, sampler, guidance, threads and memory options, every mode against fp32.
+QualityBenchOptions quality_options(const BenchArgs& a) {
+  const BenchOptions& o = a.options;
+  QualityBenchOptions q;
+  q.model_path = o.model_path;
+  q.width = o.width;
+  q.height = o.height;
+  q.steps = o.steps;
+  q.sampler = o.sampler;
+  q.cfg_scale = o.cfg_scale;
+  q.modes = split_commas(a.modes);
+  q.prompts = a.prompts;
+  q.threads = o.threads;
+  q.pin_threads = o.pin_threads;
+  q.weight_cache_dir = o.weight_cache_dir;
+  q.low_memory = o.low_memory;
+  q.log = o.log;
+  return q;
+}
+
 int run_bench(BenchArgs& a) {
   a.options.batch_sizes = parse_batch_sizes(a.batch_sizes);
   if (!a.quiet) a.options.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
-  const BenchResult result = bench(a.options);
+  const BenchResult result = a.quality ? bench_quality(quality_options(a)) : bench(a.options);
   std::printf("%s", result.table.c_str());
   if (!a.json_path.empty()) {
     std::ofstream out(a.json_path, std::ios::binary | std::ios::trunc);
@@ -74,6 +106,13 @@ Command add_bench_command(CLI::App& app) {
   cli->add_flag("--pin", o.pin_threads, "Bind compute thread i to core i");
   add_weight_cache_option(*cli, o.weight_cache_dir);
   add_low_memory_option(*cli, o.low_memory);
+  cli->add_flag("--quality", a->quality,
+                "Quality against fp32 instead: a fixed set of prompts and seeds in fp32 and in each --modes, with "
+                "time, PSNR, SSIM and latent error per mode");
+  cli->add_option("--modes", a->modes, "With --quality: the modes to test, comma-separated (fp32, bf16, auto)")
+      ->capture_default_str();
+  cli->add_option("--prompts", a->prompts, "With --quality: how many of the 16 fixed prompts (1..16)")
+      ->capture_default_str();
   cli->add_option("--json", a->json_path, "Write the report as JSON to this file");
   cli->add_flag("--quiet,-q", a->quiet, "No progress output");
   return {cli, [a] { return run_bench(*a); }};

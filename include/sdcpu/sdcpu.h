@@ -156,4 +156,26 @@ struct BenchResult {
 // Throws InvalidArgument for bad options before loading anything, ModelError/IoError for the model.
 BenchResult bench(const BenchOptions& options);
 
+// `sdcpu bench --quality`: a fixed set of prompts and seeds generated in the reference mode (fp32, no
+// approximation) and in every mode under test; per mode the time per image and PSNR, SSIM and latent error
+// against the reference image of the same prompt and seed (README, "Quality against fp32").
+struct QualityBenchOptions {
+  std::string model_path;
+  int width = 512;
+  int height = 512;
+  int steps = 20;
+  std::string sampler = "dpmpp_2m";
+  float cfg_scale = 7.5f;
+  std::vector<std::string> modes = {"bf16"};  // the modes under test: "fp32", "bf16", "auto"
+  int prompts = 8;                            // the first N (1..16) of the fixed prompt set
+  int threads = 0;
+  bool pin_threads = false;
+  std::string weight_cache_dir;  // for the modes under test; the fp32 reference never uses it
+  bool low_memory = false;
+  std::function<void(const std::string&)> log;
+};
+
+// Throws InvalidArgument for bad options before loading anything, ModelError/IoError for the model.
+BenchResult bench_quality(const QualityBenchOptions& options);
+
 }  // namespace sdcpu

@@ -17,6 +17,7 @@
 #include "core/threads.h"
 #include "kernels/fma_peak.h"
 #include "pipeline/precision.h"
+#include "pipeline/image_quality.h"
 #include "pipeline/txt2img.h"
 
 namespace sdcpu {
@@ -27,18 +28,6 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-// PSNR in dB of image `a` against the reference `b`, both VAE outputs [B, 3, H, W] in about [-1, 1], taken as
-// displayed: clamped to [-1, 1] and mapped to [0, 1] (peak 1). Infinite when they are equal.
-double image_psnr_db(const Tensor& a, const Tensor& b) {
-  double sq = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double x = (std::clamp(a[i], -1.0f, 1.0f) + 1.0) / 2, y = (std::clamp(b[i], -1.0f, 1.0f) + 1.0) / 2;
-    sq += (x - y) * (x - y);
-  }
-  const double mse = sq / static_cast<double>(std::max<int64_t>(1, a.numel()));
-  return mse == 0 ? INFINITY : 10.0 * std::log10(1.0 / mse);
 }
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {
