@@ -87,14 +87,22 @@ TEST(JobRequest, RefusesWhatTheCliRefuses) {
     EXPECT_EQ(e.code, b.code);
     EXPECT_EQ(e.field, b.field);
   }
-  // Bounds are the CLI's (sdcpu::validate): the message names the option.
-  for (const char* body :
-       {R"({"prompt": "x", "width": 100000})", R"({"prompt": "x", "height": 100})", R"({"prompt": "x", "steps": 0})",
-        R"({"prompt": "x", "steps": 100000})", R"({"prompt": "x", "sampler": "heun"})",
-        R"({"prompt": "x", "timestep_spacing": "uniform"})", R"({"prompt": "x", "batch_count": 0})",
-        R"({"prompt": "x", "clip_skip": 50})", R"({"prompt": "x", "cfg_scale": -1})"}) {
+  // Bounds are the CLI's (sdcpu::validate): the error names the option (InvalidArgument::field()).
+  const std::pair<const char*, const char*> out_of_bounds[] = {
+      {R"({"prompt": "x", "width": 100000})", "width"},
+      {R"({"prompt": "x", "height": 100})", "height"},
+      {R"({"prompt": "x", "steps": 0})", "steps"},
+      {R"({"prompt": "x", "steps": 100000})", "steps"},
+      {R"({"prompt": "x", "sampler": "no_such_sampler"})", "sampler"},
+      {R"({"prompt": "x", "timestep_spacing": "uniform"})", "timestep_spacing"},
+      {R"({"prompt": "x", "batch_count": 0})", "batch_count"},
+      {R"({"prompt": "x", "clip_skip": 50})", "clip_skip"},
+      {R"({"prompt": "x", "cfg_scale": -1})", "cfg_scale"}};
+  for (const auto& [body, field] : out_of_bounds) {
     SCOPED_TRACE(body);
-    EXPECT_EQ(refusal(body).status, 400);
+    const RequestError e = refusal(body);
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.field, field);
   }
   // JSON strings must be UTF-8: the parser refuses the bytes before any field is read.
   EXPECT_EQ(refusal("{\"prompt\": \"caf\xc3\"}").code, "invalid_json");

@@ -3,6 +3,7 @@
 #pragma once
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace sdcpu {
 
@@ -21,6 +22,13 @@ class ModelError : public Error {
 class InvalidArgument : public Error {
  public:
   using Error::Error;
+  // `field`: the option at fault, by its GenerateOptions member name ("width", "cfg_scale", ...).
+  InvalidArgument(const std::string& message, std::string field) : Error(message), field_(std::move(field)) {}
+  // The option at fault when the error is about one option of a request; "" otherwise.
+  const std::string& field() const { return field_; }
+
+ private:
+  std::string field_;
 };
 
 // An I/O failure: a file that cannot be opened or written.

@@ -200,7 +200,7 @@ uint64_t random_seed() {
 
 void validate(const GenerateOptions& options) {
   if (options.batch_count < 1 || options.batch_count > 1000)
-    throw InvalidArgument("batch count must be between 1 and 1000");
+    throw InvalidArgument("batch count must be between 1 and 1000", "batch_count");
   validate(request_for(options, 0));
 }
 

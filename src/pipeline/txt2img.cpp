@@ -48,30 +48,36 @@ void validate(const Txt2ImgRequest& r) {
   auto side = [](int v, const char* name) {
     if (v < 64 || v > kMaxSide || v % 8 != 0)
       throw InvalidArgument(std::string(name) + " must be a multiple of 8 between 64 and " + std::to_string(kMaxSide) +
-                            ", got " + std::to_string(v));
+                                ", got " + std::to_string(v),
+                            name);
   };
   side(r.width, "width");
   side(r.height, "height");
   if (r.steps < 1 || r.steps > kMaxSteps)
-    throw InvalidArgument("steps must be between 1 and " + std::to_string(kMaxSteps) + ", got " +
-                          std::to_string(r.steps));
+    throw InvalidArgument(
+        "steps must be between 1 and " + std::to_string(kMaxSteps) + ", got " + std::to_string(r.steps), "steps");
   if (!std::isfinite(r.cfg_scale) || r.cfg_scale < 0 || r.cfg_scale > kMaxCfg)
-    throw InvalidArgument("cfg scale must be between 0 and " + std::to_string(static_cast<int>(kMaxCfg)));
-  if (r.clip_skip < 0 || r.clip_skip > 10) throw InvalidArgument("clip skip must be between 0 and 10");
+    throw InvalidArgument("cfg scale must be between 0 and " + std::to_string(static_cast<int>(kMaxCfg)), "cfg_scale");
+  if (r.clip_skip < 0 || r.clip_skip > 10) throw InvalidArgument("clip skip must be between 0 and 10", "clip_skip");
   const auto& samplers = scheduler_names();
   if (std::find(samplers.begin(), samplers.end(), r.sampler) == samplers.end()) {
     std::string list;
     for (const std::string& n : samplers) list += (list.empty() ? "" : ", ") + n;
-    throw InvalidArgument("unknown sampler \"" + r.sampler + "\"; valid samplers: " + list);
+    throw InvalidArgument("unknown sampler \"" + r.sampler + "\"; valid samplers: " + list, "sampler");
   }
   const auto& spacings = timestep_spacing_names();
   if (!r.timestep_spacing.empty() && std::find(spacings.begin(), spacings.end(), r.timestep_spacing) == spacings.end())
-    throw InvalidArgument("timestep spacing must be leading, linspace or trailing, got \"" + r.timestep_spacing + "\"");
-  text::decode_utf8(r.prompt);  // throws "prompt is not valid UTF-8: ... at byte N"
+    throw InvalidArgument("timestep spacing must be leading, linspace or trailing, got \"" + r.timestep_spacing + "\"",
+                          "timestep_spacing");
+  try {
+    text::decode_utf8(r.prompt);  // throws "prompt is not valid UTF-8: ... at byte N"
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(e.what(), "prompt");
+  }
   try {
     text::decode_utf8(r.negative_prompt);
   } catch (const InvalidArgument& e) {
-    throw InvalidArgument(std::string("negative ") + e.what());
+    throw InvalidArgument(std::string("negative ") + e.what(), "negative_prompt");
   }
   if (r.batch_size < 1 || r.batch_size > kMaxBatch)
     throw InvalidArgument("batch size must be between 1 and " + std::to_string(kMaxBatch) + ", got " +

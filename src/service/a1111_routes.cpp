@@ -97,7 +97,7 @@ JobRequest parse_txt2img(const std::string& body, int& batch_size) {
   try {
     validate(o);
   } catch (const InvalidArgument& e) {
-    throw RequestError(422, "invalid_request", e.what(), field_of_validation_error(e.what()));
+    throw RequestError(422, "invalid_request", e.what(), e.field());
   }
   return job;
 }

@@ -116,26 +116,9 @@ JobRequest parse_job_request(std::string_view body) {
   try {
     validate(o);
   } catch (const InvalidArgument& e) {
-    throw RequestError(400, "invalid_request", e.what(), field_of_validation_error(e.what()));
+    throw RequestError(400, "invalid_request", e.what(), e.field());
   }
   return r;
-}
-
-std::string field_of_validation_error(const std::string& message) {
-  // sdcpu::validate() starts each message with the option's name (txt2img.cpp, pipeline_api.cpp).
-  static const std::pair<const char*, const char*> kPrefixes[] = {{"width", "width"},
-                                                                  {"height", "height"},
-                                                                  {"steps", "steps"},
-                                                                  {"cfg scale", "cfg_scale"},
-                                                                  {"clip skip", "clip_skip"},
-                                                                  {"batch count", "batch_count"},
-                                                                  {"unknown sampler", "sampler"},
-                                                                  {"timestep spacing", "timestep_spacing"},
-                                                                  {"negative prompt", "negative_prompt"},
-                                                                  {"prompt", "prompt"}};
-  for (const auto& [prefix, field] : kPrefixes)
-    if (message.rfind(prefix, 0) == 0) return field;
-  return "";
 }
 
 std::string job_request_to_json(const JobRequest& request) {

@@ -39,10 +39,6 @@ struct JobRequest {
 // malformed JSON, an unknown field, a wrong type or a value out of the CLI's bounds (sdcpu::validate).
 JobRequest parse_job_request(std::string_view body);
 
-// The request field an InvalidArgument from sdcpu::validate() is about ("width", "steps", ...), read from the
-// start of its message; "" when none matches.
-std::string field_of_validation_error(const std::string& message);
-
 // The stored form of a request (a JSON object with every field set); parse_job_request() reads it back.
 std::string job_request_to_json(const JobRequest& request);
 

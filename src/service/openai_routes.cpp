@@ -61,7 +61,7 @@ ImagesRequest parse_images_request(const std::string& body) {
   try {
     validate(o);
   } catch (const InvalidArgument& e) {
-    const std::string field = field_of_validation_error(e.what());
+    const std::string field = e.field();
     // The request's own names for what validate() calls width/height and batch_count.
     throw RequestError(400, "invalid_value", e.what(),
                        field == "width" || field == "height" ? "size"
