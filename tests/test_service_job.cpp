@@ -90,7 +90,7 @@ TEST(JobRequest, RefusesWhatTheCliRefuses) {
   // Bounds are the CLI's (sdcpu::validate): the message names the option.
   for (const char* body :
        {R"({"prompt": "x", "width": 100000})", R"({"prompt": "x", "height": 100})", R"({"prompt": "x", "steps": 0})",
-        R"({"prompt": "x", "steps": 100000})", R"({"prompt": "x", "sampler": "heun"})",
+        R"({"prompt": "x", "steps": 100000})", R"({"prompt": "x", "sampler": "dpmpp_sde_karras"})",
         R"({"prompt": "x", "timestep_spacing": "uniform"})", R"({"prompt": "x", "batch_count": 0})",
         R"({"prompt": "x", "clip_skip": 50})", R"({"prompt": "x", "cfg_scale": -1})"}) {
     SCOPED_TRACE(body);
