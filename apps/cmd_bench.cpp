@@ -95,7 +95,7 @@ Command add_bench_command(CLI::App& app) {
   cli->add_option("--width,-W", o.width, "Image width, a multiple of 8")->capture_default_str();
   cli->add_option("--height,-H", o.height, "Image height, a multiple of 8")->capture_default_str();
   cli->add_option("--steps", o.steps, "Denoising steps")->capture_default_str();
-  cli->add_option("--sampler", o.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
+  add_sampler_option(*cli, o.sampler, "Sampler (AUTOMATIC1111's name)");
   cli->add_option("--cfg-scale", o.cfg_scale, "Classifier-free guidance scale")->capture_default_str();
   // Checked by bench() rather than by CLI11 so that bf16 on a CPU without it gets its own message.
   cli->add_option("--precision", o.precision, "fp32, bf16 or auto (bf16 where the CPU has it)")->capture_default_str();

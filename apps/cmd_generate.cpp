@@ -82,7 +82,7 @@ Command add_generate_command(CLI::App& app) {
   cli->add_option("--steps", gen.steps, "Denoising steps")->capture_default_str();
   cli->add_option("--cfg-scale", gen.cfg_scale, "Classifier-free guidance scale (<= 1: no guidance)")
       ->capture_default_str();
-  cli->add_option("--sampler", gen.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
+  add_sampler_option(*cli, gen.sampler, "Sampler (AUTOMATIC1111's name)");
   add_timestep_spacing_option(*cli, gen.timestep_spacing);
   cli->add_option("--seed", a->seed, "Seed (-1: random); image k of a batch uses seed + k")->capture_default_str();
   cli->add_option("--width,-W", gen.width, "Image width, a multiple of 8")->capture_default_str();

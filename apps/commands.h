@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "sdcpu/sdcpu.h"
+
 namespace sdcpu::app {
 
 struct Command {
@@ -26,6 +28,16 @@ inline void add_low_memory_option(CLI::App& cli, bool& low_memory) {
   cli.add_flag("--low-memory", low_memory,
                "One network's weights and activations in memory at a time (with --weight-cache: weights read in "
                "per stage); a lower peak");
+}
+
+// --sampler: one of sampler_names(); the help lists each with the AUTOMATIC1111 name it stands for.
+inline void add_sampler_option(CLI::App& cli, std::string& sampler, const std::string& description) {
+  std::string list;
+  for (const std::string& s : sampler_names())
+    list += (list.empty() ? "" : ", ") + s + " (" + a1111_sampler_name(s) + ")";
+  cli.add_option("--sampler", sampler, description + ": " + list)
+      ->check(CLI::IsMember(sampler_names()))
+      ->capture_default_str();
 }
 
 // --timestep-spacing: overrides the model's scheduler config (README, "How the sampler's settings are chosen").

@@ -52,6 +52,27 @@ else
 fi
 expect 2 "timestep-spacing" -- "${gen[@]}" --timestep-spacing uniform --output "$tmp/x.png"
 
+# Every sampler: the help names it with AUTOMATIC1111's name, info shows its diffusers class, and an image made
+# with it records that name.
+for entry in "pndm|PLMS|PNDMScheduler" "ddim|DDIM|DDIMScheduler" "euler|Euler|EulerDiscreteScheduler" \
+  "euler_karras|Euler Karras|EulerDiscreteScheduler" "euler_a|Euler a|EulerAncestralDiscreteScheduler" \
+  "lms|LMS|LMSDiscreteScheduler" "heun|Heun|HeunDiscreteScheduler" "dpmpp_2m|DPM++ 2M|DPMSolverMultistepScheduler" \
+  "dpmpp_2m_karras|DPM++ 2M Karras|DPMSolverMultistepScheduler" \
+  "dpmpp_2m_sde|DPM++ 2M SDE|DPMSolverMultistepScheduler" \
+  "dpmpp_2m_sde_karras|DPM++ 2M SDE Karras|DPMSolverMultistepScheduler" "unipc|UniPC|UniPCMultistepScheduler" \
+  "lcm|LCM|LCMScheduler"; do
+  IFS='|' read -r name a1111 cls <<<"$entry"
+  expect 0 "$name ($a1111)" -- generate --help
+  expect 0 "scheduler:    $name ($cls)" -- info --model "$model" --sampler "$name"
+  expect 0 "seed 7" -- "${gen[@]}" --seed 7 --sampler "$name" --output "$tmp/sampler.png"
+  if grep -aq "Sampler: $a1111, " "$tmp/sampler.png"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1)); echo "FAIL: the PNG made with $name does not say Sampler: $a1111"
+  fi
+done
+expect 2 "steps must be at most 50 for lcm" -- "${gen[@]}" --sampler lcm --steps 51 --output "$tmp/x.png"
+
 # The weight cache: written by the first start, mapped by the second; the images are the same bytes.
 expect 0 "seed 7" -- "${gen[@]}" --seed 7 --weight-cache "$tmp/cache" --output "$tmp/c1.png"
 expect 0 "unet loaded (was valid)" -- info --model "$model" --weight-cache "$tmp/cache"
@@ -84,7 +105,7 @@ expect 2 "height" -- "${gen[@]}" --height 999999 --output "$tmp/x.png"
 expect 2 "steps" -- "${gen[@]}" --steps 0 --output "$tmp/x.png"
 expect 2 "steps" -- "${gen[@]}" --steps 100000 --output "$tmp/x.png"
 expect 2 "UTF-8" -- "${gen[@]}" --prompt $'bad \xff\xfe bytes' --output "$tmp/x.png"
-expect 2 "sampler" -- "${gen[@]}" --sampler heun --output "$tmp/x.png"
+expect 2 "sampler" -- "${gen[@]}" --sampler dpmpp_sde_karras --output "$tmp/x.png"
 expect 2 "batch count" -- "${gen[@]}" --batch-count 0 --output "$tmp/x.png"
 expect 3 "no such file" -- "${gen[@]}" --model "$tmp/does-not-exist.safetensors" --output "$tmp/x.png"
 head -c 100000 "$fixtures/tiny-sd.safetensors" >"$tmp/truncated.safetensors"

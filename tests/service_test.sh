@@ -448,8 +448,17 @@ h check "$tmp/a2.json" "len(j['images']) == 2 and (lambda i: i['all_seeds'] == [
 h b64 "$tmp/a2.json" "j['images'][1]" "$tmp/a2.png"
 gen "$tmp/ga2.png" --prompt "a red cube" --steps 3 --cfg-scale 7 --seed 31 --sampler dpmpp_2m_karras
 same "txt2img batch image 1 (DPM++ 2M Karras, default CFG) vs generate --seed 31" "$tmp/a2.png" "$tmp/ga2.png"
-expect_post 422 "set(j) == {'error', 'detail'} and 'Heun' in j['detail']" "txt2img unknown sampler" /sdapi/v1/txt2img \
-  '{"prompt": "x", "steps": 2, "width": 64, "height": 64, "sampler_name": "Heun"}'
+# "DPM++ 2M SDE" with scheduler Karras is sdcpu's dpmpp_2m_sde_karras, the SDE noise drawn from the same generator.
+post /sdapi/v1/txt2img '{"prompt": "a red cube", "steps": 3, "width": 64, "height": 64, "seed": 40,
+  "sampler_name": "DPM++ 2M SDE", "scheduler": "Karras"}'
+cp "$tmp/body" "$tmp/a3.json"
+h check "$tmp/a3.json" "json.loads(j['info'])['sampler_name'] == 'DPM++ 2M SDE Karras'" &&
+  ok || fail "txt2img DPM++ 2M SDE with scheduler Karras: $code $(head -c 600 "$tmp/a3.json")"
+h b64 "$tmp/a3.json" "j['images'][0]" "$tmp/a3.png"
+gen "$tmp/ga3.png" --prompt "a red cube" --steps 3 --cfg-scale 7 --seed 40 --sampler dpmpp_2m_sde_karras
+same "txt2img DPM++ 2M SDE Karras vs generate" "$tmp/a3.png" "$tmp/ga3.png"
+expect_post 422 "set(j) == {'error', 'detail'} and 'DPM++ SDE Karras' in j['detail']" "txt2img unknown sampler" \
+  /sdapi/v1/txt2img '{"prompt": "x", "steps": 2, "width": 64, "height": 64, "sampler_name": "DPM++ SDE Karras"}'
 expect_post 422 "set(j) >= {'error', 'detail'}" "txt2img steps as a string" /sdapi/v1/txt2img '{"prompt": "x", "steps": "2"}'
 expect_post 422 "set(j) >= {'error', 'detail'}" "txt2img hires fix" /sdapi/v1/txt2img \
   '{"prompt": "x", "steps": 2, "width": 64, "height": 64, "enable_hr": true}'
@@ -459,9 +468,10 @@ expect_post 422 "set(j) >= {'error', 'detail'}" "txt2img width 100" /sdapi/v1/tx
 expect_post 422 "set(j) >= {'error', 'detail'} and 'nope' in j['detail']" "txt2img unknown sd_model_checkpoint" \
   /sdapi/v1/txt2img '{"prompt": "x", "steps": 2, "width": 64, "height": 64,
   "override_settings": {"sd_model_checkpoint": "nope"}}'
-expect 200 "isinstance(j, list) and len(j) == 7 and all(set(s) == {'name', 'aliases', 'options'} \
+expect 200 "isinstance(j, list) and len(j) == 13 and all(set(s) == {'name', 'aliases', 'options'} \
   and isinstance(s['name'], str) and isinstance(s['aliases'], list) and isinstance(s['options'], dict) for s in j) \
-  and {'Euler a', 'Euler', 'DPM++ 2M', 'DPM++ 2M Karras', 'LMS', 'DDIM', 'PLMS'} == {s['name'] for s in j}" \
+  and {'Euler a', 'Euler', 'Euler Karras', 'DPM++ 2M', 'DPM++ 2M Karras', 'DPM++ 2M SDE', 'DPM++ 2M SDE Karras', \
+  'LMS', 'Heun', 'DDIM', 'PLMS', 'UniPC', 'LCM'} == {s['name'] for s in j}" \
   "sdapi samplers" -- GET /sdapi/v1/samplers
 expect 200 "isinstance(j, list) and len(j) == 1 and j[0]['title'] == 'tiny' and j[0]['model_name'] == 'tiny' \
   and isinstance(j[0]['filename'], str) and '$src' not in json.dumps(j)" "sdapi sd-models" -- GET /sdapi/v1/sd-models
@@ -611,7 +621,7 @@ expect_post 400 "j['error']['field'] == 'seed'" "seed -5" /v1/jobs '{"prompt": "
 expect_post 400 "j['error']['code'] == 'unknown_field' and j['error']['field'] == 'colour'" "unknown field" /v1/jobs \
   '{"prompt": "x", "colour": "red"}'
 # Out of range: 400 naming the field, as the error shape {"error": {"code", "message", "field"}} promises.
-expect_post 400 "j['error']['field'] == 'sampler'" "unknown sampler" /v1/jobs '{"prompt": "x", "sampler": "heun"}'
+expect_post 400 "j['error']['field'] == 'sampler'" "unknown sampler" /v1/jobs '{"prompt": "x", "sampler": "dpmpp_sde_karras"}'
 expect_post 400 "j['error']['field'] == 'model' and j['error']['code'] == 'unknown_model'" "unknown model" /v1/jobs \
   '{"prompt": "x", "model": "../../models/tiny-sd"}'
 expect_post 400 "j['error']['field'] == 'width'" "width 100000" /v1/jobs '{"prompt": "x", "width": 100000}'

@@ -6,6 +6,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/torch_rng.h"
@@ -76,24 +77,32 @@ TEST(SchedulerConfig, EmptyObjectGivesEachClassItsDiffusersDefaults) {
     SCOPED_TRACE(name);
     const ResolvedSchedulerConfig r = resolve_scheduler_config(name, stored);
     const SchedulerConfig& c = r.config;
+    // HeunDiscreteScheduler and LCMScheduler default to SD's betas; LCM also to SD's schedule.
+    const bool sd_betas = name == "heun" || name == "lcm";
     EXPECT_EQ(c.num_train_timesteps, 1000);
-    EXPECT_DOUBLE_EQ(c.beta_start, 0.0001);
-    EXPECT_DOUBLE_EQ(c.beta_end, 0.02);
-    EXPECT_EQ(c.beta_schedule, "linear");
+    EXPECT_DOUBLE_EQ(c.beta_start, sd_betas ? 0.00085 : 0.0001);
+    EXPECT_DOUBLE_EQ(c.beta_end, sd_betas ? 0.012 : 0.02);
+    EXPECT_EQ(c.beta_schedule, name == "lcm" ? "scaled_linear" : "linear");
     EXPECT_EQ(c.steps_offset, 0);
     EXPECT_EQ(c.prediction_type, "epsilon");
     EXPECT_FALSE(c.skip_prk_steps);
-    EXPECT_TRUE(c.clip_sample);
+    EXPECT_EQ(c.clip_sample, !sd_betas);  // DDIM's default is true, Heun's and LCM's false
     EXPECT_TRUE(std::isinf(c.lambda_min_clipped) && c.lambda_min_clipped < 0);
-    const bool leading_class = name == "pndm" || name == "ddim";
+    const bool leading_class = name == "pndm" || name == "ddim" || name == "lcm";
     EXPECT_EQ(c.timestep_spacing, leading_class ? "leading" : "linspace");
-    EXPECT_EQ(c.set_alpha_to_one, name == "ddim");  // DDIMScheduler's default is true, PNDMScheduler's false
+    // DDIMScheduler's and LCMScheduler's default is true, PNDMScheduler's false
+    EXPECT_EQ(c.set_alpha_to_one, name == "ddim" || name == "lcm");
+    EXPECT_EQ(c.solver_type, name == "unipc" ? "bh2" : "midpoint");
+    EXPECT_EQ(c.solver_order, 2);
+    EXPECT_TRUE(c.predict_x0);
+    EXPECT_EQ(c.original_inference_steps, 50);
+    EXPECT_DOUBLE_EQ(c.timestep_scaling, 10.0);
     for (const SchedulerSetting& s : r.settings) {
-      if (s.key != "solver_order" && s.key != "algorithm_type" && s.key != "use_karras_sigmas") {
-        EXPECT_EQ(s.source, SettingSource::class_default) << s.key;
-      }
+      const bool fixed = (s.key == "solver_order" || s.key == "algorithm_type") && name.starts_with("dpmpp_2m");
+      const bool karras = s.key == "use_karras_sigmas" && name.ends_with("_karras");
+      EXPECT_EQ(s.source, fixed || karras ? SettingSource::sampler : SettingSource::class_default) << s.key;
     }
-    EXPECT_EQ(c.use_karras_sigmas, name == "dpmpp_2m_karras");
+    EXPECT_EQ(c.use_karras_sigmas, name.ends_with("_karras"));
   }
 }
 
@@ -107,14 +116,16 @@ TEST(SchedulerConfig, AKeyTheFileSetsCarriesOverToEverySampler) {
     EXPECT_EQ(c.timestep_spacing, "leading");
     EXPECT_EQ(c.steps_offset, 1);
     EXPECT_EQ(c.beta_schedule, "scaled_linear");
-    EXPECT_FALSE(c.set_alpha_to_one);  // set by the file: DDIM's own default (true) does not apply
-    EXPECT_TRUE(c.clip_sample);        // not set: DDIM's default
+    EXPECT_FALSE(c.set_alpha_to_one);  // set by the file: DDIM's and LCM's own default (true) does not apply
+    EXPECT_EQ(c.clip_sample, name != "heun" && name != "lcm");  // not set: the class's default
   }
   // The same file without the key: each class's own default.
   const std::string no_spacing = testing::tiny_sd_scheduler_json_without_spacing();
   EXPECT_EQ(settings_for("pndm", no_spacing).timestep_spacing, "leading");
   EXPECT_EQ(settings_for("ddim", no_spacing).timestep_spacing, "leading");
-  for (const char* name : {"euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"})
+  EXPECT_EQ(settings_for("lcm", no_spacing).timestep_spacing, "leading");
+  for (const char* name : {"euler", "euler_karras", "euler_a", "lms", "heun", "dpmpp_2m", "dpmpp_2m_karras",
+                           "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "unipc"})
     EXPECT_EQ(settings_for(name, no_spacing).timestep_spacing, "linspace") << name;
 
   // Every other key the same way: SD 1.5's file says clip_sample false (a key PNDM does not take), SDXL's
@@ -149,7 +160,7 @@ TEST(SchedulerConfig, Sd21FolderAsPublished) {
     SCOPED_TRACE(name);
     const SchedulerConfig c = settings_for(name, sd21);
     EXPECT_EQ(c.prediction_type, "v_prediction");
-    EXPECT_EQ(c.timestep_spacing, name == "pndm" || name == "ddim" ? "leading" : "linspace");
+    EXPECT_EQ(c.timestep_spacing, name == "pndm" || name == "ddim" || name == "lcm" ? "leading" : "linspace");
     EXPECT_FALSE(c.clip_sample);
     EXPECT_FALSE(c.set_alpha_to_one);
     EXPECT_EQ(c.steps_offset, 1);
@@ -169,6 +180,46 @@ TEST(SchedulerConfig, TheSamplersNameFixesWhatItSays) {
   const ResolvedSchedulerConfig plain = resolve_scheduler_config("dpmpp_2m", parse_scheduler_config(file));
   EXPECT_FALSE(plain.config.use_karras_sigmas);
   EXPECT_EQ(source_of(plain, "use_karras_sigmas"), SettingSource::file);
+  EXPECT_EQ(value_of(plain, "algorithm_type"), "\"dpmsolver++\"");
+  // DPM++ 2M SDE is sde-dpmsolver++ of order 2, whatever the file says.
+  const std::string ode = R"({"algorithm_type": "dpmsolver++", "solver_order": 3, "use_karras_sigmas": false})";
+  for (const char* name : {"dpmpp_2m_sde", "dpmpp_2m_sde_karras"}) {
+    SCOPED_TRACE(name);
+    const ResolvedSchedulerConfig sde = resolve_scheduler_config(name, parse_scheduler_config(ode));
+    EXPECT_EQ(value_of(sde, "algorithm_type"), "\"sde-dpmsolver++\"");
+    EXPECT_EQ(source_of(sde, "algorithm_type"), SettingSource::sampler);
+    EXPECT_EQ(sde.config.solver_order, 2);
+    EXPECT_EQ(sde.config.use_karras_sigmas, std::string(name) == "dpmpp_2m_sde_karras");
+  }
+  // Euler Karras is Euler with use_karras_sigmas; the others' names fix nothing.
+  const ResolvedSchedulerConfig euler_karras = resolve_scheduler_config("euler_karras", parse_scheduler_config(ode));
+  EXPECT_EQ(euler_karras.diffusers_class, "EulerDiscreteScheduler");
+  EXPECT_TRUE(euler_karras.config.use_karras_sigmas);
+  EXPECT_EQ(source_of(euler_karras, "use_karras_sigmas"), SettingSource::sampler);
+  const ResolvedSchedulerConfig unipc = resolve_scheduler_config("unipc", parse_scheduler_config(ode));
+  EXPECT_EQ(unipc.config.solver_order, 3);  // carried over from the file (and rejected by the scheduler)
+  EXPECT_EQ(source_of(unipc, "solver_order"), SettingSource::file);
+}
+
+// solver_type means different things to the two classes that read it: each maps the other's names to its own
+// default as its __init__ does, so a DPM-Solver config's "midpoint" is UniPC's bh2 and a UniPC config's "bh1" is
+// DPM-Solver's midpoint.
+TEST(SchedulerConfig, EachClassReadsSolverTypeItsOwnWay) {
+  const std::vector<std::tuple<const char*, const char*, const char*>> cases = {
+      {"midpoint", "midpoint", "bh2"}, {"heun", "heun", "bh2"},    {"logrho", "midpoint", "bh2"},
+      {"bh1", "midpoint", "bh1"},      {"bh2", "midpoint", "bh2"},
+  };
+  for (const auto& [in, dpm, unipc] : cases) {
+    SCOPED_TRACE(in);
+    const std::string file = std::string(R"({"solver_type": ")") + in + "\"}";
+    EXPECT_EQ(settings_for("dpmpp_2m", file).solver_type, dpm);
+    EXPECT_EQ(settings_for("dpmpp_2m_sde", file).solver_type, dpm);
+    EXPECT_EQ(settings_for("unipc", file).solver_type, unipc);
+    std::string quoted = "\"";
+    quoted += unipc;
+    quoted += "\"";
+    EXPECT_EQ(value_of(resolve_scheduler_config("unipc", parse_scheduler_config(file)), "solver_type"), quoted);
+  }
 }
 
 // A single file has no scheduler file: diffusers' from_single_file builds a DDIMScheduler from its default
@@ -224,13 +275,16 @@ TEST(SchedulerConfig, TheTimestepSpacingOptionOverridesEverySource) {
   }
   expect_throw_mentioning<InvalidArgument>(
       [&] { resolve_scheduler_config("euler", stored, SchedulerOverrides{"uniform"}); }, "timestep spacing");
-  expect_throw_mentioning<InvalidArgument>([&] { resolve_scheduler_config("heun", stored); }, "valid schedulers");
+  // (DPM++ SDE Karras, DPMSolverSDEScheduler, is not implemented: its Brownian tree has no reference here.)
+  expect_throw_mentioning<InvalidArgument>([&] { resolve_scheduler_config("dpmpp_sde_karras", stored); },
+                                           "valid schedulers");
 }
 
 TEST(SchedulerConfig, NullMeansUnsetAndUnknownKeysAreIgnored) {
   const StoredSchedulerConfig c = parse_scheduler_config(
       R"({"trained_betas": null, "timestep_spacing": null, "variance_type": null, "algorithm_type": "dpmsolver++",
-          "solver_order": 2, "some_future_key": {"nested": [1, 2, 3]}, "_diffusers_version": "0.99"})");
+          "solver_order": null, "dynamic_thresholding_ratio": 0.995, "some_future_key": {"nested": [1, 2, 3]},
+          "_diffusers_version": "0.99"})");
   EXPECT_TRUE(c.keys.empty());
   EXPECT_EQ(resolve_scheduler_config("euler", c).config.timestep_spacing, "linspace");
 }
@@ -243,9 +297,10 @@ TEST(SchedulerConfig, ReadsEveryKnownKey) {
     "clip_sample_range": 2.5, "thresholding": false, "use_karras_sigmas": true, "sigma_min": 0.03, "sigma_max": 14.0,
     "rescale_betas_zero_snr": true, "interpolation_type": "linear", "timestep_type": "continuous",
     "solver_type": "bh2", "lower_order_final": false, "euler_at_final": true, "final_sigmas_type": "sigma_min",
-    "lambda_min_clipped": -5.1, "use_lu_lambdas": false})");
+    "lambda_min_clipped": -5.1, "use_lu_lambdas": false, "solver_order": 1, "predict_x0": false,
+    "disable_corrector": [0, 3], "original_inference_steps": 40, "timestep_scaling": 5.5})");
   EXPECT_EQ(stored.class_name, "EulerDiscreteScheduler");
-  EXPECT_EQ(stored.keys.size(), 24u);  // every key sdcpu reads but trained_betas
+  EXPECT_EQ(stored.keys.size(), 29u);  // every key sdcpu reads but trained_betas
   const SchedulerConfig c = resolve_scheduler_config("ddim", stored).config;
   EXPECT_EQ(c.beta_schedule, "squaredcos_cap_v2");
   EXPECT_EQ(c.prediction_type, "v_prediction");
@@ -258,11 +313,16 @@ TEST(SchedulerConfig, ReadsEveryKnownKey) {
   EXPECT_DOUBLE_EQ(*c.sigma_max, 14.0);
   EXPECT_TRUE(c.rescale_betas_zero_snr);
   EXPECT_EQ(c.timestep_type, "continuous");
-  EXPECT_EQ(c.solver_type, "midpoint");  // diffusers maps bh2 (and logrho, bh1) to midpoint
+  EXPECT_EQ(c.solver_type, "bh2");  // as written: DPM-Solver and UniPC map it (EachClassReadsSolverTypeItsOwnWay)
   EXPECT_FALSE(c.lower_order_final);
   EXPECT_TRUE(c.euler_at_final);
   EXPECT_EQ(c.final_sigmas_type, "sigma_min");
   EXPECT_DOUBLE_EQ(c.lambda_min_clipped, -5.1);
+  EXPECT_EQ(c.solver_order, 1);
+  EXPECT_FALSE(c.predict_x0);
+  EXPECT_EQ(c.disable_corrector, (std::vector<int>{0, 3}));
+  EXPECT_EQ(c.original_inference_steps, 40);
+  EXPECT_DOUBLE_EQ(c.timestep_scaling, 5.5);
 }
 
 TEST(SchedulerConfig, AcceptsPythonsNonFiniteLiterals) {
@@ -297,6 +357,12 @@ TEST(SchedulerConfig, RejectsWrongTypes) {
   expect_model_error(R"({"steps_offset": true})", "steps_offset");
   expect_model_error(R"({"use_karras_sigmas": "yes"})", "use_karras_sigmas");
   expect_model_error(R"({"sigma_min": "small"})", "sigma_min");
+  expect_model_error(R"({"solver_order": "2"})", "solver_order");
+  expect_model_error(R"({"predict_x0": 1})", "predict_x0");
+  expect_model_error(R"({"disable_corrector": 3})", "disable_corrector");
+  expect_model_error(R"({"disable_corrector": [1.5]})", "disable_corrector");
+  expect_model_error(R"({"original_inference_steps": 50.5})", "original_inference_steps");
+  expect_model_error(R"({"timestep_scaling": "10"})", "timestep_scaling");
 }
 
 TEST(SchedulerConfig, RejectsInvalidOrUnsupportedValues) {
@@ -312,6 +378,10 @@ TEST(SchedulerConfig, RejectsInvalidOrUnsupportedValues) {
   expect_model_error(R"({"sigma_max": -1})", "sigma_max");
   expect_model_error(R"({"interpolation_type": "cubic"})", "interpolation_type");
   expect_model_error(R"({"final_sigmas_type": "one"})", "final_sigmas_type");
+  expect_model_error(R"({"solver_order": 4})", "solver_order");
+  expect_model_error(R"({"solver_type": "bh3"})", "solver_type");
+  expect_model_error(R"({"original_inference_steps": 0})", "original_inference_steps");
+  expect_model_error(R"({"disable_corrector": [-1]})", "disable_corrector");
   expect_model_error(R"({"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]})", "trained_betas has 2 values");
   expect_model_error(R"({"num_train_timesteps": 2, "trained_betas": [0.1, 1.0]})", "trained_betas");
 }
@@ -322,8 +392,15 @@ TEST(SchedulerConfig, SchedulersRejectWhatTheyCannotDo) {
   expect_throw_mentioning<ModelError>([&] { make_scheduler("euler", c); }, "interpolation_type");
   c = SchedulerConfig();
   c.thresholding = true;
-  for (const char* name : {"ddim", "dpmpp_2m", "dpmpp_2m_karras"})
+  for (const char* name : {"ddim", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "unipc", "lcm"})
     expect_throw_mentioning<ModelError>([&] { make_scheduler(name, c); }, "thresholding");
+  c = SchedulerConfig();
+  c.solver_order = 3;  // UniPC's third order needs a 3x3 solve sdcpu does not reproduce
+  expect_throw_mentioning<ModelError>([&] { make_scheduler("unipc", c); }, "solver_order 3");
+  EXPECT_NO_THROW(make_scheduler("dpmpp_2m", c));  // its name fixes order 2
+  c = SchedulerConfig();
+  c.original_inference_steps = 1001;
+  expect_throw_mentioning<ModelError>([&] { make_scheduler("lcm", c)->set_timesteps(4); }, "original_inference_steps");
   c = SchedulerConfig();
   c.use_lu_lambdas = true;
   expect_throw_mentioning<ModelError>([&] { make_scheduler("dpmpp_2m", c); }, "use_lu_lambdas");
@@ -335,7 +412,19 @@ TEST(SchedulerConfig, SchedulersRejectWhatTheyCannotDo) {
 }
 
 TEST(MakeScheduler, KnowsEveryNameAndRejectsOthers) {
-  const std::vector<std::string> expected = {"pndm", "ddim", "euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"};
+  const std::vector<std::string> expected = {"pndm",
+                                             "ddim",
+                                             "euler",
+                                             "euler_karras",
+                                             "euler_a",
+                                             "lms",
+                                             "heun",
+                                             "dpmpp_2m",
+                                             "dpmpp_2m_karras",
+                                             "dpmpp_2m_sde",
+                                             "dpmpp_2m_sde_karras",
+                                             "unipc",
+                                             "lcm"};
   EXPECT_EQ(scheduler_names(), expected);
   for (const std::string& name : scheduler_names()) {
     auto s = make_scheduler(name, SchedulerConfig());
@@ -345,15 +434,18 @@ TEST(MakeScheduler, KnowsEveryNameAndRejectsOthers) {
   for (const char* bad : {"", "Euler", "dpm++", "k_lms", "euler_ancestral"}) {
     SCOPED_TRACE(bad);
     expect_throw_mentioning<InvalidArgument>([&] { make_scheduler(bad, SchedulerConfig()); },
-                                             "valid schedulers: pndm, ddim, euler, euler_a, lms, dpmpp_2m, "
-                                             "dpmpp_2m_karras");
+                                             "valid schedulers: pndm, ddim, euler, euler_karras, euler_a, lms, "
+                                             "heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde, dpmpp_2m_sde_karras, "
+                                             "unipc, lcm");
   }
 }
 
 TEST(Scheduler, RejectsStepCountsOutsideTheTrainingRange) {
   for (const std::string& name : scheduler_names()) {
     SCOPED_TRACE(name);
-    auto s = make_scheduler(name, testing::sd15_config(name));
+    SchedulerConfig c = testing::sd15_config(name);
+    c.original_inference_steps = 1000;  // LCM: never more steps than this (LcmPicksItsStepsFromItsDistillationSchedule)
+    auto s = make_scheduler(name, c);
     for (int steps : {0, -1, 1001, 100000})
       expect_throw_mentioning<InvalidArgument>([&] { s->set_timesteps(steps); }, "between 1 and 1000");
     EXPECT_NO_THROW(s->set_timesteps(1));
@@ -393,7 +485,7 @@ TEST(Scheduler, ChecksStepIndexAndShapes) {
 TEST(Scheduler, MultistepSchedulersRequireStepsInOrder) {
   TorchGenerator gen(0);
   const Tensor x = Tensor::full({1, 4, 8, 8}, 0.5f);
-  for (const char* name : {"pndm", "lms", "dpmpp_2m"}) {
+  for (const char* name : {"pndm", "lms", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"}) {
     SCOPED_TRACE(name);
     auto s = make_scheduler(name, SchedulerConfig());
     s->set_timesteps(10);

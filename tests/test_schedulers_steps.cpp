@@ -183,14 +183,21 @@ Noise noise_at(const std::string& name, const Scheduler& sched, const std::vecto
     const double sigma = std::sqrt(1 - static_cast<double>(ac[static_cast<int>(sched.timesteps()[i])]));
     return {alpha, sigma, alpha, sigma};
   }
+  if (name == "lcm") {  // an x0 predictor on the DDPM schedule, like DDIM
+    const double alpha = std::sqrt(static_cast<double>(ac[static_cast<int>(sched.timesteps()[i])]));
+    return {alpha, std::sqrt(1 - alpha * alpha), alpha, std::sqrt(1 - alpha * alpha)};
+  }
   const double sigma = sched.sigmas()[i];
   const double vp_alpha = 1 / std::sqrt(sigma * sigma + 1);
-  if (name.rfind("dpmpp", 0) == 0) return {vp_alpha, sigma * vp_alpha, vp_alpha, sigma * vp_alpha};
+  if (name.starts_with("dpmpp") || name == "unipc") return {vp_alpha, sigma * vp_alpha, vp_alpha, sigma * vp_alpha};
   return {1.0, sigma, vp_alpha, sigma * vp_alpha};  // k-diffusion: x = x0 + sigma eps
 }
 
-// Runs a full sampling loop with a model that knows x0 and answers in `prediction`.
-Tensor sample_with_oracle(const std::string& name, const std::string& prediction, const Tensor& x0, int steps) {
+// Runs a full sampling loop with a model that knows x0 and answers in `prediction`. With `end`, also returns where
+// the exact solution ends: x0 itself, or for UniPC (whose last sigma is the training table's smallest, not 0)
+// alpha x0 + sigma eps at that sigma, with the starting noise eps.
+Tensor sample_with_oracle(const std::string& name, const std::string& prediction, const Tensor& x0, int steps,
+                          Tensor* end = nullptr) {
   SchedulerConfig config = fixture_config(name);
   config.prediction_type = prediction;
   config.clip_sample = false;      // DDIM: no clipping of the (exact) x0
@@ -203,6 +210,12 @@ Tensor sample_with_oracle(const std::string& name, const std::string& prediction
   // Start exactly on the noisy-x0 manifold of the first step.
   const Noise n0 = noise_at(name, *sched, ac, 0);
   Tensor x = map2(x0, noise, [&](double a, double e) { return n0.a * a + n0.s * e; });
+  if (end) {
+    const double sigma = sched->sigmas().empty() ? 0.0 : sched->sigmas().back();
+    const double alpha = name == "unipc" ? 1 / std::sqrt(sigma * sigma + 1) : 1.0;
+    const double s = name == "unipc" ? sigma * alpha : 0.0;
+    *end = map2(x0, noise, [&](double a, double e) { return alpha * a + s * e; });
+  }
   for (int i = 0; i < sched->num_steps(); ++i) {
     const Noise n = noise_at(name, *sched, ac, i);
     const Tensor eps = map2(x, x0, [&](double xi, double a) { return (xi - n.a * a) / n.s; });
@@ -225,13 +238,42 @@ TEST(SchedulerOracle, EverySamplerLandsOnX0InEveryPredictionType) {
       {"lms", {"epsilon", "v_prediction", "sample"}},
       {"dpmpp_2m", {"epsilon", "v_prediction", "sample"}},
       {"dpmpp_2m_karras", {"epsilon", "v_prediction", "sample"}},
+      {"euler_karras", {"epsilon", "v_prediction", "sample"}},
+      {"heun", {"epsilon", "v_prediction", "sample"}},
+      {"dpmpp_2m_sde", {"epsilon", "v_prediction", "sample"}},  // the noise it adds is the noise it removes
+      {"dpmpp_2m_sde_karras", {"epsilon", "v_prediction", "sample"}},
+      {"unipc", {"epsilon", "v_prediction", "sample"}},
+      {"lcm", {"epsilon", "v_prediction", "sample"}},
   };
   for (const auto& [name, predictions] : cases) {
     for (const std::string& prediction : predictions) {
       for (int steps : {1, 4, 20}) {
         SCOPED_TRACE(name + " " + prediction + " " + std::to_string(steps) + " steps");
-        EXPECT_TENSOR_NEAR(sample_with_oracle(name, prediction, x0, steps), x0, 2e-5);
+        Tensor end;
+        const Tensor x = sample_with_oracle(name, prediction, x0, steps, &end);
+        EXPECT_TENSOR_NEAR(x, end, 2e-5);
       }
+    }
+  }
+  // UniPC without its data prediction (predict_x0 false) and with bh1 walks the same exact path.
+  SchedulerConfig c = fixture_config("unipc");
+  for (const bool predict_x0 : {true, false}) {
+    for (const char* solver : {"bh1", "bh2"}) {
+      SCOPED_TRACE(std::string("unipc predict_x0 ") + (predict_x0 ? "true " : "false ") + solver);
+      c.predict_x0 = predict_x0;
+      c.solver_type = solver;
+      auto s = make_scheduler("unipc", c);
+      s->set_timesteps(8);
+      const std::vector<float> ac = noise::make_alphas_cumprod(c, false);
+      TorchGenerator gen(3);
+      const Tensor eps = random_tensor(99);
+      auto at = [&](int i) {
+        const double sigma = s->sigmas()[i], alpha = 1 / std::sqrt(sigma * sigma + 1);
+        return map2(x0, eps, [&](double a, double e) { return alpha * a + sigma * alpha * e; });
+      };
+      Tensor x = at(0);
+      for (int i = 0; i < s->num_steps(); ++i) x = s->step(eps, i, x, gen);  // epsilon: the model knows eps
+      EXPECT_TENSOR_NEAR(x, at(s->num_steps()), 2e-5);
     }
   }
 }
@@ -282,6 +324,14 @@ TEST(SchedulerOracle, ConstantNoisePredictionMakesMultistepMethodsAgree) {
     SCOPED_TRACE("lms step " + std::to_string(k));
     EXPECT_TENSOR_NEAR(lms[k], euler[k], 1e-5);
   }
+  // Heun's two derivatives are the same eps: its first halves are Euler's steps and its second halves repeat them.
+  const std::vector<Tensor> heun = run("heun", config("heun"), 10, 1.0f);
+  ASSERT_EQ(heun.size(), 19u);
+  for (int k = 0; k < 10; ++k) {
+    SCOPED_TRACE("heun step " + std::to_string(k));
+    EXPECT_TENSOR_NEAR(heun[2 * k], euler[k], 1e-5);
+    if (k < 9) EXPECT_TENSOR_NEAR(heun[2 * k + 1], euler[k], 1e-5);
+  }
 }
 
 TEST(SchedulerSteps, DdimClipsThePredictedX0) {
@@ -317,8 +367,19 @@ TEST(SchedulerSteps, EulerDrawsAndDiscardsNoiseLikeDiffusers) {
   euler->step(m, 0, x, a);
   (void)b.randn(kLatentShape);
   EXPECT_TENSOR_NEAR(a.randn({16}), b.randn({16}), 0.0);
+  // DPM++ 2M SDE draws one latent-sized randn every step; LCM every step but the last.
+  for (const char* name : {"dpmpp_2m_sde", "lcm"}) {
+    SCOPED_TRACE(name);
+    auto s = make_scheduler(name, fixture_config(name));
+    s->set_timesteps(3);
+    TorchGenerator c(9), d(9);
+    Tensor y = x;
+    for (int i = 0; i < 3; ++i) y = s->step(m, i, y, c);
+    for (int i = 0; i < (std::string(name) == "lcm" ? 2 : 3); ++i) (void)d.randn(kLatentShape);
+    EXPECT_TENSOR_NEAR(c.randn({16}), d.randn({16}), 0.0);
+  }
   // Deterministic schedulers leave the generator alone.
-  for (const char* name : {"pndm", "ddim", "lms", "dpmpp_2m"}) {
+  for (const char* name : {"pndm", "ddim", "lms", "heun", "dpmpp_2m", "unipc"}) {
     SCOPED_TRACE(name);
     auto s = make_scheduler(name, fixture_config(name));
     s->set_timesteps(4);
@@ -330,7 +391,7 @@ TEST(SchedulerSteps, EulerDrawsAndDiscardsNoiseLikeDiffusers) {
 
 TEST(SchedulerSteps, ScaleModelInput) {
   const Tensor x = Tensor::full({2, 4, 8, 8}, 3.0f);  // the guidance batch
-  for (const char* name : {"euler", "euler_a", "lms"}) {
+  for (const char* name : {"euler", "euler_karras", "euler_a", "lms", "heun"}) {
     auto s = make_scheduler(name, fixture_config(name));
     s->set_timesteps(10);
     const float sigma = static_cast<float>(s->sigmas()[2]);
@@ -338,7 +399,7 @@ TEST(SchedulerSteps, ScaleModelInput) {
     ASSERT_EQ(y.shape(), x.shape());
     EXPECT_EQ(y[100], 3.0f / std::sqrt(sigma * sigma + 1.0f)) << name;
   }
-  for (const char* name : {"pndm", "ddim", "dpmpp_2m", "dpmpp_2m_karras"}) {
+  for (const char* name : {"pndm", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "unipc", "lcm"}) {
     auto s = make_scheduler(name, fixture_config(name));
     s->set_timesteps(10);
     EXPECT_EQ(s->scale_model_input(x, 2)[100], 3.0f) << name;
@@ -348,7 +409,7 @@ TEST(SchedulerSteps, ScaleModelInput) {
 // History lives in the scheduler, not in the caller's buffers: reusing one output buffer (as a pipeline
 // that writes the guided prediction in place might) gives the same latents.
 TEST(SchedulerSteps, HistoryDoesNotAliasCallerBuffers) {
-  for (const char* name : {"pndm", "lms", "dpmpp_2m"}) {
+  for (const char* name : {"pndm", "lms", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"}) {
     SCOPED_TRACE(name);
     auto fresh = make_scheduler(name, fixture_config(name));
     auto reused = make_scheduler(name, fixture_config(name));

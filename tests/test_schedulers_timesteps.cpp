@@ -88,13 +88,56 @@ TEST(SchedulerGoldens, TimestepsAndSigmasMatchEveryPipelineGolden) {
   }
 }
 
+// The samplers added later (tests/oracle/make_sampler_goldens.py): set_timesteps alone, from the folder's config
+// with each timestep spacing, at 1, 10 and 25 steps. Bit for bit, Karras timesteps (float32 interpolation weights)
+// and Heun's repeated entries included.
+TEST(SchedulerGoldens, NewSamplersScheduleAsDiffusersForEverySpacing) {
+  const SafetensorsFile& f = testing::repo_golden("tiny-sd/sampler_schedules.safetensors");
+  const StoredSchedulerConfig stored = parse_scheduler_config(testing::tiny_sd_scheduler_json());
+  int checked = 0;
+  for (const char* name : {"euler_karras", "heun", "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "unipc", "lcm"}) {
+    for (const std::string& spacing : timestep_spacing_names()) {
+      for (int steps : {1, 10, 25}) {
+        const std::string key = std::string(name) + "_" + spacing + "_" + std::to_string(steps);
+        SCOPED_TRACE(key);
+        auto s = make_scheduler(name, resolve_scheduler_config(name, stored, SchedulerOverrides{spacing}).config);
+        s->set_timesteps(steps);
+        const std::vector<double> timesteps = read_f64(f, key + "_timesteps");
+        ASSERT_FALSE(timesteps.empty());
+        EXPECT_EQ(s->timesteps(), timesteps);
+        EXPECT_EQ(s->sigmas(), read_f64(f, key + "_sigmas"));  // none for lcm
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 54);
+}
+
+// LCMScheduler: k = T // original_inference_steps, the distillation schedule k - 1, 2k - 1, ..., T - 1, and N of its
+// entries taken evenly by index from the top; never more steps than the schedule has.
+TEST(Lcm, PicksItsStepsFromItsDistillationSchedule) {
+  SchedulerConfig c = testing::sd15_config("lcm");
+  EXPECT_EQ(timesteps_for("lcm", 4, c), (std::vector<double>{999, 759, 499, 259}));
+  EXPECT_EQ(timesteps_for("lcm", 1, c), (std::vector<double>{999}));
+  c.original_inference_steps = 8;                                               // k = 125
+  EXPECT_EQ(timesteps_for("lcm", 3, c), (std::vector<double>{999, 749, 374}));  // indices 0, 2, 5 of 8
+  auto s = make_scheduler("lcm", c);
+  EXPECT_NO_THROW(s->set_timesteps(8));
+  try {
+    s->set_timesteps(9);
+    ADD_FAILURE() << "no exception";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("original_inference_steps"), std::string::npos) << e.what();
+  }
+}
+
 TEST(SchedulerGoldens, InitNoiseSigma) {
-  for (const char* name : {"pndm", "ddim", "dpmpp_2m", "dpmpp_2m_karras"}) {
+  for (const char* name : {"pndm", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "unipc", "lcm"}) {
     auto s = make_scheduler(name, testing::sd15_config(name));
     s->set_timesteps(10);
     EXPECT_EQ(s->init_noise_sigma(), 1.0f) << name;
   }
-  for (const char* name : {"euler", "euler_a", "lms"}) {
+  for (const char* name : {"euler", "euler_karras", "euler_a", "lms", "heun"}) {
     auto s = make_scheduler(name, testing::sd15_config(name));
     s->set_timesteps(10);
     EXPECT_EQ(s->init_noise_sigma(), 14.614645004272461f) << name;  // the largest sigma (linspace)
@@ -230,6 +273,26 @@ TEST(NoiseSchedule, SigmaToTInvertsTheTable) {
   // Outside the table: clamped to the ends.
   EXPECT_EQ(noise::sigma_to_t(1e-6, logs), 0.0);
   EXPECT_EQ(noise::sigma_to_t(1e6, logs), 999.0);
+}
+
+// np.log of float32 values is numpy's own vectorized approximation, not the C library's logf; the sigma table's
+// logs decide Karras timesteps. (Bit for bit against numpy 1.24 on 900k values when it was ported; here: a few
+// values whose numpy results differ from the correctly rounded logarithm, and the special cases.)
+TEST(NoiseSchedule, NumpyLogOfFloat32) {
+  const std::vector<float> table =
+      noise::sigmas_from_alphas_cumprod(noise::make_alphas_cumprod(testing::sd15_config("euler"), false));
+  int differs_from_libm = 0;
+  for (float sigma : table) {
+    const float ours = noise::numpy_logf(sigma);
+    EXPECT_NEAR(ours, std::log(static_cast<double>(sigma)), 4 * 1.2e-7 * std::fabs(std::log(sigma)) + 1e-9);
+    differs_from_libm += ours != std::log(sigma);
+  }
+  EXPECT_GT(differs_from_libm, 100);  // about one in five (numpy's is up to 3.8 ulp off)
+  EXPECT_EQ(noise::numpy_logf(1.0f), 0.0f);
+  EXPECT_EQ(noise::numpy_logf(0.0f), -INFINITY);
+  EXPECT_TRUE(std::isnan(noise::numpy_logf(-1.0f)));
+  EXPECT_EQ(noise::numpy_logf(INFINITY), INFINITY);
+  EXPECT_NEAR(noise::numpy_logf(1e-40f), std::log(1e-40), 1e-5);  // denormal
 }
 
 TEST(NoiseSchedule, AlphasCumprodOfSd15) {

@@ -12,10 +12,17 @@ std::string a1111_sampler_name(const std::string& sampler) {
       {"pndm", "PLMS"},
       {"ddim", "DDIM"},
       {"euler", "Euler"},
+      // A1111 < 1.9 had no "Euler Karras"; 1.9+ reads a " Karras" suffix as the Karras schedule type.
+      {"euler_karras", "Euler Karras"},
       {"euler_a", "Euler a"},
       {"lms", "LMS"},
+      {"heun", "Heun"},
       {"dpmpp_2m", "DPM++ 2M"},
       {"dpmpp_2m_karras", "DPM++ 2M Karras"},
+      {"dpmpp_2m_sde", "DPM++ 2M SDE"},
+      {"dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"},
+      {"unipc", "UniPC"},
+      {"lcm", "LCM"},
   };
   auto it = names.find(sampler);
   return it == names.end() ? sampler : it->second;

@@ -4,6 +4,9 @@
 // solver_order 2, with the first step and (for < 15 steps, or final_sigmas_type "zero") the last step taken
 // at first order. use_karras_sigmas spaces the sigmas as Karras et al. 2022 (rho = 7) and maps each back to
 // a (rounded) training timestep by log-sigma interpolation.
+// As "DPM++ 2M SDE": algorithm_type "sde-dpmsolver++" (Lu et al. 2022, section 4 / appendix: the same
+// multistep data-prediction solver for the diffusion SDE), which shrinks the deterministic part by e^{-h} and
+// adds sigma_t sqrt(1 - e^{-2h}) times fresh noise, drawn each step from the pipeline's generator.
 #include <algorithm>
 #include <cmath>
 
@@ -30,8 +33,8 @@ float lambda_of(const AlphaSigma& as) { return std::log(as.alpha) - std::log(as.
 
 class DpmSolverMultistepScheduler final : public Scheduler {
  public:
-  DpmSolverMultistepScheduler(const SchedulerConfig& config, std::string name)
-      : config_(config), name_(std::move(name)) {
+  DpmSolverMultistepScheduler(const SchedulerConfig& config, std::string name, bool sde)
+      : config_(config), name_(std::move(name)), sde_(sde) {
     if (config.thresholding) throw ModelError(name_ + ": dynamic thresholding is not supported");
     if (config.use_lu_lambdas) throw ModelError(name_ + ": use_lu_lambdas is not supported");
     alphas_cumprod_ = noise::make_alphas_cumprod(config, /*zero_snr_last_2m24=*/true);
@@ -104,7 +107,7 @@ class DpmSolverMultistepScheduler final : public Scheduler {
   float init_noise_sigma() const override { return 1.0f; }
 
   // DPMSolverMultistepScheduler.step
-  Tensor step(const Tensor& model_output, int step_index, const Tensor& sample, TorchGenerator&) override {
+  Tensor step(const Tensor& model_output, int step_index, const Tensor& sample, TorchGenerator& generator) override {
     check_sequential_step(step_index);
     noise::check_same_shape(model_output, sample, name_.c_str());
     const int n = num_steps();
@@ -116,12 +119,14 @@ class DpmSolverMultistepScheduler final : public Scheduler {
     Tensor x0 = convert_model_output(model_output, sample, step_index);
     for (int i = 0; i + 1 < kSolverOrder; ++i) model_outputs_[i] = model_outputs_[i + 1];
     model_outputs_.back() = x0;
+    // sde-dpmsolver++: randn_tensor(model_output.shape, generator), every step, first order or not.
+    const Tensor noise = sde_ ? generator.randn(model_output.shape()) : Tensor();
 
     Tensor prev;
     if (lower_order_nums_ < 1 || lower_order_final) {
-      prev = first_order_update(x0, sample, step_index);
+      prev = sde_ ? sde_first_order_update(x0, sample, noise, step_index) : first_order_update(x0, sample, step_index);
     } else {  // (diffusers' lower_order_second only caps order 3 at 2; 2 is our highest)
-      prev = second_order_update(sample, step_index);
+      prev = sde_ ? sde_second_order_update(sample, noise, step_index) : second_order_update(sample, step_index);
     }
     if (lower_order_nums_ < kSolverOrder) ++lower_order_nums_;
     return prev;
@@ -198,8 +203,70 @@ class DpmSolverMultistepScheduler final : public Scheduler {
     return out;
   }
 
+  // dpm_solver_first_order_update, sde-dpmsolver++:
+  // x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) x0 + sigma_t sqrt(1 - e^{-2h}) noise.
+  Tensor sde_first_order_update(const Tensor& x0, const Tensor& sample, const Tensor& noise, int step_index) const {
+    const AlphaSigma t = alpha_sigma(sigmas_f32_[step_index + 1]);
+    const AlphaSigma s0 = alpha_sigma(sigmas_f32_[step_index]);
+    const float h = lambda_of(t) - lambda_of(s0);
+    const float ratio = t.sigma / s0.sigma;
+    const float cs = ratio * std::exp(-h);
+    const float one_minus_e2h = 1.0f - std::exp(-2.0f * h);
+    const float c0 = t.alpha * one_minus_e2h;
+    const float cn = t.sigma * std::sqrt(one_minus_e2h);
+    const float* s = sample.data();
+    const float* d0 = x0.data();
+    const float* z = noise.data();
+    Tensor out(sample.shape());
+    float* o = out.data();
+    for (int64_t i = 0; i < sample.numel(); ++i) {
+      const float a = cs * s[i];
+      const float b = c0 * d0[i];
+      const float c = cn * z[i];
+      o[i] = (a + b) + c;
+    }
+    return out;
+  }
+
+  // multistep_dpm_solver_second_order_update, sde-dpmsolver++: D0 = m0, D1 = (m0 - m1) / r0;
+  // midpoint: x_t = (sigma_t / sigma_s0) e^{-h} x + alpha_t (1 - e^{-2h}) (D0 + D1 / 2) + sigma_t sqrt(1 - e^{-2h})
+  // noise; heun: D1's coefficient alpha_t ((1 - e^{-2h}) / (-2h) + 1).
+  Tensor sde_second_order_update(const Tensor& sample, const Tensor& noise, int step_index) const {
+    const AlphaSigma t = alpha_sigma(sigmas_f32_[step_index + 1]);
+    const AlphaSigma s0 = alpha_sigma(sigmas_f32_[step_index]);
+    const AlphaSigma s1 = alpha_sigma(sigmas_f32_[step_index - 1]);
+    const float lambda_t = lambda_of(t), lambda_s0 = lambda_of(s0), lambda_s1 = lambda_of(s1);
+    const Tensor& m0 = model_outputs_[kSolverOrder - 1];
+    const Tensor& m1 = model_outputs_[kSolverOrder - 2];
+    const float h = lambda_t - lambda_s0, h_0 = lambda_s0 - lambda_s1;
+    const float r0 = h_0 / h;
+    const float inv_r0 = 1.0f / r0;
+    const float ratio = t.sigma / s0.sigma;
+    const float cs = ratio * std::exp(-h);
+    const float one_minus_e2h = 1.0f - std::exp(-2.0f * h);
+    const float c0 = t.alpha * one_minus_e2h;
+    const float c1 = config_.solver_type == "heun" ? t.alpha * (one_minus_e2h / (-2.0f * h) + 1.0f) : 0.5f * c0;
+    const float cn = t.sigma * std::sqrt(one_minus_e2h);
+    const float* s = sample.data();
+    const float* p0 = m0.data();
+    const float* p1 = m1.data();
+    const float* z = noise.data();
+    Tensor out(sample.shape());
+    float* o = out.data();
+    for (int64_t i = 0; i < sample.numel(); ++i) {
+      const float d1 = inv_r0 * (p0[i] - p1[i]);
+      const float a = cs * s[i];
+      const float b = c0 * p0[i];
+      const float c = c1 * d1;
+      const float d = cn * z[i];
+      o[i] = ((a + b) + c) + d;
+    }
+    return out;
+  }
+
   SchedulerConfig config_;
   std::string name_;
+  bool sde_;  // sde-dpmsolver++ rather than dpmsolver++
   std::vector<float> alphas_cumprod_, sigma_table_, log_sigmas_, lambda_table_;
   std::vector<float> sigmas_f32_;
   std::vector<Tensor> model_outputs_;  // the last kSolverOrder x0 predictions, oldest first
@@ -208,8 +275,9 @@ class DpmSolverMultistepScheduler final : public Scheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpm_solver_multistep_scheduler(const SchedulerConfig& config, const std::string& name) {
-  return std::make_unique<DpmSolverMultistepScheduler>(config, name);
+std::unique_ptr<Scheduler> make_dpm_solver_multistep_scheduler(const SchedulerConfig& config, const std::string& name,
+                                                               bool sde) {
+  return std::make_unique<DpmSolverMultistepScheduler>(config, name, sde);
 }
 
 }  // namespace sdcpu

@@ -1,6 +1,7 @@
 // EulerDiscreteScheduler (diffusers 0.27.2): Euler's method on the probability-flow ODE in sigma
 // parameterization, Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative
-// Models", Algorithm 2 without churn (s_churn = 0, so no noise is added).
+// Models", Algorithm 2 without churn (s_churn = 0, so no noise is added). "euler_karras" is the same class with
+// use_karras_sigmas (the sigmas of Karras et al.'s eq. 5, rho = 7, at fractional training timesteps).
 #include <algorithm>
 #include <cmath>
 
@@ -14,18 +15,15 @@ namespace {
 
 class EulerScheduler final : public Scheduler {
  public:
-  explicit EulerScheduler(const SchedulerConfig& config) : config_(config) {
+  EulerScheduler(const SchedulerConfig& config, std::string name) : config_(config), name_(std::move(name)) {
     if (config.interpolation_type != "linear")
-      throw ModelError("euler: interpolation_type \"" + config.interpolation_type + "\" is not supported");
+      throw ModelError(name_ + ": interpolation_type \"" + config.interpolation_type + "\" is not supported");
     const std::vector<float> alphas_cumprod = noise::make_alphas_cumprod(config, /*zero_snr_last_2m24=*/true);
     sigma_table_ = noise::sigmas_from_alphas_cumprod(alphas_cumprod);
     log_sigmas_ = noise::log_f32(sigma_table_);
   }
 
-  const std::string& name() const override {
-    static const std::string kName = "euler";
-    return kName;
-  }
+  const std::string& name() const override { return name_; }
 
   // EulerDiscreteScheduler.set_timesteps (interpolation_type "linear").
   void set_timesteps(int num_inference_steps) override {
@@ -65,7 +63,7 @@ class EulerScheduler final : public Scheduler {
   // EulerDiscreteScheduler.step with s_churn = 0 (gamma = 0, sigma_hat = sigma).
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample, TorchGenerator& generator) override {
     check_step_index(step_index);
-    noise::check_same_shape(model_output, sample, "euler");
+    noise::check_same_shape(model_output, sample, name_.c_str());
     const float sigma = sigmas_f32_[step_index];
     // diffusers draws the churn noise on every step even when gamma = 0 and it goes unused; drawing it
     // keeps the generator where diffusers leaves it.
@@ -88,14 +86,15 @@ class EulerScheduler final : public Scheduler {
 
  private:
   SchedulerConfig config_;
+  std::string name_;
   std::vector<float> sigma_table_, log_sigmas_;  // per training timestep
   std::vector<float> sigmas_f32_;                // scheduler.sigmas (float32), num_steps + 1
 };
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_euler_scheduler(const SchedulerConfig& config) {
-  return std::make_unique<EulerScheduler>(config);
+std::unique_ptr<Scheduler> make_euler_scheduler(const SchedulerConfig& config, const std::string& name) {
+  return std::make_unique<EulerScheduler>(config, name);
 }
 
 }  // namespace sdcpu

@@ -55,7 +55,10 @@ std::vector<float> make_alphas_cumprod(const SchedulerConfig& config, bool zero_
 // ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5 in float32: sigma at each training timestep.
 std::vector<float> sigmas_from_alphas_cumprod(const std::vector<float>& alphas_cumprod);
 
-// np.log of a float32 array (float32 results).
+// np.log of a float32 value as numpy 1.24 computes it on x86-64 CPUs with AVX2 and FMA3 (or AVX512F): its own
+// vectorized approximation, not the C library's logf (numpy uses that only on CPUs without them).
+float numpy_logf(float x);
+// np.log of a float32 array (float32 results), numpy_logf of each value.
 std::vector<float> log_f32(const std::vector<float>& values);
 
 // ---- numpy float64 helpers ----
@@ -87,7 +90,8 @@ std::vector<float> sigma_timesteps(const std::string& spacing, int num_train_tim
 std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int n);
 
 // diffusers' _sigma_to_t: the (fractional) training timestep whose log-sigma interpolates linearly to
-// log(sigma), from the float32 table log_sigmas (np.log of the sigma table).
+// log(sigma), from the float32 table log_sigmas (np.log of the sigma table), with numpy 1.x's dtypes: the
+// interpolation weight is float32, the result float64.
 double sigma_to_t(double sigma, const std::vector<float>& log_sigmas);
 
 // The 21-point Gauss-Kronrod estimate of the integral of f over [a, b] (b < a allowed), summed in the

@@ -32,16 +32,21 @@ Tensor Scheduler::scale_model_input(const Tensor& sample, int step_index) const 
 }
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config) {
-  if (name == "pndm") return make_pndm_scheduler(config);
-  if (name == "ddim") return make_ddim_scheduler(config);
-  if (name == "euler") return make_euler_scheduler(config);
-  if (name == "euler_a") return make_euler_ancestral_scheduler(config);
-  if (name == "lms") return make_lms_scheduler(config);
-  if (name == "dpmpp_2m" || name == "dpmpp_2m_karras") {
-    SchedulerConfig c = config;
-    if (name == "dpmpp_2m_karras") c.use_karras_sigmas = true;
-    return make_dpm_solver_multistep_scheduler(c, name);
-  }
+  // What the name fixes holds whatever `config` says (scheduler_config.cpp's table: fixed_by_name).
+  SchedulerConfig c = config;
+  if (name.ends_with("_karras")) c.use_karras_sigmas = true;
+  if (name.starts_with("dpmpp_2m")) c.solver_order = 2;
+  if (name == "pndm") return make_pndm_scheduler(c);
+  if (name == "ddim") return make_ddim_scheduler(c);
+  if (name == "euler" || name == "euler_karras") return make_euler_scheduler(c, name);
+  if (name == "euler_a") return make_euler_ancestral_scheduler(c);
+  if (name == "lms") return make_lms_scheduler(c);
+  if (name == "heun") return make_heun_scheduler(c);
+  if (name == "dpmpp_2m" || name == "dpmpp_2m_karras") return make_dpm_solver_multistep_scheduler(c, name, false);
+  if (name == "dpmpp_2m_sde" || name == "dpmpp_2m_sde_karras")
+    return make_dpm_solver_multistep_scheduler(c, name, true);
+  if (name == "unipc") return make_unipc_scheduler(c);
+  if (name == "lcm") return make_lcm_scheduler(c);
   std::string list;
   for (const std::string& n : scheduler_names()) list += (list.empty() ? "" : ", ") + n;
   throw InvalidArgument("unknown scheduler \"" + name + "\"; valid schedulers: " + list);

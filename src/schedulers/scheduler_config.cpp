@@ -152,11 +152,10 @@ void apply_keys(const json& keys, SchedulerConfig& c) {
   if (has("rescale_betas_zero_snr"))
     c.rescale_betas_zero_snr = boolean(at("rescale_betas_zero_snr"), "rescale_betas_zero_snr");
   if (has("timestep_type")) c.timestep_type = choice(at("timestep_type"), "timestep_type", {"discrete", "continuous"});
-  if (has("solver_type")) {
+  if (has("solver_order")) c.solver_order = integer(at("solver_order"), "solver_order", 1, 3);
+  // Kept as written: which names a class maps to its own default is the class's business (normalize_for_class).
+  if (has("solver_type"))
     c.solver_type = choice(at("solver_type"), "solver_type", {"midpoint", "heun", "logrho", "bh1", "bh2"});
-    // DPMSolverMultistepScheduler.__init__ maps the other solvers' names to midpoint.
-    if (c.solver_type != "heun") c.solver_type = "midpoint";
-  }
   if (has("lower_order_final")) c.lower_order_final = boolean(at("lower_order_final"), "lower_order_final");
   if (has("euler_at_final")) c.euler_at_final = boolean(at("euler_at_final"), "euler_at_final");
   if (has("final_sigmas_type"))
@@ -166,6 +165,16 @@ void apply_keys(const json& keys, SchedulerConfig& c) {
     if (std::isnan(c.lambda_min_clipped)) bad("lambda_min_clipped", "must not be NaN");
   }
   if (has("use_lu_lambdas")) c.use_lu_lambdas = boolean(at("use_lu_lambdas"), "use_lu_lambdas");
+  if (has("predict_x0")) c.predict_x0 = boolean(at("predict_x0"), "predict_x0");
+  if (has("disable_corrector")) {
+    const json& dc = at("disable_corrector");
+    if (!dc.is_array()) bad("disable_corrector", "must be an array of step indices");
+    c.disable_corrector.clear();
+    for (const json& step : dc) c.disable_corrector.push_back(integer(step, "disable_corrector", 0, 100000));
+  }
+  if (has("original_inference_steps"))
+    c.original_inference_steps = integer(at("original_inference_steps"), "original_inference_steps", 1, 100000);
+  if (has("timestep_scaling")) c.timestep_scaling = finite_number(at("timestep_scaling"), "timestep_scaling");
 }
 
 // Checks between keys, on the settings a scheduler would run with.
@@ -179,15 +188,36 @@ void check_consistent(const SchedulerConfig& c) {
 
 // The keys apply_keys() reads: what a stored config keeps.
 const std::vector<std::string>& known_keys() {
-  static const std::vector<std::string> kKeys = {"num_train_timesteps", "beta_start",         "beta_end",
-                                                 "beta_schedule",       "trained_betas",      "prediction_type",
-                                                 "timestep_spacing",    "steps_offset",       "set_alpha_to_one",
-                                                 "skip_prk_steps",      "clip_sample",        "clip_sample_range",
-                                                 "thresholding",        "interpolation_type", "use_karras_sigmas",
-                                                 "sigma_min",           "sigma_max",          "rescale_betas_zero_snr",
-                                                 "timestep_type",       "solver_type",        "lower_order_final",
-                                                 "euler_at_final",      "final_sigmas_type",  "lambda_min_clipped",
-                                                 "use_lu_lambdas"};
+  static const std::vector<std::string> kKeys = {"num_train_timesteps",
+                                                 "beta_start",
+                                                 "beta_end",
+                                                 "beta_schedule",
+                                                 "trained_betas",
+                                                 "prediction_type",
+                                                 "timestep_spacing",
+                                                 "steps_offset",
+                                                 "set_alpha_to_one",
+                                                 "skip_prk_steps",
+                                                 "clip_sample",
+                                                 "clip_sample_range",
+                                                 "thresholding",
+                                                 "interpolation_type",
+                                                 "use_karras_sigmas",
+                                                 "sigma_min",
+                                                 "sigma_max",
+                                                 "rescale_betas_zero_snr",
+                                                 "timestep_type",
+                                                 "solver_type",
+                                                 "lower_order_final",
+                                                 "euler_at_final",
+                                                 "final_sigmas_type",
+                                                 "lambda_min_clipped",
+                                                 "use_lu_lambdas",
+                                                 "solver_order",
+                                                 "predict_x0",
+                                                 "disable_corrector",
+                                                 "original_inference_steps",
+                                                 "timestep_scaling"};
   return kKeys;
 }
 
@@ -247,6 +277,16 @@ std::string value_text(const SchedulerConfig& c, const std::string& key) {
     v = c.lambda_min_clipped;
   } else if (key == "use_lu_lambdas")
     v = c.use_lu_lambdas;
+  else if (key == "solver_order")
+    v = c.solver_order;
+  else if (key == "predict_x0")
+    v = c.predict_x0;
+  else if (key == "disable_corrector")
+    v = c.disable_corrector;
+  else if (key == "original_inference_steps")
+    v = c.original_inference_steps;
+  else if (key == "timestep_scaling")
+    v = c.timestep_scaling;
   else
     return "";
   return v.dump();
@@ -254,77 +294,125 @@ std::string value_text(const SchedulerConfig& c, const std::string& key) {
 
 // ---- the samplers' diffusers classes ----
 
+// A (key, JSON value) list, applied with apply_keys() as a layer.
+using KeyValues = std::vector<std::pair<const char*, const char*>>;
+
 struct SamplerClass {
   const char* sampler;
   const char* diffusers_class;
-  // The two shared keys whose __init__ defaults differ between classes.
-  const char* default_timestep_spacing;
-  bool default_set_alpha_to_one;
+  // The class's __init__ defaults where they differ from a default-constructed SchedulerConfig (PNDMScheduler's).
+  KeyValues class_defaults;
   // The __init__ keys sdcpu reads or fixes, in __init__ order (sdcpu info lists them).
   std::vector<const char*> keys;
   // What the sampler's name fixes, as `from_config(config, key=value)` would: key and JSON value.
-  std::vector<std::pair<const char*, const char*>> fixed_by_name;
+  KeyValues fixed_by_name;
 };
 
 const std::vector<SamplerClass>& sampler_classes() {
-  // DPMSolverMultistepScheduler's, for both of its samplers.
+  static const std::vector<const char*> kEulerKeys = {"num_train_timesteps",
+                                                      "beta_start",
+                                                      "beta_end",
+                                                      "beta_schedule",
+                                                      "trained_betas",
+                                                      "prediction_type",
+                                                      "interpolation_type",
+                                                      "use_karras_sigmas",
+                                                      "sigma_min",
+                                                      "sigma_max",
+                                                      "timestep_spacing",
+                                                      "timestep_type",
+                                                      "steps_offset",
+                                                      "rescale_betas_zero_snr"};
+  // DPMSolverMultistepScheduler's, for its four samplers.
   static const std::vector<const char*> kDpmSolverKeys = {
       "num_train_timesteps", "beta_start",       "beta_end",          "beta_schedule",         "trained_betas",
       "solver_order",        "prediction_type",  "thresholding",      "algorithm_type",        "solver_type",
       "lower_order_final",   "euler_at_final",   "use_karras_sigmas", "use_lu_lambdas",        "final_sigmas_type",
       "lambda_min_clipped",  "timestep_spacing", "steps_offset",      "rescale_betas_zero_snr"};
+  static const KeyValues kLinspace = {{"timestep_spacing", "\"linspace\""}};
+  static const KeyValues kDpmpp2m = {{"solver_order", "2"}, {"algorithm_type", "\"dpmsolver++\""}};
+  static const KeyValues kDpmpp2mSde = {{"solver_order", "2"}, {"algorithm_type", "\"sde-dpmsolver++\""}};
+  static const KeyValues kKarras = {{"use_karras_sigmas", "true"}};
+  auto with_karras = [](KeyValues kv) {
+    kv.insert(kv.end(), kKarras.begin(), kKarras.end());
+    return kv;
+  };
   static const std::vector<SamplerClass> kClasses = {
       {"pndm",
        "PNDMScheduler",
-       "leading",
-       false,
+       {},
        {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "skip_prk_steps",
         "set_alpha_to_one", "prediction_type", "timestep_spacing", "steps_offset"},
        {}},
       {"ddim",
        "DDIMScheduler",
-       "leading",
-       true,
+       {{"set_alpha_to_one", "true"}},
        {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "clip_sample",
         "set_alpha_to_one", "steps_offset", "prediction_type", "thresholding", "clip_sample_range", "timestep_spacing",
         "rescale_betas_zero_snr"},
        {}},
-      {"euler",
-       "EulerDiscreteScheduler",
-       "linspace",
-       false,
-       {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
-        "interpolation_type", "use_karras_sigmas", "sigma_min", "sigma_max", "timestep_spacing", "timestep_type",
-        "steps_offset", "rescale_betas_zero_snr"},
-       {}},
+      {"euler", "EulerDiscreteScheduler", kLinspace, kEulerKeys, {}},
+      {"euler_karras", "EulerDiscreteScheduler", kLinspace, kEulerKeys, kKarras},
       {"euler_a",
        "EulerAncestralDiscreteScheduler",
-       "linspace",
-       false,
+       kLinspace,
        {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
         "timestep_spacing", "steps_offset", "rescale_betas_zero_snr"},
        {}},
       {"lms",
        "LMSDiscreteScheduler",
-       "linspace",
-       false,
+       kLinspace,
        {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "use_karras_sigmas",
         "prediction_type", "timestep_spacing", "steps_offset"},
        {}},
-      {"dpmpp_2m",
-       "DPMSolverMultistepScheduler",
-       "linspace",
-       false,
-       kDpmSolverKeys,
-       {{"solver_order", "2"}, {"algorithm_type", "\"dpmsolver++\""}}},
-      {"dpmpp_2m_karras",
-       "DPMSolverMultistepScheduler",
-       "linspace",
-       false,
-       kDpmSolverKeys,
-       {{"solver_order", "2"}, {"algorithm_type", "\"dpmsolver++\""}, {"use_karras_sigmas", "true"}}},
+      {"heun",
+       "HeunDiscreteScheduler",
+       {{"beta_start", "0.00085"},
+        {"beta_end", "0.012"},
+        {"clip_sample", "false"},
+        {"timestep_spacing", "\"linspace\""}},
+       {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+        "use_karras_sigmas", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset"},
+       {}},
+      {"dpmpp_2m", "DPMSolverMultistepScheduler", kLinspace, kDpmSolverKeys, kDpmpp2m},
+      {"dpmpp_2m_karras", "DPMSolverMultistepScheduler", kLinspace, kDpmSolverKeys, with_karras(kDpmpp2m)},
+      {"dpmpp_2m_sde", "DPMSolverMultistepScheduler", kLinspace, kDpmSolverKeys, kDpmpp2mSde},
+      {"dpmpp_2m_sde_karras", "DPMSolverMultistepScheduler", kLinspace, kDpmSolverKeys, with_karras(kDpmpp2mSde)},
+      {"unipc",
+       "UniPCMultistepScheduler",
+       {{"solver_type", "\"bh2\""}, {"timestep_spacing", "\"linspace\""}},
+       {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "solver_order",
+        "prediction_type", "thresholding", "predict_x0", "solver_type", "lower_order_final", "disable_corrector",
+        "use_karras_sigmas", "timestep_spacing", "steps_offset"},
+       {}},
+      {"lcm",
+       "LCMScheduler",
+       {{"beta_start", "0.00085"},
+        {"beta_end", "0.012"},
+        {"beta_schedule", "\"scaled_linear\""},
+        {"clip_sample", "false"},
+        {"set_alpha_to_one", "true"}},
+       {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "original_inference_steps",
+        "clip_sample", "clip_sample_range", "set_alpha_to_one", "steps_offset", "prediction_type", "thresholding",
+        "timestep_spacing", "timestep_scaling", "rescale_betas_zero_snr"},
+       {}},
   };
   return kClasses;
+}
+
+// What a class's __init__ does to a solver_type it does not know: DPMSolverMultistepScheduler registers
+// logrho/bh1/bh2 as midpoint, UniPCMultistepScheduler midpoint/heun/logrho as bh2.
+void normalize_for_class(const SamplerClass& cls, SchedulerConfig& c) {
+  const std::string name = cls.diffusers_class;
+  if (name == "DPMSolverMultistepScheduler" && c.solver_type != "heun") c.solver_type = "midpoint";
+  if (name == "UniPCMultistepScheduler" && c.solver_type != "bh1") c.solver_type = "bh2";
+}
+
+// A KeyValues list as the JSON object apply_keys() reads.
+json key_values_object(const KeyValues& kv) {
+  json o = json::object();
+  for (const auto& [key, value] : kv) o[key] = json::parse(value);
+  return o;
 }
 
 const SamplerClass& sampler_class(const std::string& sampler) {
@@ -387,8 +475,7 @@ StoredSchedulerConfig parse_scheduler_config(const std::string& json_text, Setti
 SchedulerConfig scheduler_class_defaults(const std::string& sampler) {
   const SamplerClass& cls = sampler_class(sampler);
   SchedulerConfig c;
-  c.timestep_spacing = cls.default_timestep_spacing;
-  c.set_alpha_to_one = cls.default_set_alpha_to_one;
+  apply_keys(key_values_object(cls.class_defaults), c);
   return c;
 }
 
@@ -413,17 +500,15 @@ ResolvedSchedulerConfig resolve_scheduler_config(const std::string& sampler, con
     from_file[key] = json::parse(quote_nonfinite_literals(value));
     source_of[key] = stored.source;
   }
-  json from_name = json::object();
-  for (const auto& [key, value] : cls.fixed_by_name) {
-    from_name[key] = json::parse(value);
-    source_of[key] = SettingSource::sampler;
-  }
+  json from_name = key_values_object(cls.fixed_by_name);
+  for (const auto& [key, value] : cls.fixed_by_name) source_of[key] = SettingSource::sampler;
   json from_options = json::object();
   if (!overrides.timestep_spacing.empty()) {
     from_options["timestep_spacing"] = overrides.timestep_spacing;
     source_of["timestep_spacing"] = SettingSource::option;
   }
   for (const json* layer : {&from_file, &from_name, &from_options}) apply_keys(*layer, r.config);
+  normalize_for_class(cls, r.config);
   check_consistent(r.config);
 
   for (const char* key : cls.keys) {

@@ -11,7 +11,7 @@
 // So Euler from a folder whose file says "timestep_spacing": "leading" steps 901, 801, ... (10 steps), and from
 // one whose file lacks the key (runwayml/stable-diffusion-v1-5's, written by diffusers 0.6) takes Euler's default,
 // linspace: 999, 888, ... resolve_scheduler_config() applies that rule, then what the sampler's name fixes
-// (dpmpp_2m_karras: use_karras_sigmas, as `from_config(config, use_karras_sigmas=True)`), then the user's
+// (the *_karras samplers: use_karras_sigmas, as `from_config(config, use_karras_sigmas=True)`), then the user's
 // explicit choices (--timestep-spacing), and records where each value came from.
 #pragma once
 #include <limits>
@@ -23,9 +23,8 @@
 namespace sdcpu {
 
 // The settings one scheduler runs with: the keys of a diffusers scheduler_config.json that sdcpu's schedulers
-// read. Default-constructed, every key holds diffusers' __init__ default, with PNDMScheduler's
-// timestep_spacing and set_alpha_to_one (the two shared keys whose defaults differ between classes);
-// scheduler_class_defaults() gives any sampler's.
+// read. Default-constructed, every key holds a diffusers __init__ default (PNDMScheduler's where classes differ:
+// timestep_spacing, set_alpha_to_one, ...); scheduler_class_defaults() gives any sampler's class's own.
 struct SchedulerConfig {
   int num_train_timesteps = 1000;
   double beta_start = 0.0001;
@@ -43,17 +42,26 @@ struct SchedulerConfig {
   double clip_sample_range = 1.0;
   bool thresholding = false;                   // dynamic thresholding (Imagen) is not implemented: true is rejected
   std::string interpolation_type = "linear";   // Euler: linear | log_linear (not implemented: rejected)
-  bool use_karras_sigmas = false;              // Euler, LMS, DPM-Solver (dpmpp_2m_karras sets it)
+  bool use_karras_sigmas = false;              // Euler, LMS, Heun, DPM-Solver, UniPC (the *_karras names set it)
   std::optional<double> sigma_min, sigma_max;  // Euler and DPM-Solver Karras schedule bounds
   bool rescale_betas_zero_snr = false;         // DDIM, Euler, Euler a, DPM-Solver (Lin et al. 2023)
   std::string timestep_type = "discrete";      // Euler: discrete | continuous (t = log(sigma) / 4 with v-prediction)
-  // DPMSolverMultistepScheduler
-  std::string solver_type = "midpoint";  // midpoint | heun
+  // DPMSolverMultistepScheduler and UniPCMultistepScheduler
+  int solver_order = 2;  // the DPM++ 2M samplers fix 2; UniPC reads it (1 or 2 supported)
+  // DPM-Solver: midpoint | heun; UniPC: bh1 | bh2. Each class maps the other's names to its default as its
+  // __init__ does (resolve_scheduler_config() applies that), so a DPM-Solver config's "midpoint" is bh2 for UniPC.
+  std::string solver_type = "midpoint";
   bool lower_order_final = true;
   bool euler_at_final = false;
   std::string final_sigmas_type = "zero";  // zero | sigma_min
   double lambda_min_clipped = -std::numeric_limits<double>::infinity();
   bool use_lu_lambdas = false;  // not implemented: true is rejected by the DPM-Solver
+  // UniPCMultistepScheduler
+  bool predict_x0 = true;              // UniC/UniP on the data prediction (true) or on the noise (false)
+  std::vector<int> disable_corrector;  // step indices whose UniC correction is skipped
+  // LCMScheduler
+  int original_inference_steps = 50;  // the distillation schedule the inference timesteps are picked from
+  double timestep_scaling = 10.0;     // t * timestep_scaling in the consistency boundary condition
 };
 
 // Where a setting in effect comes from.

@@ -2,6 +2,7 @@
 // request becomes a job, and the route answers when the job is done. Front ends written for A1111's API work
 // unchanged for what sdcpu does; options that would change the picture in ways sdcpu does not implement (hires
 // fix, face restoration, tiling, variation seeds, scripts) are refused rather than ignored.
+#include <algorithm>
 #include <ctime>
 
 #include "service/http_common.h"
@@ -11,12 +12,17 @@ namespace sdcpu::service {
 namespace {
 
 // A1111's sampler names are those sdcpu writes into its PNGs (sdcpu::a1111_sampler_name); sdcpu's own names are
-// accepted too. "DPM++ 2M" with scheduler "Karras" (A1111 1.9+) is the Karras variant.
+// accepted too. A sampler with scheduler "Karras" (A1111 1.9+: "DPM++ 2M", "Euler", "DPM++ 2M SDE") is its Karras
+// variant where sdcpu has one.
 std::string sdcpu_sampler(const std::string& name, const std::string& scheduler) {
+  const auto& names = sampler_names();
   std::string list;
-  for (const std::string& s : sampler_names()) {
-    if (name == a1111_sampler_name(s) || name == s)
-      return scheduler == "Karras" && s == "dpmpp_2m" ? "dpmpp_2m_karras" : s;
+  for (const std::string& s : names) {
+    if (name == a1111_sampler_name(s) || name == s) {
+      const std::string karras = s + "_karras";
+      const bool has_karras = std::find(names.begin(), names.end(), karras) != names.end();
+      return (scheduler == "Karras" || scheduler == "karras") && has_karras ? karras : s;
+    }
     list += (list.empty() ? "" : ", ") + a1111_sampler_name(s);
   }
   throw RequestError(422, "unknown_sampler", "sampler \"" + name + "\" not found; samplers: " + list, "sampler_name");

@@ -1,0 +1,120 @@
+// The samplers added after the first seven (Euler Karras, Heun, DPM++ 2M SDE and its Karras variant, UniPC, LCM)
+// against diffusers' StableDiffusionPipeline on the tiny model, from the folder as it is on disk: the goldens of
+// tests/oracle/make_sampler_goldens.py. Each golden's reference is stable (its own float32 and float64 runs agree
+// to ~1e-6 of the latents' scale, metadata fp64_rel_diff), so every run is checked free-running: the generator
+// draws (the SDE's and LCM's noise) have to line up as well as the arithmetic.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/image_png.h"
+#include "pipeline/generation_parameters.h"
+#include "pipeline/txt2img.h"
+#include "scheduler_fixtures.h"
+#include "test_support.h"
+
+namespace sdcpu {
+namespace {
+
+const char* const kSamplers[] = {"euler_karras", "heun", "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "unipc", "lcm"};
+
+std::vector<double> read_f64(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* info = f.find(name);
+  if (!info) return {};
+  EXPECT_EQ(info->dtype, DType::F64) << name;
+  std::vector<double> v((info->end - info->begin) / sizeof(double));
+  std::memcpy(v.data(), f.bytes(*info), v.size() * sizeof(double));
+  return v;
+}
+
+const Txt2ImgPipeline& folder_pipeline() {
+  static const Txt2ImgPipeline pipe(open_model(testing::fixture("tiny-sd")));
+  return pipe;
+}
+
+const SafetensorsFile& golden_of(const std::string& sampler) {
+  return testing::repo_golden("tiny-sd/sampler_" + sampler + "_10steps_cfg7.5_folder_scheduler.safetensors");
+}
+
+Txt2ImgRequest request_of(const SafetensorsFile& g) {
+  Txt2ImgRequest r;
+  r.prompt = g.metadata().at("prompt");
+  r.negative_prompt = g.metadata().at("negative_prompt");
+  r.steps = std::stoi(g.metadata().at("steps"));
+  r.cfg_scale = std::stof(g.metadata().at("guidance_scale"));
+  r.sampler = g.metadata().at("scheduler");
+  r.seed = std::stoull(g.metadata().at("seed"));
+  r.width = std::stoi(g.metadata().at("width"));
+  r.height = std::stoi(g.metadata().at("height"));
+  return r;
+}
+
+TEST(Samplers, TimestepsAndSigmasAreThePipelineGoldens) {
+  for (const char* name : kSamplers) {
+    SCOPED_TRACE(name);
+    const SafetensorsFile& g = golden_of(name);
+    auto s = make_scheduler(name, folder_pipeline().scheduler_settings(request_of(g)).config);
+    s->set_timesteps(10);
+    EXPECT_EQ(s->timesteps(), read_f64(g, "timesteps"));
+    EXPECT_EQ(s->sigmas(), read_f64(g, "sigmas"));
+    EXPECT_EQ(g.find("latents_per_step")->shape[0], s->num_steps());
+  }
+  // Heun: one entry per model evaluation, every inner timestep twice.
+  auto heun = make_scheduler("heun", folder_pipeline().scheduler_settings(request_of(golden_of("heun"))).config);
+  heun->set_timesteps(10);
+  ASSERT_EQ(heun->num_steps(), 19);
+  EXPECT_EQ(heun->timesteps()[1], heun->timesteps()[2]);
+  EXPECT_EQ(heun->sigmas().size(), 20u);
+}
+
+TEST(Samplers, EverySamplerMatchesTheRealPipelineCall) {
+  for (const char* name : kSamplers) {
+    SCOPED_TRACE(name);
+    const SafetensorsFile& g = golden_of(name);
+    ASSERT_EQ(g.metadata().at("scheduler"), name);
+    // A chaotic reference would need teacher forcing (as DDIM with clip_sample does); none of these is.
+    ASSERT_LT(std::stod(g.metadata().at("fp64_rel_diff")), 1e-5);
+    const Tensor expected = g.read_f32("latents_per_step");
+    const Shape latent_shape = {1, 4, 16, 16};
+    int steps_seen = 0;
+    auto result = folder_pipeline().run(request_of(g), [&](int step, int, const Tensor& latents) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      ASSERT_LT(step, expected.dim(0));
+      EXPECT_TENSOR_NEAR(latents, expected.slice0(step, step + 1).reshape(latent_shape), 1e-4);
+      ++steps_seen;
+    });
+    EXPECT_EQ(steps_seen, expected.dim(0));
+
+    // Images: diffusers' numpy_to_pil rounding; every pixel within 1/255, almost all exact.
+    const Tensor golden_image = g.read_f32("image");
+    const std::vector<uint8_t> ours = image_to_rgb8(result.image, 0);
+    ASSERT_EQ(static_cast<int64_t>(ours.size()), golden_image.numel());
+    int64_t exact = 0, worst = 0;
+    for (int64_t i = 0; i < golden_image.numel(); ++i) {
+      const int64_t want = static_cast<int64_t>(std::nearbyint(golden_image[i] * 255.0f));
+      const int64_t diff = std::llabs(want - ours[i]);
+      worst = std::max(worst, diff);
+      exact += diff == 0;
+    }
+    EXPECT_LE(worst, 1);
+    EXPECT_GE(static_cast<double>(exact) / golden_image.numel(), 0.99);
+    if (std::getenv("SDCPU_TEST_VERBOSE"))
+      std::printf("  %s: %.4f%% pixels exact, worst %lld/255\n", name, 100.0 * exact / golden_image.numel(),
+                  static_cast<long long>(worst));
+  }
+}
+
+// The A1111 names the PNG parameters and the service use.
+TEST(Samplers, HaveTheirAutomatic1111Names) {
+  const std::vector<std::pair<const char*, const char*>> names = {{"euler_karras", "Euler Karras"},
+                                                                  {"heun", "Heun"},
+                                                                  {"dpmpp_2m_sde", "DPM++ 2M SDE"},
+                                                                  {"dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"},
+                                                                  {"unipc", "UniPC"},
+                                                                  {"lcm", "LCM"}};
+  for (const auto& [sampler, a1111] : names) EXPECT_EQ(a1111_sampler_name(sampler), a1111);
+}
+
+}  // namespace
+}  // namespace sdcpu
