@@ -74,6 +74,7 @@ Command add_bench_command(CLI::App& app) {
   cli->add_flag("--pin", o.pin_threads, "Bind compute thread i to core i");
   add_weight_cache_option(*cli, o.weight_cache_dir);
   add_low_memory_option(*cli, o.low_memory);
+  add_vae_option(*cli, o.vae_path);
   cli->add_option("--json", a->json_path, "Write the report as JSON to this file");
   cli->add_flag("--quiet,-q", a->quiet, "No progress output");
   return {cli, [a] { return run_bench(*a); }};

@@ -179,7 +179,8 @@ TaesdConfig parse_taesd_config(const std::string& text) {
   std::string class_name = "AutoencoderTiny";
   get_opt(j, "_class_name", class_name, what);
   if (class_name != "AutoencoderTiny")
-    throw ModelError("TAESD config.json: _class_name is '" + class_name + "', not AutoencoderTiny (a TAESD)");
+    throw ModelError("TAESD config.json: _class_name is '" + class_name +
+                     "', not AutoencoderTiny (a TAESD such as madebyollin/taesd)");
   TaesdConfig c;
   get_opt(j, "in_channels", c.in_channels, what);
   get_opt(j, "out_channels", c.out_channels, what);
