@@ -108,6 +108,21 @@ TEST(PipelineTaesd, OriginalDecoderFileDecodesLikeTheFolder) {
   EXPECT_TENSOR_NEAR(decoder.forward(g.read_f32("latent")), g.read_f32("image"), 1e-4);
 }
 
+// The folder's weights file alone: diffusers' names, no config; widths from the shapes, the rest madebyollin's.
+TEST(PipelineTaesd, DiffusersWeightsFileAloneDecodesAndEncodesLikeTheFolder) {
+  const TaesdFiles t = open_taesd(tiny_taesd() + "/diffusion_pytorch_model.safetensors");
+  EXPECT_EQ(t.layout, "diffusers single file");
+  EXPECT_TRUE(t.has_encoder);
+  EXPECT_EQ(t.config.decoder_block_out_channels, (std::vector<int>{16, 16, 16, 16}));
+  EXPECT_EQ(t.config.encoder_block_out_channels, (std::vector<int>{8, 8, 8, 8}));
+  const TaesdDecoder decoder(t.config, *t.weights);
+  const TaesdEncoder encoder(t.config, *t.weights);
+  auto& d = testing::repo_golden("taesd/taesd_decoder_8x8.safetensors");
+  EXPECT_TENSOR_NEAR(decoder.forward(d.read_f32("latent")), d.read_f32("image"), 1e-4);
+  auto& e = testing::repo_golden("taesd/taesd_encoder_40x56.safetensors");
+  EXPECT_TENSOR_NEAR(encoder.forward(e.read_f32("image")), e.read_f32("latents"), 1e-4);
+}
+
 TEST(PipelineTaesd, FolderIsOpenedWithItsConfig) {
   const TaesdFiles t = open_taesd(tiny_taesd());
   EXPECT_EQ(t.layout, "diffusers folder");
