@@ -106,6 +106,7 @@ Command add_bench_command(CLI::App& app) {
   cli->add_flag("--pin", o.pin_threads, "Bind compute thread i to core i");
   add_weight_cache_option(*cli, o.weight_cache_dir);
   add_low_memory_option(*cli, o.low_memory);
+  add_vae_option(*cli, o.vae_path);
   cli->add_flag("--quality", a->quality,
                 "Quality against fp32 instead: a fixed set of prompts and seeds in fp32 and in each --modes, with "
                 "time, PSNR, SSIM and latent error per mode");

@@ -14,6 +14,12 @@
 namespace sdcpu::app {
 namespace {
 
+// out.png -> out-preview.png: where --preview-every writes its previews (overwritten each time).
+std::string preview_path(const std::string& path) {
+  std::filesystem::path p(path);
+  return (p.parent_path() / (p.stem().string() + "-preview" + p.extension().string())).string();
+}
+
 // out.png -> out-2.png for the k-th image of a batch (k from 1; the first keeps the name).
 std::string numbered(const std::string& path, int k) {
   if (k == 0) return path;
@@ -47,7 +53,16 @@ int run_generate(GenerateArgs& a) {
   if (a.seed < -1) throw InvalidArgument("seed must be >= 0, or -1 for a random one");
   a.gen.seed = a.seed == -1 ? kRandomSeed : static_cast<uint64_t>(a.seed);
   validate(a.gen);
+  if (a.gen.preview_every > 0 && a.load.vae_path.empty() && a.load.preview_vae_path.empty())
+    throw InvalidArgument("--preview-every needs a TAESD to decode the previews: give --vae or --preview-vae");
+  if (a.gen.preview_every == 0 && !a.load.preview_vae_path.empty())
+    throw InvalidArgument("--preview-vae is for previews: give --preview-every N too");
   for (int k = 0; k < a.gen.batch_count; ++k) check_writable(numbered(a.output, k));
+  if (a.gen.preview_every > 0) {
+    const std::string preview = preview_path(a.output);
+    check_writable(preview);
+    a.gen.on_preview = [preview](int, int, const Image& image) { image.save_png(preview); };
+  }
   const auto t0 = std::chrono::steady_clock::now();
   auto pipe = Pipeline::load(a.model, a.load);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -97,6 +112,12 @@ Command add_generate_command(CLI::App& app) {
   cli->add_option("--variant", a->load.variant, "Weights variant of a diffusers folder, e.g. fp16");
   add_weight_cache_option(*cli, a->load.weight_cache_dir);
   add_low_memory_option(*cli, a->load.low_memory);
+  add_vae_option(*cli, a->load.vae_path);
+  cli->add_option("--preview-every", gen.preview_every,
+                  "Every N steps, write the latents so far, decoded by the TAESD, to <output>-preview.png")
+      ->capture_default_str();
+  cli->add_option("--preview-vae", a->load.preview_vae_path,
+                  "TAESD for --preview-every only, when the model's VAE decodes the images");
   cli->add_option("--output,-o", a->output, "Output PNG (batches: name-2.png, name-3.png, ...)")->capture_default_str();
   cli->add_flag("--quiet,-q", a->quiet, "No progress output");
   return {cli, [a] { return run_generate(*a); }};

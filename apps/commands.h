@@ -40,6 +40,13 @@ inline void add_sampler_option(CLI::App& cli, std::string& sampler, const std::s
       ->capture_default_str();
 }
 
+// --vae PATH: a TAESD that decodes the images instead of the model's VAE (README, "TAESD").
+inline void add_vae_option(CLI::App& cli, std::string& path) {
+  cli.add_option("--vae", path,
+                 "TAESD (AutoencoderTiny folder, e.g. madebyollin/taesd, or taesd_decoder.safetensors) to decode "
+                 "with instead of the model's VAE: much faster, slightly softer");
+}
+
 // --timestep-spacing: overrides the model's scheduler config (README, "How the sampler's settings are chosen").
 inline void add_timestep_spacing_option(CLI::App& cli, std::string& spacing) {
   cli.add_option("--timestep-spacing", spacing,

@@ -60,6 +60,7 @@ void add_service_options(CLI::App& cli, ServiceArgs& a) {
   cli.add_option("--precision", a.load.precision, "fp32, bf16 or auto")->capture_default_str();
   add_weight_cache_option(cli, a.load.weight_cache_dir);
   add_low_memory_option(cli, a.load.low_memory);
+  add_vae_option(cli, a.load.vae_path);
 }
 
 std::vector<service::ServedModel> load_served_models(const ServiceArgs& a, bool load) {

@@ -100,6 +100,39 @@ expect 2 "precision" -- "${bench[@]}" --precision fp64
 expect 2 "precision" -- "${gen[@]}" --precision fp64 --output "$tmp/x.png"
 expect 2 "batch sizes" -- "${bench[@]}" --batch-sizes 1,x
 
+# TAESD: --vae decodes with it (and the PNG says so); --preview-every N writes <output stem>-preview.png, a 64x64
+# PNG here, and changes nothing in the image; what cannot work is refused before the model loads or with exit 3.
+taesd="$src/tests/goldens/taesd/tiny-taesd"
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --vae "$taesd" --output "$tmp/t.png"
+if grep -aq "Model: tiny-sd, VAE: tiny-taesd," "$tmp/t.png" && ! cmp -s "$tmp/a.png" "$tmp/t.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: --vae not applied or not recorded"
+fi
+png_size() { head -c 24 "$1" | tail -c 8 | od -An -tx1 | tr -d ' \n'; }  # IHDR width, height
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --preview-every 1 --preview-vae "$taesd" --output "$tmp/p.png"
+if [ "$(png_size "$tmp/p-preview.png")" = "0000004000000040" ] && cmp -s "$tmp/a.png" "$tmp/p.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: --preview-every: no 64x64 preview, or the image changed"
+fi
+rm -f "$tmp/t-preview.png"
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --steps 3 --preview-every 1 --vae "$taesd" --output "$tmp/t.png"
+[ -f "$tmp/t-preview.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: no preview with --vae"; }
+expect 2 "needs a TAESD" -- generate --model "$tmp/nothing" --prompt x --preview-every 2 --output "$tmp/x.png"
+expect 2 "preview every" -- "${gen[@]}" --preview-every -1 --vae "$taesd" --output "$tmp/x.png"
+expect 2 "--preview-every N too" -- "${gen[@]}" --preview-vae "$taesd" --output "$tmp/x.png"
+expect 2 "only without --vae" -- "${gen[@]}" --preview-every 1 --vae "$taesd" --preview-vae "$taesd" --output "$tmp/x.png"
+mkdir -p "$tmp/taesd16" && cp "$taesd/diffusion_pytorch_model.safetensors" "$tmp/taesd16/" &&
+  sed 's/"latent_channels": 4/"latent_channels": 16/' "$taesd/config.json" >"$tmp/taesd16/config.json"
+expect 3 "a TAESD for the wrong latent space" -- "${gen[@]}" --vae "$tmp/taesd16" --output "$tmp/x.png"
+expect 3 "not AutoencoderTiny" -- "${gen[@]}" --vae "$model/vae" --output "$tmp/x.png"
+expect 3 "no such file" -- "${gen[@]}" --vae "$tmp/no-taesd" --output "$tmp/x.png"
+expect 0 "taesd psnr vs vae" -- "${bench[@]}" --vae "$src/tests/goldens/taesd/taesd_decoder.safetensors" \
+  --json "$tmp/bench-taesd.json"
+grep -q '"decoder": "taesd"' "$tmp/bench-taesd.json" && grep -q '"psnr_db_vs_full_vae"' "$tmp/bench-taesd.json" &&
+  passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: bench --vae JSON"; }
+
 expect 2 "width" -- "${gen[@]}" --width 100 --output "$tmp/x.png"
 expect 2 "height" -- "${gen[@]}" --height 999999 --output "$tmp/x.png"
 expect 2 "steps" -- "${gen[@]}" --steps 0 --output "$tmp/x.png"

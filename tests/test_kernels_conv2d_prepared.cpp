@@ -4,6 +4,7 @@
 // residual add, and inputs written by the op before (ConvSource).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <thread>
@@ -209,6 +210,36 @@ TEST(Kernels, PreparedConv2dAddsIntoAnUnsharedResidual) {
   const Tensor y = conv2d(x, conv, std::move(unshared));
   EXPECT_EQ(y.data(), storage);
   EXPECT_EQ(y.to_vector(), y_shared.to_vector());
+}
+
+// with_relu(): max(0, conv(x) + bias [+ residual]) from the same packed weights, in every layout the networks use,
+// with and without bias and residual (TAESD's blocks: conv + ReLU, and conv + skip, then ReLU); the plain
+// convolution it was made from is unchanged.
+TEST(Kernels, PreparedConv2dWithReluMatchesReference) {
+  const ConvLayouts layouts[] = {kChannelsLast, {ImageLayout::nchw, ImageLayout::nhwc}};
+  auto relu = [](const Tensor& x) {
+    Tensor y = x.clone();  // a copy of a Tensor shares its storage
+    for (int64_t i = 0; i < y.numel(); ++i) y[i] = std::max(y[i], 0.0f);
+    return y;
+  };
+  for (const ConvLayouts& l : layouts)
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE(std::string(l.src == ImageLayout::nhwc ? "nhwc" : "nchw") + (with_bias ? " bias" : " no bias"));
+      const Tensor x = random_tensor({2, 16, 9, 7}, 40), w = random_tensor({16, 16, 3, 3}, 41),
+                   b = with_bias ? random_tensor({16}, 42) : Tensor();
+      const PreparedConv2d plain(w, b, 1, 1, ComputeType::f32, l);
+      const PreparedConv2d fused = plain.with_relu();
+      EXPECT_TRUE(fused.relu());
+      EXPECT_FALSE(plain.relu());
+      auto in = [&](const Tensor& nchw) { return l.src == ImageLayout::nhwc ? testing::nchw_to_nhwc(nchw) : nchw; };
+      auto out = [&](const Tensor& y) { return testing::nhwc_to_nchw(y); };  // both layouts write nhwc
+      const Tensor expected = conv_reference(x, w, b, 1, {1, 1, 1, 1});
+      EXPECT_TENSOR_NEAR(out(conv2d(in(x), fused)), relu(expected), 1e-5);
+      EXPECT_TENSOR_NEAR(out(conv2d(in(x), plain)), expected, 1e-5);  // the same weights, no ReLU
+      const Tensor residual = random_tensor(expected.shape(), 43);
+      EXPECT_TENSOR_NEAR(out(conv2d(in(x), fused, testing::nchw_to_nhwc(residual))),
+                         relu(conv_reference(x, w, b, 1, {1, 1, 1, 1}, residual)), 1e-5);
+    }
 }
 
 TEST(Kernels, PreparedConv2dSeveralShapesShareTheWeights) {

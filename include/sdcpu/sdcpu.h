@@ -45,6 +45,13 @@ struct LoadOptions {
   // the next stage: the peak is then the UNet's weights plus its activations (bf16 512x512: 2.0 GB instead of
   // 3.0). Without a cache it only hands each stage's freed memory back to the system.
   bool low_memory = false;
+  // A TAESD (madebyollin's Tiny AutoEncoder: a diffusers AutoencoderTiny folder such as madebyollin/taesd, or its
+  // taesd_decoder.safetensors) that decodes the images instead of the model's VAE: ~30x less work, slightly
+  // softer pictures (README, "TAESD"). Refused when its latent space is not the model's. Empty: the model's VAE.
+  std::string vae_path;
+  // A TAESD that only decodes previews (GenerateOptions::preview_every) while the model's VAE decodes the images.
+  // Not with vae_path, whose TAESD makes the previews too.
+  std::string preview_vae_path;
 };
 
 // GenerateOptions::seed for "draw a random seed": -1 as an unsigned number, as AUTOMATIC1111 takes -1. The seed
@@ -53,6 +60,8 @@ inline constexpr uint64_t kRandomSeed = ~uint64_t{0};
 
 // A random seed as AUTOMATIC1111 draws one (0..4294967293), from the system's random source.
 uint64_t random_seed();
+
+struct Image;
 
 struct GenerateOptions {
   std::string prompt;
@@ -68,6 +77,12 @@ struct GenerateOptions {
   int height = 512;
   int batch_count = 1;  // images generated one after another
   int clip_skip = 0;    // text encoder layers to skip from the end (0 = last layer)
+  // Every `preview_every` denoising steps (0: never; the last step is left out, the image follows it), the latents
+  // so far decoded by the TAESD (LoadOptions::vae_path or preview_vae_path; InvalidArgument without one) are
+  // handed to on_preview with the image's index in the batch and the steps done: a rough picture for a few
+  // percent of a step.
+  int preview_every = 0;
+  std::function<void(int image, int step, const Image& preview)> on_preview;
 };
 
 struct Image {
@@ -142,6 +157,9 @@ struct BenchOptions {
   bool pin_threads = false;            // bind compute thread i to core i
   std::string weight_cache_dir;        // as LoadOptions::weight_cache_dir; the fp32 reference never uses it
   bool low_memory = false;             // as LoadOptions::low_memory
+  // As LoadOptions::vae_path: the TAESD decodes; the report adds its FLOPs, the full VAE's decode time on the
+  // same latents and the TAESD image's PSNR against the full VAE's.
+  std::string vae_path;
   std::string prompt = "a photo of an astronaut riding a horse on mars";
   uint64_t seed = 42;
   // Receives a line per finished run (progress for a human); may be empty.

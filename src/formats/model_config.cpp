@@ -1,6 +1,7 @@
 #include "formats/model_config.h"
 
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "core/error.h"
 
@@ -169,6 +170,51 @@ VaeConfig parse_vae_config(const std::string& text) {
   require_positive(c.layers_per_block, "layers_per_block", what);
   require_positive(c.norm_num_groups, "norm_num_groups", what);
   if (!(c.scaling_factor > 0)) throw ModelError("vae config.json: scaling_factor must be positive");
+  return c;
+}
+
+TaesdConfig parse_taesd_config(const std::string& text) {
+  const char* what = "TAESD";
+  json j = parse_object(text, what);
+  std::string class_name = "AutoencoderTiny";
+  get_opt(j, "_class_name", class_name, what);
+  if (class_name != "AutoencoderTiny")
+    throw ModelError("TAESD config.json: _class_name is '" + class_name +
+                     "', not AutoencoderTiny (a TAESD such as madebyollin/taesd)");
+  TaesdConfig c;
+  get_opt(j, "in_channels", c.in_channels, what);
+  get_opt(j, "out_channels", c.out_channels, what);
+  get_opt(j, "latent_channels", c.latent_channels, what);
+  get_opt(j, "encoder_block_out_channels", c.encoder_block_out_channels, what);
+  get_opt(j, "decoder_block_out_channels", c.decoder_block_out_channels, what);
+  get_opt(j, "num_encoder_blocks", c.num_encoder_blocks, what);
+  get_opt(j, "num_decoder_blocks", c.num_decoder_blocks, what);
+  get_opt(j, "upsampling_scaling_factor", c.upsampling_scaling_factor, what);
+  get_opt(j, "act_fn", c.act_fn, what);
+  get_opt(j, "scaling_factor", c.scaling_factor, what);
+  require_positive(c.in_channels, "in_channels", what);
+  require_positive(c.out_channels, "out_channels", what);
+  require_positive(c.latent_channels, "latent_channels", what);
+  if (c.upsampling_scaling_factor < 1 || c.upsampling_scaling_factor > 8)
+    throw ModelError("TAESD config.json: 'upsampling_scaling_factor' must be between 1 and 8");
+  if (c.act_fn != "relu") throw ModelError("TAESD config.json: unsupported act_fn '" + c.act_fn + "' (only relu)");
+  if (!(c.scaling_factor > 0)) throw ModelError("TAESD config.json: scaling_factor must be positive");
+  // EncoderTiny/DecoderTiny chain their levels without a channel change (each level's first convolution is
+  // [C_i, C_i]), so a model loads only when every level of one side has the same width.
+  for (const auto& [channels, blocks, side] :
+       {std::tuple{&c.encoder_block_out_channels, &c.num_encoder_blocks, "encoder"},
+        std::tuple{&c.decoder_block_out_channels, &c.num_decoder_blocks, "decoder"}}) {
+    if (channels->empty() || channels->size() > 8 || channels->size() != blocks->size())
+      throw ModelError(std::string("TAESD config.json: the ") + side +
+                       " needs 1..8 levels, one entry per level in *_block_out_channels and num_*_blocks");
+    for (int ch : *channels) {
+      require_positive(ch, "block_out_channels", what);
+      if (ch != channels->front())
+        throw ModelError(std::string("TAESD config.json: the ") + side + "'s levels differ in width");
+    }
+    for (int n : *blocks)
+      if (n < 0 || n > 64) throw ModelError(std::string("TAESD config.json: num_") + side + "_blocks out of range");
+  }
   return c;
 }
 

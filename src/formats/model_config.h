@@ -61,10 +61,28 @@ struct VaeConfig {
   int sample_size = 512;
 };
 
+// diffusers.AutoencoderTiny: madebyollin's Tiny AutoEncoder for Stable Diffusion (TAESD, taesdxl). The defaults are
+// diffusers' (= madebyollin/taesd's config.json).
+struct TaesdConfig {
+  int in_channels = 3;
+  int out_channels = 3;
+  int latent_channels = 4;
+  std::vector<int> encoder_block_out_channels = {64, 64, 64, 64};
+  std::vector<int> decoder_block_out_channels = {64, 64, 64, 64};
+  std::vector<int> num_encoder_blocks = {1, 3, 3, 3};
+  std::vector<int> num_decoder_blocks = {3, 3, 3, 1};
+  int upsampling_scaling_factor = 2;
+  std::string act_fn = "relu";
+  // 1.0 for every TAESD: it decodes the UNet's latents as they are (the pipeline divides by it all the same).
+  float scaling_factor = 1.0f;
+};
+
 // Parse a component's config.json text. Unknown keys are ignored; a key with the wrong type, or a
 // configuration sdcpu cannot run (e.g. an unsupported block type), is a ModelError naming it.
 ClipTextConfig parse_clip_text_config(const std::string& json_text);
 UNetConfig parse_unet_config(const std::string& json_text);
 VaeConfig parse_vae_config(const std::string& json_text);
+// Also checks that the file is an AutoencoderTiny's (its _class_name, when present).
+TaesdConfig parse_taesd_config(const std::string& json_text);
 
 }  // namespace sdcpu

@@ -158,8 +158,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int str
 
 namespace {
 
-// n, h, w, stride, pad_top, pad_left, pad_bottom, pad_right, with residual
-using PlanKey = std::tuple<int64_t, int64_t, int64_t, int, int, int, int, int, bool>;
+// n, h, w, stride, pad_top, pad_left, pad_bottom, pad_right, with residual, with ReLU
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int, int, int, int, int, bool, bool>;
 
 }  // namespace
 
@@ -188,20 +188,20 @@ struct PreparedConv2d::Weights {
   PackedWeights packed;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
 
-  const Plan& plan(int64_t n, int64_t h, int64_t w, int stride, const Conv2dPadding& p, bool residual) {
+  const Plan& plan(int64_t n, int64_t h, int64_t w, int stride, const Conv2dPadding& p, bool residual, bool relu) {
     std::lock_guard<std::mutex> lock(mutex);
-    const PlanKey key{n, h, w, stride, p.top, p.left, p.bottom, p.right, residual};
+    const PlanKey key{n, h, w, stride, p.top, p.left, p.bottom, p.right, residual, relu};
     auto it = plans.find(key);
     if (it != plans.end()) return *it->second;
     const int64_t ho = (h + p.top + p.bottom - kh) / stride + 1, wo = (w + p.left + p.right - kw) / stride + 1;
     const Tag src_tag = tag_of(layouts.src), dst_tag = tag_of(layouts.dst);
     dnnl::primitive_attr attr = with_user_scratchpad();
-    if (residual) {
-      // dst = conv(x) + bias + 1.0 * dst: the residual is in dst before the convolution.
-      dnnl::post_ops ops;
-      ops.append_sum(1.0f);
-      attr.set_post_ops(ops);
-    }
+    dnnl::post_ops ops;
+    // dst = conv(x) + bias + 1.0 * dst: the residual is in dst before the convolution.
+    if (residual) ops.append_sum(1.0f);
+    // Then max(0, dst) (oneDNN 2.x: append_eltwise(scale, algorithm, alpha, beta); alpha 0 is the plain ReLU).
+    if (relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    if (residual || relu) attr.set_post_ops(ops);
     const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, layouts, attr, compute);
     auto plan = std::make_unique<Plan>();
     plan->pd = pd;
@@ -279,11 +279,17 @@ PreparedConv2d PreparedConv2d::with_padding(Conv2dPadding padding) const {
   return copy;
 }
 
+PreparedConv2d PreparedConv2d::with_relu() const {
+  PreparedConv2d copy = *this;
+  copy.relu_ = true;
+  return copy;
+}
+
 std::string PreparedConv2d::implementation(const Shape& x_shape) const {
   if (!weights_) return "";
   const ImageDims d = image_dims(x_shape, weights_->layouts.src);
   check_conv_args({d.n, d.c, d.h, d.w}, {weights_->o, weights_->c, weights_->kh, weights_->kw}, stride_, padding_);
-  return weights_->plan(d.n, d.h, d.w, stride_, padding_, false).pd.impl_info_str();
+  return weights_->plan(d.n, d.h, d.w, stride_, padding_, false, relu_).pd.impl_info_str();
 }
 
 // The convolution proper, once its source is in `src` (in pd.src_desc()): the residual (if any) is in the
@@ -322,7 +328,7 @@ std::pair<const PreparedConv2d::Plan*, Shape> PreparedConv2d::plan_for(const Sha
   Weights& wt = *weights_;
   const ImageDims d = image_dims(x_shape, wt.layouts.src);
   check_conv_args({d.n, d.c, d.h, d.w}, {wt.o, wt.c, wt.kh, wt.kw}, stride_, padding_);
-  const Plan& plan = wt.plan(d.n, d.h, d.w, stride_, padding_, residual);
+  const Plan& plan = wt.plan(d.n, d.h, d.w, stride_, padding_, residual, relu_);
   const memory::dims y = plan.dst_user.dims();  // [N, O, Ho, Wo], as the plan computed them
   return {&plan, image_shape({y[0], y[1], y[2], y[3]}, wt.layouts.dst)};
 }

@@ -87,6 +87,11 @@ class PreparedConv2d {
   const Conv2dPadding& padding() const { return padding_; }
   // The same packed weights with other padding (no copy): Downsample2D's (0, 1, 0, 1).
   PreparedConv2d with_padding(Conv2dPadding padding) const;
+  // The same packed weights (no copy) with max(0, y) applied to the output, after the residual when there is one:
+  // torch.relu(conv(x) + residual), fused into the convolution as a oneDNN eltwise post-op, so the image is not
+  // read and written once more (TAESD's conv + ReLU pairs).
+  PreparedConv2d with_relu() const;
+  bool relu() const { return relu_; }
 
   // oneDNN's implementation name for input shape `x_shape` (in the source layout; e.g. "brgconv:avx512_core");
   // for benchmarks and logs.
@@ -103,12 +108,13 @@ class PreparedConv2d {
   std::shared_ptr<Weights> weights_;
   int stride_ = 1;
   Conv2dPadding padding_;
+  bool relu_ = false;
 };
 
 // y = conv(x) + bias, and + residual when given (residual [N, O, Ho, Wo] in the destination layout, added after
-// the bias, as `conv(x) + residual` in PyTorch; ResnetBlock2D's skip). x and y are in the convolution's
-// ConvLayouts. A residual whose storage no other tensor shares (passed with std::move) becomes y: the
-// convolution adds into it, nothing is copied.
+// the bias, as `conv(x) + residual` in PyTorch; ResnetBlock2D's skip), then max(0, y) for a with_relu() one. x and y
+// are in the convolution's ConvLayouts. A residual whose storage no other tensor shares (passed with std::move) becomes
+// y: the convolution adds into it, nothing is copied.
 Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual = Tensor());
 // The same with the input written by the op before (group norm, upsample) into the convolution's source buffer.
 Tensor conv2d(const ConvSource& x, const PreparedConv2d& conv, Tensor residual = Tensor());

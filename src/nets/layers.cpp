@@ -33,10 +33,10 @@ Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in,
 Tensor Linear::operator()(const Tensor& x, Tensor residual) const { return linear(x, prepared, std::move(residual)); }
 
 Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel, int stride,
-                    int padding, ConvLayouts layouts) {
+                    int padding, ConvLayouts layouts, bool bias) {
   const WeightSource weight = weight_source(w, prefix + ".weight", {out, in, kernel, kernel});  // before the bias
   Conv2d c;
-  c.prepared = PreparedConv2d(weight, w.get(prefix + ".bias", {out}), stride,
+  c.prepared = PreparedConv2d(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor(), stride,
                               Conv2dPadding::same(padding < 0 ? kernel / 2 : padding), w.compute_type(), layouts);
   return c;
 }

@@ -31,8 +31,10 @@ struct Linear {
 // kept. Copies share the packed weights.
 struct Conv2d {
   PreparedConv2d prepared;  // stride and padding included
+  // bias = false: a torch.nn.Conv2d(..., bias=False), which has no "<prefix>.bias" tensor.
   static Conv2d load(const WeightStore& w, const std::string& prefix, int64_t in, int64_t out, int kernel,
-                     int stride = 1, int padding = -1 /* -1: kernel / 2 */, ConvLayouts layouts = kChannelsLast);
+                     int stride = 1, int padding = -1 /* -1: kernel / 2 */, ConvLayouts layouts = kChannelsLast,
+                     bool bias = true);
   bool empty() const { return prepared.empty(); }
   // conv(x) + residual (when given; see kernels/conv2d.h on passing it with std::move).
   Tensor operator()(const Tensor& x, Tensor residual = Tensor()) const;

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/fma_peak.h"
+#include "nets/vae.h"
 #include "pipeline/precision.h"
 #include "pipeline/image_quality.h"
 #include "pipeline/txt2img.h"
@@ -160,6 +161,25 @@ class UNetFlopCounter {
   UNetFlops f_;
 };
 
+// The model's full VAE decoder (in the store's compute type, which the pipeline set) on the final latents the
+// TAESD decoded: its time (median of `runs` after a warm-up) and how far the TAESD's image is from it.
+TaesdComparison compare_with_full_vae(const ModelFiles& files, const Txt2ImgPipeline::Result& taesd_run, int runs) {
+  const VaeDecoder vae(files.vae_config, *files.vae);
+  Tensor scaled(taesd_run.latents.shape());
+  for (int64_t j = 0; j < scaled.numel(); ++j) scaled[j] = taesd_run.latents[j] / files.vae_config.scaling_factor;
+  Tensor image = vae.forward(scaled);
+  std::vector<double> times;
+  for (int run = 0; run < runs; ++run) {
+    const auto t0 = std::chrono::steady_clock::now();
+    image = vae.forward(scaled);
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  TaesdComparison c;
+  c.full_vae_decode_s = median(times);
+  c.psnr_db_vs_full_vae = image_psnr_db(taesd_run.image, image);
+  return c;
+}
+
 std::string fixed(double v, int decimals) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
@@ -234,6 +254,29 @@ double count_vae_decoder_flops(const VaeConfig& c, int64_t batch, int64_t latent
   return f;
 }
 
+double count_taesd_decoder_flops(const TaesdConfig& c, int64_t batch, int64_t latent_h, int64_t latent_w) {
+  if (batch < 1 || latent_h < 1 || latent_w < 1)
+    throw InvalidArgument("taesd flops: batch and latent size must be positive");
+  const double b = static_cast<double>(batch);
+  int64_t h = latent_h, w = latent_w;
+  double f = 0;
+  auto conv3x3 = [&](int64_t cin, int64_t cout) { f += 2.0 * b * static_cast<double>(cin * cout * 9 * h * w); };
+  // Mirrors nets/taesd.cpp's TaesdDecoder: conv_in, then per level its blocks (three 3x3 convolutions each, the
+  // skip an identity since a level keeps its width), the upsample and one more convolution.
+  const std::vector<int>& ch = c.decoder_block_out_channels;
+  conv3x3(c.latent_channels, ch.front());
+  for (size_t i = 0; i < ch.size(); ++i) {
+    for (int j = 0; j < 3 * c.num_decoder_blocks[i]; ++j) conv3x3(ch[i], ch[i]);
+    const bool last = i + 1 == ch.size();
+    if (!last) {
+      h *= c.upsampling_scaling_factor;
+      w *= c.upsampling_scaling_factor;
+    }
+    conv3x3(ch[i], last ? c.out_channels : ch[i]);
+  }
+  return f;
+}
+
 UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w,
                            int64_t text_tokens) {
   if (batch < 1 || latent_h < 1 || latent_w < 1 || text_tokens < 1)
@@ -292,8 +335,9 @@ BenchReport run_benchmark(const BenchOptions& o) {
       fixed(r.machine_peak_gflops_bf16, 0) + " GFLOP/s (" + std::to_string(r.threads) + " threads)");
 
   auto t0 = std::chrono::steady_clock::now();
+  auto taesd = [&] { return o.vae_path.empty() ? TaesdOptions{} : TaesdOptions{open_taesd(o.vae_path), true}; };
   auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path), compute,
-                                                MemoryOptions{o.weight_cache_dir, o.low_memory});
+                                                MemoryOptions{o.weight_cache_dir, o.low_memory}, taesd());
   r.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.weight_cache = pipe->weight_cache_status();
   log("loaded in " + fixed(r.load_s, 2) + " s");
@@ -345,19 +389,30 @@ BenchReport run_benchmark(const BenchOptions& o) {
                                   files.text_encoder_config.max_position_embeddings);
   r.unet_gflops_achieved = r.unet_step_s > 0 ? r.unet_flops.total() / 1e9 / r.unet_step_s : 0;
   r.unet_efficiency = r.machine_peak_gflops > 0 ? r.unet_gflops_achieved / r.machine_peak_gflops : 0;
-  r.vae_decode_flops =
-      count_vae_decoder_flops(files.vae_config, r.stage_batch_size, o.height / factor, o.width / factor);
+  const int64_t latent_h = o.height / factor, latent_w = o.width / factor;
+  const double full_vae_flops = count_vae_decoder_flops(files.vae_config, r.stage_batch_size, latent_h, latent_w);
+  r.vae_decode_flops = full_vae_flops;
+  if (const TaesdFiles* t = pipe->taesd()) {
+    r.decoder = "taesd";
+    r.vae_decode_flops = count_taesd_decoder_flops(t->config, r.stage_batch_size, latent_h, latent_w);
+  }
   r.vae_gflops_achieved = r.vae_decode_s > 0 ? r.vae_decode_flops / 1e9 / r.vae_decode_s : 0;
   r.vae_efficiency = r.machine_peak_gflops > 0 ? r.vae_gflops_achieved / r.machine_peak_gflops : 0;
   r.peak_rss_mb = peak_rss_mb();  // before the fp32 reference below adds its own weights
   r.activations = pipe->activation_stats();
+  if (pipe->taesd()) {
+    log("taesd: decoding the same latents with the model's full VAE");
+    r.taesd = compare_with_full_vae(files, stage_result, o.runs);
+    r.taesd->path = pipe->taesd()->path;
+    r.taesd->full_vae_decode_flops = full_vae_flops;
+  }
 
   if (compute != ComputeType::f32) {
     // Quality: the same request (prompt, seed, size, batch) in fp32, from a fresh fp32 pipeline, after this one is
     // gone so that both never hold their weights at once.
     pipe.reset();
     log("quality: running the fp32 reference");
-    const Txt2ImgPipeline reference(open_model(o.model_path), ComputeType::f32);
+    const Txt2ImgPipeline reference(open_model(o.model_path), ComputeType::f32, {}, taesd());
     const auto ref = reference.run(make_request(o, r.stage_batch_size));
     r.psnr_db_vs_fp32 = image_psnr_db(stage_result.image, ref.image);
     r.max_abs_latent_diff_vs_fp32 = max_abs_diff(stage_result.latents, ref.latents);
@@ -417,9 +472,21 @@ std::string to_json(const BenchReport& r) {
   j["machine_peak_gflops"] = r.machine_peak_gflops;
   j["machine_peak_gflops_by_precision"] = {{"fp32", r.machine_peak_gflops_fp32}, {"bf16", r.machine_peak_gflops_bf16}};
   j["unet_efficiency"] = r.unet_efficiency;
+  j["decoder"] = r.decoder;
   j["vae_gflop_per_decode"] = r.vae_decode_flops / 1e9;
   j["vae_gflops_achieved"] = r.vae_gflops_achieved;
   j["vae_efficiency"] = r.vae_efficiency;
+  j["taesd"] = nullptr;
+  if (r.taesd) {
+    const TaesdComparison& t = *r.taesd;
+    j["taesd"] = {
+        {"path", t.path},
+        {"full_vae_decode_s", t.full_vae_decode_s},
+        {"full_vae_gflop_per_decode", t.full_vae_decode_flops / 1e9},
+        {"decode_time_vs_full_vae", t.full_vae_decode_s > 0 ? r.vae_decode_s / t.full_vae_decode_s : 0},
+        {"psnr_db_vs_full_vae", std::isfinite(t.psnr_db_vs_full_vae) ? nlohmann::ordered_json(t.psnr_db_vs_full_vae)
+                                                                     : nlohmann::ordered_json(nullptr)}};
+  }
   // Quality against fp32 exists only for the lower precisions; an identical image has an infinite PSNR, which
   // JSON cannot hold: it is written as null there too, with the latent difference 0 telling the two apart.
   j["psnr_db_vs_fp32"] = nullptr;
@@ -449,9 +516,16 @@ std::string format_table(const BenchReport& r) {
   row("text encode", fixed(r.text_encode_s, 3) + " s");
   row("unet step", fixed(r.unet_step_s, 3) + " s  (" + fixed(r.unet_flops.total() / 1e9, 1) + " GFLOP, " +
                        fixed(r.unet_gflops_achieved, 1) + " GFLOP/s)");
-  row("vae decode", fixed(r.vae_decode_s, 3) + " s  (" + fixed(r.vae_decode_flops / 1e9, 1) + " GFLOP, " +
-                        fixed(r.vae_gflops_achieved, 1) + " GFLOP/s, " + fixed(100.0 * r.vae_efficiency, 1) +
-                        " % of peak)");
+  row(r.taesd ? "taesd decode" : "vae decode", fixed(r.vae_decode_s, 3) + " s  (" + fixed(r.vae_decode_flops / 1e9, 1) +
+                                                   " GFLOP, " + fixed(r.vae_gflops_achieved, 1) + " GFLOP/s, " +
+                                                   fixed(100.0 * r.vae_efficiency, 1) + " % of peak)");
+  if (r.taesd) {
+    const TaesdComparison& t = *r.taesd;
+    row("full vae decode", fixed(t.full_vae_decode_s, 3) + " s  (" + fixed(t.full_vae_decode_flops / 1e9, 1) +
+                               " GFLOP; taesd takes " +
+                               fixed(100.0 * r.vae_decode_s / std::max(t.full_vae_decode_s, 1e-12), 1) + " % of it)");
+    row("taesd psnr vs vae", fixed(t.psnr_db_vs_full_vae, 2) + " dB (image, same latents)");
+  }
   row("total per image", fixed(r.total_s, 2) + " s");
   for (const auto& [batch, ipm] : r.images_per_min) row("images/min, batch " + std::to_string(batch), fixed(ipm, 2));
   row("peak rss", fixed(r.peak_rss_mb, 0) + " MB");

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,18 @@ UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t late
 // same 2-per-multiply-add count as the UNet's). SD 1.5 at 512x512: 2515 GFLOP; at 256x256: 622.
 double count_vae_decoder_flops(const VaeConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w);
 
+// The same for one TAESD decode (nets/taesd.h): every convolution of DecoderTiny. madebyollin/taesd at 512x512:
+// 141.35 GFLOP (5.6% of the SD 1.5 VAE decoder's).
+double count_taesd_decoder_flops(const TaesdConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w);
+
+// With --vae: the TAESD that decoded, and the model's full VAE decoder on the same final latents.
+struct TaesdComparison {
+  std::string path;
+  double full_vae_decode_s = 0;  // median of `runs` decodes after a warm-up, outside the pipeline's arena
+  double full_vae_decode_flops = 0;
+  double psnr_db_vs_full_vae = 0;  // the TAESD image against the full VAE's (as psnr_db_vs_fp32)
+};
+
 struct BenchReport {
   CpuInfo cpu;
   int threads = 0;
@@ -72,9 +85,13 @@ struct BenchReport {
   double machine_peak_gflops_fp32 = 0;  // both, for reference
   double machine_peak_gflops_bf16 = 0;  // 0 when the CPU lacks AVX512_BF16
   double unet_efficiency = 0;           // achieved / peak
-  double vae_decode_flops = 0;          // one decode at stage_batch_size
-  double vae_gflops_achieved = 0;       // vae_decode_flops / vae_decode_s
-  double vae_efficiency = 0;            // achieved / peak
+  // The image decoder that ran: "vae" (the model's), or "taesd" (--vae), whose figures vae_decode_s and the two
+  // below then are; taesd.has_value() then.
+  std::string decoder = "vae";
+  std::optional<TaesdComparison> taesd;
+  double vae_decode_flops = 0;     // one decode at stage_batch_size
+  double vae_gflops_achieved = 0;  // vae_decode_flops / vae_decode_s
+  double vae_efficiency = 0;       // achieved / peak
   // Below fp32 only: the stage batch's image and final latents against an fp32 run of the same request.
   bool has_quality = false;
   double psnr_db_vs_fp32 = 0;  // of the decoded image, clamped to [-1, 1] and taken as [0, 1] (peak 1)

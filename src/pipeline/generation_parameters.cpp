@@ -36,6 +36,7 @@ std::string format_a1111_parameters(const GenerationParameters& p) {
   s += "\nSteps: " + std::to_string(p.steps) + ", Sampler: " + a1111_sampler_name(p.sampler) + ", CFG scale: " + cfg +
        ", Seed: " + std::to_string(p.seed) + ", Size: " + std::to_string(p.width) + "x" + std::to_string(p.height);
   if (!p.model.empty()) s += ", Model: " + p.model;
+  if (!p.vae.empty()) s += ", VAE: " + p.vae;
   if (!p.timestep_spacing.empty()) s += ", Timestep spacing: " + p.timestep_spacing;
   if (p.clip_skip > 0) s += ", Clip skip: " + std::to_string(p.clip_skip + 1);  // A1111 counts the last layer as 1
   s += std::string(", Version: sdcpu ") + kVersion;

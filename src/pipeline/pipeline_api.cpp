@@ -46,10 +46,19 @@ Txt2ImgRequest request_for(const GenerateOptions& o, uint64_t seed) {
   return r;
 }
 
+// An image as the user sees it: [B, 3, H, W] in about [-1, 1], batch element 0.
+Image to_image(const Tensor& decoded) {
+  Image img;
+  img.height = static_cast<int>(decoded.dim(2));
+  img.width = static_cast<int>(decoded.dim(3));
+  img.rgb = image_to_rgb8(decoded, 0);
+  return img;
+}
+
 class PipelineImpl : public Pipeline {
  public:
-  PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory)
-      : txt2img_(std::move(files), compute, std::move(memory)) {}
+  PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory, TaesdOptions taesd)
+      : txt2img_(std::move(files), compute, std::move(memory), std::move(taesd)) {}
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
     // Images one after another: a batch of one per UNet call, so that each is what diffusers gives for its seed.
@@ -67,6 +76,8 @@ class PipelineImpl : public Pipeline {
     if (max_batch < 1 || max_batch > 64) throw InvalidArgument("max batch must be between 1 and 64");
     for (const GenerateOptions& o : requests) {
       validate(o);
+      if (o.preview_every > 0 && !txt2img_.taesd())
+        throw InvalidArgument("previews need a TAESD to decode them: load the model with --vae or --preview-vae");
       if (!batchable(o, requests.front()))
         throw InvalidArgument(
             "requests generated together must agree on size, steps, sampler, timestep spacing, guidance and clip skip");
@@ -93,12 +104,18 @@ class PipelineImpl : public Pipeline {
         chunk_requests.push_back(request_for(requests[items[i].request], items[i].seed));
       }
       if (chunk.empty()) continue;
-      const auto results = txt2img_.run_batch(chunk_requests, [&](int member, int step, int steps, const Tensor&) {
-        const Item& item = chunk[member];
-        if (!dropped[item.request] && progress && !progress(item.request, item.image, step + 1, steps))
-          dropped[item.request] = true;
-        return !dropped[item.request];
-      });
+      const auto results =
+          txt2img_.run_batch(chunk_requests, [&](int member, int step, int steps, const Tensor& latents) {
+            const Item& item = chunk[member];
+            const GenerateOptions& o = requests[item.request];
+            const int done = step + 1;
+            if (!dropped[item.request] && progress && !progress(item.request, item.image, done, steps))
+              dropped[item.request] = true;
+            if (!dropped[item.request] && o.preview_every > 0 && o.on_preview && done % o.preview_every == 0 &&
+                done < steps)
+              o.on_preview(item.image, done, to_image(txt2img_.preview_latents(latents)));
+            return !dropped[item.request];
+          });
       for (size_t m = 0; m < chunk.size(); ++m)
         if (!dropped[chunk[m].request])
           images[chunk[m].request].push_back(make_image(requests[chunk[m].request], results[m], chunk[m].seed));
@@ -141,8 +158,12 @@ class PipelineImpl : public Pipeline {
       << (f.unet_config.use_linear_projection ? ", linear projections" : ", conv projections") << "\n"
       << "vae:          channels " << join(f.vae_config.block_out_channels) << ", latent channels "
       << f.vae_config.latent_channels << ", scaling factor " << f.vae_config.scaling_factor << "\n"
-      << "precision:    " << compute_type_name(txt2img_.compute_type()) << "\n"
-      << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir) << "\n";
+      << "precision:    " << compute_type_name(txt2img_.compute_type()) << "\n";
+    if (const TaesdFiles* t = txt2img_.taesd())
+      s << "taesd:        " << t->path << " (" << t->layout << "), decoder channels "
+        << join(t->config.decoder_block_out_channels) << ", latent channels " << t->config.latent_channels << ", "
+        << (txt2img_.taesd_decodes() ? "decodes the images instead of the VAE" : "decodes previews") << "\n";
+    s << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir) << "\n";
     for (const WeightCacheStatus& c : txt2img_.weight_cache_status())
       s << "weight cache: " << c.component << " " << c.outcome << " (was " << c.previous_state << "): " << c.path
         << "\n";
@@ -150,11 +171,13 @@ class PipelineImpl : public Pipeline {
     int vae_encoder_tensors = 0;
     for (const auto* store : {f.text_encoder.get(), f.unet.get(), f.vae.get()})
       for (const std::string& name : store->unused()) {
-        // The VAE encoder belongs to the model (img2img uses it); txt2img just does not load it.
+        // The VAE encoder belongs to the model (img2img uses it); txt2img just does not load it. Nor the decoder
+        // when a TAESD replaces it.
         if (store == f.vae.get() && (name.starts_with("encoder.") || name.starts_with("quant_conv."))) {
           ++vae_encoder_tensors;
           continue;
         }
+        if (store == f.vae.get() && txt2img_.taesd_decodes()) continue;
         ignored.push_back(store->component() + ": " + name);
       }
     s << "vae encoder:  "
@@ -182,6 +205,7 @@ class PipelineImpl : public Pipeline {
     p.height = o.height;
     p.clip_skip = o.clip_skip;
     p.cfg_scale = o.cfg_scale;
+    if (txt2img_.taesd_decodes()) p.vae = model_name(txt2img_.taesd()->path);
     p.seed = seed;
     img.parameters = format_a1111_parameters(p);
     return img;
@@ -201,6 +225,8 @@ uint64_t random_seed() {
 void validate(const GenerateOptions& options) {
   if (options.batch_count < 1 || options.batch_count > 1000)
     throw InvalidArgument("batch count must be between 1 and 1000", "batch_count");
+  if (options.preview_every < 0 || options.preview_every > 1000)
+    throw InvalidArgument("preview every must be between 0 (no previews) and 1000 steps", "preview_every");
   validate(request_for(options, 0));
 }
 
@@ -213,9 +239,14 @@ std::vector<std::string> sampler_names() { return scheduler_names(); }
 std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const LoadOptions& options) {
   if (options.threads < 0) throw InvalidArgument("threads must be >= 0");
   const ComputeType compute = resolve_precision(options.precision);  // refuses bad names before any loading
+  if (!options.vae_path.empty() && !options.preview_vae_path.empty())
+    throw InvalidArgument("give a preview VAE only without --vae: the --vae TAESD makes the previews too");
   setup_threads(options.threads, options.pin_threads);
+  TaesdOptions taesd;
+  if (!options.vae_path.empty()) taesd = {open_taesd(options.vae_path), /*replaces_vae=*/true};
+  if (!options.preview_vae_path.empty()) taesd = {open_taesd(options.preview_vae_path), /*replaces_vae=*/false};
   return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute,
-                                        MemoryOptions{options.weight_cache_dir, options.low_memory});
+                                        MemoryOptions{options.weight_cache_dir, options.low_memory}, std::move(taesd));
 }
 
 void Image::save_png(const std::string& path) const {

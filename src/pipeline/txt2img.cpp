@@ -93,10 +93,34 @@ ModelFiles with_compute_type(ModelFiles files, ComputeType compute) {
   return files;
 }
 
+// A TAESD must decode the latents this model's UNet makes: as many channels (taesd3/taef1's 16 on an SD 1.x model
+// would be noise; taesd and taesdxl share 4 channels, which no file tells apart), and images as many times larger
+// as the model's VAE makes them.
+void check_taesd_fits(const TaesdFiles& taesd, const ModelFiles& model) {
+  const int unet_channels = model.unet_config.out_channels;
+  if (taesd.config.latent_channels != unet_channels || taesd.config.latent_channels != model.vae_config.latent_channels)
+    throw ModelError(taesd.path + ": a TAESD for the wrong latent space: it decodes " +
+                     std::to_string(taesd.config.latent_channels) + "-channel latents, and this model's UNet makes " +
+                     std::to_string(unet_channels) + "-channel ones");
+  const size_t taesd_levels = taesd.config.decoder_block_out_channels.size();
+  int64_t taesd_upscale = 1;
+  for (size_t i = 1; i < taesd_levels; ++i) taesd_upscale *= taesd.config.upsampling_scaling_factor;
+  const int64_t vae_upscale = int64_t{1} << (model.vae_config.block_out_channels.size() - 1);
+  if (taesd_upscale != vae_upscale)
+    throw ModelError(taesd.path + ": this TAESD makes images " + std::to_string(taesd_upscale) +
+                     "x larger than its latents, this model's VAE " + std::to_string(vae_upscale) + "x");
+}
+
+// The model's files, once the TAESD (if any) is known to fit them: checked before any network is built.
+ModelFiles checked_against(ModelFiles files, const TaesdOptions& taesd) {
+  if (taesd.files) check_taesd_fits(*taesd.files, files);
+  return files;
+}
+
 }  // namespace
 
-Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOptions memory)
-    : files_(with_compute_type(std::move(files), compute)),
+Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOptions memory, TaesdOptions taesd)
+    : files_(with_compute_type(checked_against(std::move(files), taesd), compute)),
       compute_(compute),
       memory_(std::move(memory)),
       arena_(std::make_unique<ActivationArena>()),
@@ -107,12 +131,22 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
                                                            weight_cache_status_[0])),
       unet_(build_with_weight_cache<UNet2DConditionModel>(
           files_.unet_config, *files_.unet, compute, memory_.weight_cache_dir, unet_weights_, weight_cache_status_[1])),
-      vae_decoder_(build_with_weight_cache<VaeDecoder>(
-          files_.vae_config, *files_.vae, compute, memory_.weight_cache_dir, vae_weights_, weight_cache_status_[2])),
+      vae_decoder_(taesd.files && taesd.replaces_vae
+                       ? std::nullopt
+                       : std::make_optional(build_with_weight_cache<VaeDecoder>(files_.vae_config, *files_.vae, compute,
+                                                                                memory_.weight_cache_dir, vae_weights_,
+                                                                                weight_cache_status_[2]))),
       scheduler_config_(parse_scheduler_config(files_.scheduler_config_json, files_.scheduler_config_path.empty()
                                                                                  ? SettingSource::single_file_default
                                                                                  : SettingSource::file)) {
   if (memory_.weight_cache_dir.empty()) weight_cache_status_.clear();
+  std::erase_if(weight_cache_status_, [](const WeightCacheStatus& s) { return s.component.empty(); });  // no VAE
+  if (taesd.files) {
+    // Small (10 MB in fp32 for madebyollin/taesd): packed at load, never cached on disk.
+    taesd.files->weights->set_compute_type(compute);
+    taesd_decoder_.emplace(taesd.files->config, *taesd.files->weights);
+    taesd_files_ = std::move(taesd.files);
+  }
   // Built from the cache, the networks have not touched their weights' pages; a network maps them when it runs.
   for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_}) {
     if (cache) {
@@ -132,7 +166,7 @@ void Txt2ImgPipeline::end_stage() const {
   // arena's front, or, should it be taken, to a heap buffer that the next stage may reuse; without, the heap's
   // free memory goes back to the system. (Inside the networks' passes kernels take their scratch from the
   // arena, so the thread slots released above are only those of kernels run outside a pass.)
-  const bool weights_copied_in = text_encoder_weights_ && unet_weights_ && vae_weights_;
+  const bool weights_copied_in = text_encoder_weights_ && unet_weights_ && (vae_weights_ || !vae_decoder_);
   if (!weights_copied_in) release_free_memory();
 }
 
@@ -216,12 +250,27 @@ Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& 
 }
 
 Tensor Txt2ImgPipeline::decode_latents(const Tensor& latents) const {
+  if (!vae_decoder_) return taesd_decode(latents);
   // latents / scaling_factor, divided (not multiplied by the reciprocal) to round as diffusers does.
   Tensor scaled(latents.shape());
   for (int64_t j = 0; j < latents.numel(); ++j) scaled[j] = latents[j] / files_.vae_config.scaling_factor;
   const PackedWeightCache::Use weights(vae_weights_.get());
   ActivationArena::Pass pass(arena_.get(), "vae_decoder " + shape_to_string(scaled.shape()));
-  return pass.output(vae_decoder_.forward(scaled));
+  return pass.output(vae_decoder_->forward(scaled));
+}
+
+Tensor Txt2ImgPipeline::preview_latents(const Tensor& latents) const {
+  if (!taesd_decoder_) throw InvalidArgument("previews need a TAESD (--vae or --preview-vae)");
+  return taesd_decode(latents);
+}
+
+// StableDiffusionPipeline with vae=AutoencoderTiny divides by the TAESD's own scaling_factor (1.0), not the model
+// VAE's 0.18215: TAESD decodes the UNet's latents as they are.
+Tensor Txt2ImgPipeline::taesd_decode(const Tensor& latents) const {
+  Tensor scaled(latents.shape());
+  for (int64_t j = 0; j < latents.numel(); ++j) scaled[j] = latents[j] / taesd_files_->config.scaling_factor;
+  ActivationArena::Pass pass(arena_.get(), "taesd_decoder " + shape_to_string(scaled.shape()));
+  return pass.output(taesd_decoder_->forward(scaled));
 }
 
 ResolvedSchedulerConfig Txt2ImgPipeline::scheduler_settings(const Txt2ImgRequest& request) const {

@@ -18,6 +18,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,7 +26,9 @@
 #include "core/tensor.h"
 #include "core/torch_rng.h"
 #include "formats/model_files.h"
+#include "formats/taesd_files.h"
 #include "nets/clip_text.h"
+#include "nets/taesd.h"
 #include "nets/unet.h"
 #include "nets/vae.h"
 #include "pipeline/weight_cache.h"
@@ -85,11 +88,21 @@ struct MemoryOptions {
   bool low_memory = false;
 };
 
+// A TAESD (nets/taesd.h) beside the model's VAE or instead of it (README, "TAESD").
+struct TaesdOptions {
+  std::optional<TaesdFiles> files;  // none: no TAESD
+  // true: the TAESD decodes every image, and the model's VAE decoder is not built (`--vae`); false: it only
+  // decodes previews of the latents while they are denoised (`--preview-vae`).
+  bool replaces_vae = false;
+};
+
 class Txt2ImgPipeline {
  public:
   // Builds every network, computing in `compute` (core/compute_type.h): fp32 matches diffusers within 1e-4; bf16
   // packs the text encoder, UNet and VAE weights as bfloat16 (half the memory) and runs their products in bf16.
-  explicit Txt2ImgPipeline(ModelFiles files, ComputeType compute = ComputeType::f32, MemoryOptions memory = {});
+  // A TAESD whose latent space is not the model's (other latent channels, or another upscale) is a ModelError.
+  explicit Txt2ImgPipeline(ModelFiles files, ComputeType compute = ComputeType::f32, MemoryOptions memory = {},
+                           TaesdOptions taesd = {});
 
   // Called after every scheduler step with the step index and the new latents.
   using StepCallback = std::function<void(int step, int steps, const Tensor& latents)>;
@@ -118,8 +131,15 @@ class Txt2ImgPipeline {
   Tensor denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings, float cfg_scale,
                       TorchGenerator& generator) const;
 
-  // VAE decode of final latents (divided by the scaling factor first): [B, 3, H, W] in about [-1, 1].
+  // VAE decode of final latents (divided by the scaling factor first): [B, 3, H, W] in about [-1, 1]. By the
+  // TAESD when it replaces the VAE (TaesdOptions::replaces_vae).
   Tensor decode_latents(const Tensor& latents) const;
+  // The TAESD's decode of latents at any step, for a preview: [B, 3, H, W] in about [-1, 1]. InvalidArgument when
+  // the pipeline has no TAESD.
+  Tensor preview_latents(const Tensor& latents) const;
+  // The TAESD, when one was given (null otherwise), and whether it decodes the images.
+  const TaesdFiles* taesd() const { return taesd_files_ ? &*taesd_files_ : nullptr; }
+  bool taesd_decodes() const { return !vae_decoder_.has_value(); }
 
   // Prompt embeddings [batch, 77, hidden] for the given prompts.
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
@@ -158,8 +178,12 @@ class Txt2ImgPipeline {
   ClipTokenizer tokenizer_;
   ClipTextModel text_encoder_;
   UNet2DConditionModel unet_;
-  VaeDecoder vae_decoder_;
+  std::optional<VaeDecoder> vae_decoder_;  // absent when the TAESD decodes the images
   StoredSchedulerConfig scheduler_config_;
+  std::optional<TaesdFiles> taesd_files_;
+  std::optional<TaesdDecoder> taesd_decoder_;
+
+  Tensor taesd_decode(const Tensor& latents) const;
 };
 
 }  // namespace sdcpu
