@@ -192,31 +192,40 @@ struct Txt2ImgPipeline::Denoising {
   int request = 0;  // its index in run_batch()'s requests
 };
 
-void Txt2ImgPipeline::denoise_step(std::vector<Denoising*>& batch, int i) const {
+// The UNet's batch is [uncond of every member, cond of every member], as diffusers' cat([latents] * 2) is for one;
+// these are its embeddings, in that order. One member's are its own; a batch's change only when a member leaves.
+Tensor Txt2ImgPipeline::batch_embeddings(const std::vector<Denoising*>& batch) {
+  if (batch.size() == 1) return batch.front()->embeddings;
+  const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
+  std::vector<Tensor> uncond, cond;
+  for (const Denoising* d : batch) {
+    const int64_t n = d->latents.dim(0);
+    if (guided) {
+      uncond.push_back(d->embeddings.slice0(0, n));
+      cond.push_back(d->embeddings.slice0(n, 2 * n));
+    } else {
+      cond.push_back(d->embeddings);
+    }
+  }
+  uncond.insert(uncond.end(), cond.begin(), cond.end());
+  return concat0(uncond);
+}
+
+void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i) const {
   const Scheduler& schedule = *batch.front()->scheduler;  // every member has the same timesteps
   const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
-  // The UNet's batch is [uncond of every member, cond of every member], as diffusers' cat([latents] * 2) is for
-  // one: the scaled latents twice, the embeddings' halves in the same order.
-  std::vector<Tensor> inputs, uncond_embeddings, cond_embeddings;
+  // The scaled latents of every member, twice with guidance (the order batch_embeddings() gives).
+  std::vector<Tensor> inputs;
   int64_t images = 0;
   for (Denoising* d : batch) {
-    const int64_t n = d->latents.dim(0);
     inputs.push_back(d->scheduler->scale_model_input(d->latents, i));
-    if (guided) {
-      uncond_embeddings.push_back(d->embeddings.slice0(0, n));
-      cond_embeddings.push_back(d->embeddings.slice0(n, 2 * n));
-    } else {
-      cond_embeddings.push_back(d->embeddings);
-    }
-    images += n;
+    images += d->latents.dim(0);
   }
   if (guided) {
     const std::vector<Tensor> once = inputs;
     inputs.insert(inputs.end(), once.begin(), once.end());
   }
-  uncond_embeddings.insert(uncond_embeddings.end(), cond_embeddings.begin(), cond_embeddings.end());
   const Tensor scaled = inputs.size() == 1 ? inputs.front() : concat0(inputs);
-  const Tensor embeddings = uncond_embeddings.size() == 1 ? uncond_embeddings.front() : concat0(uncond_embeddings);
   const PackedWeightCache::Use weights(unet_weights_.get());  // run_batch() holds one across all steps
   const Tensor noise_pred = [&] {
     ActivationArena::Pass pass(arena_.get(),
@@ -244,8 +253,7 @@ void Txt2ImgPipeline::denoise_step(std::vector<Denoising*>& batch, int i) const 
 Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
                                      float cfg_scale, TorchGenerator& generator) const {
   Denoising d{&scheduler, generator, latents, embeddings, cfg_scale, 0};
-  std::vector<Denoising*> batch{&d};
-  denoise_step(batch, i);
+  denoise_step({&d}, embeddings, i);
   return d.latents;
 }
 
@@ -359,12 +367,16 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   // The UNet's weights stay in memory for the whole loop (each step's own Use is then only a count), and leave
   // before the VAE decoder takes its own.
   std::optional<PackedWeightCache::Use> unet_weights(unet_weights_.get());
+  Tensor embeddings = batch_embeddings(batch);
   for (int i = 0; i < steps && !batch.empty(); ++i) {
     t0 = std::chrono::steady_clock::now();
-    denoise_step(batch, i);
+    denoise_step(batch, embeddings, i);
     step_times.push_back(seconds_since(t0));
     // A member the callback lets go leaves the batch: the next step's UNet runs without it.
-    if (on_step) std::erase_if(batch, [&](Denoising* d) { return !on_step(d->request, i, steps, d->latents); });
+    if (!on_step) continue;
+    const size_t members = batch.size();
+    std::erase_if(batch, [&](Denoising* d) { return !on_step(d->request, i, steps, d->latents); });
+    if (!batch.empty() && batch.size() != members) embeddings = batch_embeddings(batch);
   }
   unet_weights.reset();
   end_stage();

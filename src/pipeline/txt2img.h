@@ -157,9 +157,11 @@ class Txt2ImgPipeline {
 
  private:
   struct Denoising;
-  // One step of the loop for every member of a batch: one UNet call, then each member's guidance mix and
-  // scheduler step.
-  void denoise_step(std::vector<Denoising*>& batch, int i) const;
+  // The UNet's embeddings for a batch: [uncond of every member, cond of every member].
+  static Tensor batch_embeddings(const std::vector<Denoising*>& batch);
+  // One step of the loop for every member of a batch: one UNet call on `embeddings` (batch_embeddings(batch)),
+  // then each member's guidance mix and scheduler step.
+  void denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i) const;
 
   // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to
   // the system (MemoryOptions).
