@@ -17,12 +17,11 @@
 #include "core/threads.h"
 #include "kernels/fma_peak.h"
 #include "nets/vae.h"
-#include "pipeline/precision.h"
 #include "pipeline/image_quality.h"
+#include "pipeline/precision.h"
 #include "pipeline/txt2img.h"
 
 namespace sdcpu {
-namespace {
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -30,6 +29,14 @@ double median(std::vector<double> v) {
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
+
+std::string fixed(double v, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+namespace {
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {
   double m = 0;
@@ -178,12 +185,6 @@ TaesdComparison compare_with_full_vae(const ModelFiles& files, const Txt2ImgPipe
   c.full_vae_decode_s = median(times);
   c.psnr_db_vs_full_vae = image_psnr_db(taesd_run.image, image);
   return c;
-}
-
-std::string fixed(double v, int decimals) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
 }
 
 }  // namespace

@@ -19,6 +19,11 @@ namespace sdcpu {
 // Throws InvalidArgument naming the first bad option (before loading anything).
 void validate(const BenchOptions& options);
 
+// How the benchmarks (bench, bench --quality) summarize and print their figures: the median of the runs (0 for
+// none), and a number with `decimals` decimals ("inf" for infinity).
+double median(std::vector<double> values);
+std::string fixed(double v, int decimals);
+
 struct CpuInfo {
   std::string model;             // "model name" from /proc/cpuinfo
   std::vector<std::string> isa;  // of avx2, avx512, avx512_bf16, amx, in that order

@@ -45,20 +45,6 @@ constexpr QualityPrompt kPrompts[] = {
 };
 constexpr int kPromptCount = static_cast<int>(sizeof kPrompts / sizeof kPrompts[0]);
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-std::string fixed(double v, int decimals) {
-  if (std::isinf(v)) return "inf";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
-}
-
 // A mode under test, as named on the command line. Today a precision; step caching, token merging and int8 join
 // here as they land, each judged by the same reference.
 struct QualityMode {
