@@ -37,15 +37,17 @@ Versions expected: diffusers 0.27.2, Debian's torch 1.13.1 (reports 1.13.0a0), n
 torch.set_num_threads(2). The output is byte-for-byte reproducible.
 """
 import argparse
-import json
 import os
-import struct
+import sys
 
 import numpy as np
 import torch
 
 import diffusers
 from diffusers import AutoencoderTiny, DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_pipeline_goldens import write_golden  # noqa: E402  (the goldens' safetensors writer)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -69,26 +71,6 @@ TINY_CONFIG = dict(in_channels=3, out_channels=3, encoder_block_out_channels=(8,
 LAST_CONV_SCALE = 0.3
 FULL_CONFIG = dict(TINY_CONFIG, encoder_block_out_channels=(64, 64, 64, 64),
                    decoder_block_out_channels=(64, 64, 64, 64))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# safetensors as the other goldens: header JSON with __metadata__ first, tensors by name, padded to 8 bytes.
-_DT = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
-
-
-def write_golden(path, tensors, metadata):
-    header = {"__metadata__": dict(metadata)}
-    chunks, off = [], 0
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        data = a.astype(a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _DT[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(data)]}
-        chunks.append(data)
-        off += len(data)
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)) + hb + b"".join(chunks))
 
 
 # ----------------------------------------------------------------------------------------------------------
