@@ -24,18 +24,9 @@ CLIENTS=${CLIENTS:-4} JOBS=${JOBS:-12} MAX_BATCHES=${MAX_BATCHES:-"1 2 4"} ROUND
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sdcpu-serve-batching.XXXXXX")
 OUT=${OUT:-$WORK/reports}
 mkdir -p "$OUT"
-SERVER_PID=""
-stop_server() {
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
-  rm -rf "$WORK/data"
-}
-trap stop_server EXIT
+SDCPU=$BUILD/sdcpu
+source "$(dirname "$0")/serve_common.sh"
+trap 'stop_server; rm -rf "$WORK/data"' EXIT
 trap 'exit 130' INT TERM
 
 BODY=$(printf '{"prompt": "a lighthouse at dusk", "width": %d, "height": %d, "steps": %d, "sampler": "%s", "cfg_scale": %s, "seed": 42}' \
@@ -44,19 +35,11 @@ echo "serve_batching: $MODEL ${WIDTH}x${HEIGHT}, $STEPS steps, $SAMPLER, cfg $CF
   "max batch $MAX_BATCHES, $ROUNDS rounds; extra: ${EXTRA[*]:-(none)}; reports in $OUT"
 for ((round = 1; round <= ROUNDS; ++round)); do
   for mb in $MAX_BATCHES; do
-    "$BUILD/sdcpu" serve --model "m=$MODEL" --listen 127.0.0.1:0 --data-dir "$WORK/data" --max-batch "$mb" \
-      "${EXTRA[@]}" >"$WORK/serve.out" 2>"$WORK/serve.err" &
-    SERVER_PID=$!
-    URL=""
-    for _ in $(seq 6000); do
-      kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server exited: $(cat "$WORK/serve.err")" >&2; exit 1; }
-      URL=$(sed -n 's|^sdcpu serve: listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$WORK/serve.out" | head -1)
-      [[ -n $URL ]] && break
-      sleep 0.1
-    done
+    start_server "$WORK/serve" --model "m=$MODEL" --data-dir "$WORK/data" --max-batch "$mb" "${EXTRA[@]}"
     "$BUILD/bench_service_load" --url "$URL" --server-pid "$SERVER_PID" --body "$BODY" --clients "$CLIENTS" \
       --jobs "$JOBS" --warmup 1 --label "max batch $mb" --json "$OUT/max-batch-$mb-round-$round.json" >/dev/null
     stop_server
+    rm -rf "$WORK/data"
     /usr/bin/python3 - "$OUT/max-batch-$mb-round-$round.json" "$mb" "$round" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -57,15 +57,10 @@ done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sdcpu-serve-load.XXXXXX")
 OUT=${OUT:-$WORK/reports}
 mkdir -p "$OUT"
-SERVER_PID=""
+source "$(dirname "$0")/serve_common.sh"
 
 cleanup() {
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  stop_server
   rm -rf "$WORK/data"
   [[ $OUT == "$WORK"/* ]] || rm -rf "$WORK"  # a given OUT keeps everything worth keeping
 }
@@ -96,25 +91,7 @@ STATUS=0
 [[ -n ${SKIP_BENCH:-} || -z ${BENCH_BEFORE:-} ]] || run_bench bench-before
 
 # --- the server -------------------------------------------------------------------------------------------------
-"$SDCPU" serve --model "m=$MODEL" --listen 127.0.0.1:0 --data-dir "$WORK/data" "${EXTRA[@]}" \
-  >"$OUT/serve.out" 2>"$OUT/serve.err" &
-SERVER_PID=$!
-URL=""
-for _ in $(seq $((START_TIMEOUT_S * 10))); do
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    echo "serve_load: the server exited:" >&2; cat "$OUT/serve.err" >&2; exit 1
-  fi
-  URL=$(sed -n 's|^sdcpu serve: listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$OUT/serve.out" | head -1)
-  [[ -n $URL ]] && break
-  sleep 0.1
-done
-[[ -n $URL ]] || { echo "serve_load: no listening line within ${START_TIMEOUT_S}s" >&2; exit 1; }
-HEALTHY=""
-for _ in $(seq 100); do
-  if curl -sf --max-time 2 "$URL/healthz" >/dev/null 2>&1; then HEALTHY=1; break; fi
-  sleep 0.1
-done
-[[ -n $HEALTHY ]] || { echo "serve_load: $URL/healthz did not answer within 10 s" >&2; exit 1; }
+start_server "$OUT/serve" --model "m=$MODEL" --data-dir "$WORK/data" "${EXTRA[@]}"
 echo "serve_load: server pid $SERVER_PID at $URL"
 
 BODY=$(printf '{"prompt": "a lighthouse at dusk", "width": %d, "height": %d, "steps": %d, "sampler": "%s", "cfg_scale": %s, "seed": 42}' \
@@ -135,7 +112,6 @@ COMMON=(--url "$URL" --server-pid "$SERVER_PID" --body "$BODY" --timeout-s "$RUN
 echo "serve_load: server VmHWM $(awk '/^VmHWM/ {printf "%.1f MB", $2 / 1024}' "/proc/$SERVER_PID/status")"
 
 cleanup
-SERVER_PID=""
 
 # --- sdcpu bench on the same request ----------------------------------------------------------------------------
 [[ -n ${SKIP_BENCH:-} ]] || run_bench bench
