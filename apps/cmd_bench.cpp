@@ -97,6 +97,7 @@ Command add_bench_command(CLI::App& app) {
   cli->add_option("--steps", o.steps, "Denoising steps")->capture_default_str();
   add_sampler_option(*cli, o.sampler, "Sampler (AUTOMATIC1111's name)");
   cli->add_option("--cfg-scale", o.cfg_scale, "Classifier-free guidance scale")->capture_default_str();
+  add_step_cache_options(*cli, o.cache_interval, o.cache_branch);
   // Checked by bench() rather than by CLI11 so that bf16 on a CPU without it gets its own message.
   cli->add_option("--precision", o.precision, "fp32, bf16 or auto (bf16 where the CPU has it)")->capture_default_str();
   cli->add_option("--batch-sizes", a->batch_sizes, "Images per UNet call to measure, e.g. 1,2,4,8")
@@ -110,7 +111,9 @@ Command add_bench_command(CLI::App& app) {
   cli->add_flag("--quality", a->quality,
                 "Quality against fp32 instead: a fixed set of prompts and seeds in fp32 and in each --modes, with "
                 "time, PSNR, SSIM and latent error per mode");
-  cli->add_option("--modes", a->modes, "With --quality: the modes to test, comma-separated (fp32, bf16, auto)")
+  cli->add_option("--modes", a->modes,
+                  "With --quality: the modes to test, comma-separated: fp32, bf16 or auto, each optionally with step "
+                  "caching +cacheN[+branchB], e.g. bf16,bf16+cache3")
       ->capture_default_str();
   cli->add_option("--prompts", a->prompts, "With --quality: how many of the 16 fixed prompts (1..16)")
       ->capture_default_str();

@@ -54,6 +54,18 @@ inline void add_timestep_spacing_option(CLI::App& cli, std::string& spacing) {
       ->check(CLI::IsMember({"leading", "linspace", "trailing"}));
 }
 
+// --cache-interval N, --cache-branch B: step caching (README, "Step caching").
+inline void add_step_cache_options(CLI::App& cli, int& interval, int& branch) {
+  cli.add_option("--cache-interval", interval,
+                 "Step caching (DeepCache): the UNet runs in full every N steps and only its shallow layers in "
+                 "between (1: off; 3 to 5 is about 2-3x faster, at a quality cost bench --quality measures)")
+      ->capture_default_str();
+  cli.add_option("--cache-branch", branch,
+                 "With --cache-interval: how deep the cached steps run (0: shallowest and fastest; up to 11 for SD "
+                 "1.x, deeper is slower and closer to the uncached image)")
+      ->capture_default_str();
+}
+
 Command add_generate_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);

@@ -354,7 +354,7 @@ submit '{"prompt": "一只猫, a cat", "negative_prompt": "blurry, low quality",
   "sampler": "dpmpp_2m_karras", "seed": 11, "batch_count": 2, "cfg_scale": 5}'
 j2=$id
 submit '{"prompt": "a green cone", "width": 64, "height": 64, "steps": 3, "sampler": "ddim", "seed": 4000000000,
-  "clip_skip": 1, "timestep_spacing": "trailing"}'
+  "clip_skip": 1, "timestep_spacing": "trailing", "cache_interval": 2, "cache_branch": 1}'
 j3=$id
 gen "$tmp/g1.png" --prompt "a red cube" --steps 3 --sampler euler_a --seed 7 --cfg-scale 7.5
 gen "$tmp/g2.png" --prompt "一只猫, a cat" --negative-prompt "blurry, low quality" --steps 4 --sampler dpmpp_2m_karras \
@@ -362,7 +362,7 @@ gen "$tmp/g2.png" --prompt "一只猫, a cat" --negative-prompt "blurry, low qua
 gen "$tmp/g2b.png" --prompt "一只猫, a cat" --negative-prompt "blurry, low quality" --steps 4 --sampler dpmpp_2m_karras \
   --seed 12 --cfg-scale 5
 gen "$tmp/g3.png" --prompt "a green cone" --steps 3 --sampler ddim --seed 4000000000 --clip-skip 1 \
-  --timestep-spacing trailing
+  --timestep-spacing trailing --cache-interval 2 --cache-branch 1
 for jid in "$j1" "$j2" "$j3"; do
   wait_job "$jid" 60 && [ "$jstatus" = succeeded ] && ok || fail "job $jid: $jstatus $(head -c 400 "$tmp/job.json")"
 done
@@ -382,7 +382,9 @@ same "native dpmpp_2m_karras + negative prompt, image 0 vs generate --seed 11" "
 call GET "/v1/jobs/$j2/images/1.png"; cp "$tmp/body" "$tmp/s2b.png"
 same "native batch_count 2, image 1 vs generate --seed 12" "$tmp/s2b.png" "$tmp/g2b.png"
 call GET "/v1/jobs/$j3/images/0.png"; cp "$tmp/body" "$tmp/s3.png"
-same "native ddim + clip_skip + trailing vs generate" "$tmp/s3.png" "$tmp/g3.png"
+same "native ddim + clip_skip + trailing + step caching vs generate" "$tmp/s3.png" "$tmp/g3.png"
+h pngcheck "$tmp/s3.png" "'DeepCache interval: 2, DeepCache branch: 1' in t['parameters']" &&
+  ok || fail "step caching in the PNG's parameters: $(h pngcheck "$tmp/s3.png" "print(t) or 1")"
 h pngcheck "$tmp/s2b.png" \
   "(w, h) == (64, 64) and 'Seed: 12,' in t['parameters'] and t['parameters'].startswith('一只猫')" &&
   ok || fail "the PNG's parameters text: $(h pngcheck "$tmp/s2b.png" "print(t) or 1")"

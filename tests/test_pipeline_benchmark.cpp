@@ -39,6 +39,33 @@ TEST(BenchFlops, Sd15UNetStepMatchesIssueFigures) {
   EXPECT_THROW(count_unet_flops(config, 0, 64, 64), InvalidArgument);
 }
 
+// Step caching's shallow passes (nets/unet.h UNetStepCache). Branch 0 at 512x512, guided, counted by hand: the
+// time embedding, conv_in, up_blocks.3's last resnet (640 -> 320 with its 1x1 shortcut) and its transformer (320
+// channels, 4096 tokens, 77 context tokens of 768), conv_out: 126.50 GFLOP, 1/12.7 of the full pass.
+TEST(BenchFlops, ShallowPassesCountOnlyTheLayersAboveTheCut) {
+  const UNetConfig config = sd15_unet_config();
+  const double full = count_unet_flops(config, 2, 64, 64).total();
+  EXPECT_NEAR(count_unet_flops(config, 2, 64, 64, 77, 0).total() / 1e9, 126.504, 0.001);
+  double previous = 0;
+  for (int branch = 0; branch < 12; ++branch) {  // deeper cuts recompute more, never all
+    SCOPED_TRACE("branch " + std::to_string(branch));
+    const double shallow = count_unet_flops(config, 2, 64, 64, 77, branch).total();
+    EXPECT_GT(shallow, previous);
+    EXPECT_LT(shallow, full);
+    previous = shallow;
+  }
+  EXPECT_THROW(count_unet_flops(config, 2, 64, 64, 77, 12), InvalidArgument);
+}
+
+// CLIP ViT-L/14's text transformer, 2 prompts of 77 tokens: 12 layers of 4 x 768^2 + 2 x 768 x 3072 per token, and
+// the two 77 x 77 attention products: 26.60 GFLOP.
+TEST(BenchFlops, ClipTextEncoderIsCounted) {
+  const ClipTextConfig c;  // the CLIP ViT-L/14 defaults
+  EXPECT_NEAR(count_clip_text_flops(c, 2) / 1e9, 26.597, 0.001);
+  EXPECT_NEAR(count_clip_text_flops(c, 2), 2 * count_clip_text_flops(c, 1), 1.0);
+  EXPECT_THROW(count_clip_text_flops(c, 0), InvalidArgument);
+}
+
 TEST(BenchFlops, Sd15VaeDecodeMatchesIssueFigures) {
   // SD 1.5's VAE (the diffusers default config: 128/256/512/512, 2 layers per block): 2515 GFLOP per decode at
   // 512x512 (a 64x64 latent), 622 at 256x256, almost all of it 3x3 convolutions.
@@ -77,10 +104,29 @@ TEST(Bench, TinyModelReportHasEveryField) {
   o.batch_sizes = {1, 2};
   const BenchReport report = run_benchmark(o);
   const auto j = nlohmann::json::parse(to_json(report));
-  for (const char* key :
-       {"threads", "width", "height", "steps", "load_s", "first_image_s", "text_encode_s", "unet_step_s",
-        "vae_decode_s", "total_s", "peak_rss_mb", "unet_gflop_per_step", "unet_gflops_achieved", "machine_peak_gflops",
-        "unet_efficiency", "vae_gflop_per_decode", "vae_gflops_achieved", "vae_efficiency"}) {
+  for (const char* key : {"threads",
+                          "width",
+                          "height",
+                          "steps",
+                          "load_s",
+                          "first_image_s",
+                          "text_encode_s",
+                          "unet_step_s",
+                          "vae_decode_s",
+                          "total_s",
+                          "peak_rss_mb",
+                          "unet_gflop_per_step",
+                          "unet_gflops_achieved",
+                          "machine_peak_gflops",
+                          "unet_efficiency",
+                          "vae_gflop_per_decode",
+                          "vae_gflops_achieved",
+                          "vae_efficiency",
+                          "text_encoder_gflop",
+                          "unet_gflop_per_image",
+                          "image_gflop",
+                          "image_flop_bound_s",
+                          "total_vs_flop_bound"}) {
     SCOPED_TRACE(key);
     ASSERT_TRUE(j.contains(key));
     EXPECT_GT(j.at(key).get<double>(), 0.0);
@@ -93,6 +139,28 @@ TEST(Bench, TinyModelReportHasEveryField) {
   EXPECT_TRUE(j.at("psnr_db_vs_fp32").is_null());
   EXPECT_LE(report.unet_efficiency, 1.5);  // a sanity bound: far above 1 would mean a wrong count or peak
   EXPECT_FALSE(format_table(report).empty());
+}
+
+// With step caching the report tells full and shallow passes apart, and counts each image's UNet work from both.
+TEST(Bench, StepCachingIsReported) {
+  BenchOptions o;
+  o.model_path = testing::fixture("tiny-sd");
+  o.width = o.height = 64;
+  o.steps = 3;
+  o.runs = 1;
+  o.cache_interval = 2;  // full passes at steps 0 and 2, a shallow one at step 1
+  o.cache_branch = 1;
+  const BenchReport r = run_benchmark(o);
+  EXPECT_EQ(r.unet_full_passes, 2);
+  EXPECT_EQ(r.unet_shallow_passes, 1);
+  EXPECT_GT(r.unet_shallow_step_s, 0.0);
+  EXPECT_GT(r.unet_shallow_flops.total(), 0.0);
+  EXPECT_LT(r.unet_shallow_flops.total(), r.unet_flops.total());
+  EXPECT_DOUBLE_EQ(r.unet_flops_per_image, 2 * r.unet_flops.total() + r.unet_shallow_flops.total());
+  EXPECT_NE(format_table(r).find("unet shallow step"), std::string::npos);
+  const auto j = nlohmann::json::parse(to_json(r));
+  EXPECT_EQ(j.at("cache_interval"), 2);
+  EXPECT_EQ(j.at("cache_branch"), 1);
 }
 
 // bf16 runs the quality check: the same request in fp32, compared. On the tiny random model bf16 moves the

@@ -76,7 +76,7 @@ TEST(QualityBench, ComparesEveryModeWithTheFp32Reference) {
   o.height = 64;
   o.steps = 3;
   o.prompts = 2;
-  o.modes = {"fp32"};
+  o.modes = {"fp32", "fp32+cache2+branch1"};
   if (cpu_has_native_bf16()) o.modes.push_back("bf16");
   const BenchResult r = bench_quality(o);
   const auto j = nlohmann::json::parse(r.json);
@@ -90,9 +90,14 @@ TEST(QualityBench, ComparesEveryModeWithTheFp32Reference) {
   EXPECT_EQ(fp32.at("latent_max_abs").get<double>(), 0.0);
   ASSERT_EQ(fp32.at("per_prompt").size(), 2u);
   EXPECT_EQ(fp32.at("per_prompt")[1].at("seed"), 1002);
-  if (o.modes.size() == 2) {
+  // Step caching: the same precision, another computation (step 1 of 3 is shallow): close, not equal.
+  const auto& cached = j.at("modes")[1];
+  EXPECT_EQ(cached.at("mode"), "fp32+cache2+branch1");
+  EXPECT_GT(cached.at("psnr_db").at("min").get<double>(), 20.0);
+  EXPECT_GT(cached.at("latent_max_abs").get<double>(), 0.0);
+  if (o.modes.size() == 3) {
     // bf16 on the tiny model: close (about 55 dB here) but not equal.
-    const auto& bf16 = j.at("modes")[1];
+    const auto& bf16 = j.at("modes")[2];
     EXPECT_GT(bf16.at("psnr_db").at("min").get<double>(), 35.0);
     EXPECT_LT(bf16.at("psnr_db").at("min").get<double>(), 100.0);
     EXPECT_GT(bf16.at("latent_rel_rms_mean").get<double>(), 0.0);
@@ -105,6 +110,11 @@ TEST(QualityBench, RefusesBadOptionsBeforeLoading) {
   o.model_path = "/nonexistent";
   o.modes = {"fp16"};
   EXPECT_THROW(bench_quality(o), InvalidArgument);
+  for (const char* bad : {"fp32+cache0", "fp32+cache", "fp32+branch1", "fp32+cache3+cache3", "fp32+tome",
+                          "fp32+cache3+branch-1", "fp32+"}) {
+    o.modes = {bad};
+    EXPECT_THROW(bench_quality(o), InvalidArgument) << bad;
+  }
   o.modes = {"fp32"};
   o.prompts = 0;
   EXPECT_THROW(bench_quality(o), InvalidArgument);

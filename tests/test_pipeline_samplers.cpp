@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "core/image_png.h"
 #include "pipeline/generation_parameters.h"
 #include "pipeline/txt2img.h"
 #include "scheduler_fixtures.h"
@@ -87,21 +86,11 @@ TEST(Samplers, EverySamplerMatchesTheRealPipelineCall) {
     EXPECT_EQ(steps_seen, expected.dim(0));
 
     // Images: diffusers' numpy_to_pil rounding; every pixel within 1/255, almost all exact.
-    const Tensor golden_image = g.read_f32("image");
-    const std::vector<uint8_t> ours = image_to_rgb8(result.image, 0);
-    ASSERT_EQ(static_cast<int64_t>(ours.size()), golden_image.numel());
-    int64_t exact = 0, worst = 0;
-    for (int64_t i = 0; i < golden_image.numel(); ++i) {
-      const int64_t want = static_cast<int64_t>(std::nearbyint(golden_image[i] * 255.0f));
-      const int64_t diff = std::llabs(want - ours[i]);
-      worst = std::max(worst, diff);
-      exact += diff == 0;
-    }
-    EXPECT_LE(worst, 1);
-    EXPECT_GE(static_cast<double>(exact) / golden_image.numel(), 0.99);
+    const testing::PixelMatch pixels = testing::compare_pixels(result.image, g.read_f32("image"));
+    EXPECT_LE(pixels.worst, 1);
+    EXPECT_GE(pixels.exact_fraction, 0.99);
     if (std::getenv("SDCPU_TEST_VERBOSE"))
-      std::printf("  %s: %.4f%% pixels exact, worst %lld/255\n", name, 100.0 * exact / golden_image.numel(),
-                  static_cast<long long>(worst));
+      std::printf("  %s: %.4f%% pixels exact, worst %d/255\n", name, 100.0 * pixels.exact_fraction, pixels.worst);
   }
 }
 

@@ -8,7 +8,6 @@
 #include <map>
 
 #include "core/error.h"
-#include "core/image_png.h"
 #include "kernels/tensor_ops.h"
 #include "pipeline/txt2img.h"
 #include "scheduler_fixtures.h"
@@ -153,22 +152,13 @@ void check_golden(const Case& c, Source source, const SafetensorsFile& g, const 
   }
 
   // Images: diffusers' numpy_to_pil rounding; every pixel within 1/255, almost all exact.
-  const Tensor golden_image = g.read_f32("image");  // [1, H, W, 3] in [0, 1]
-  std::vector<uint8_t> ours = image_to_rgb8(image, 0);
-  ASSERT_EQ(static_cast<int64_t>(ours.size()), golden_image.numel());
-  int64_t exact = 0, worst = 0;
-  for (int64_t i = 0; i < golden_image.numel(); ++i) {
-    const int64_t want = static_cast<int64_t>(std::nearbyint(golden_image[i] * 255.0f));
-    const int64_t diff = std::llabs(want - ours[i]);
-    worst = std::max(worst, diff);
-    exact += diff == 0;
-  }
-  EXPECT_LE(worst, 1);
-  EXPECT_GE(static_cast<double>(exact) / golden_image.numel(), 0.99);
+  const testing::PixelMatch pixels = testing::compare_pixels(image, g.read_f32("image"));
+  EXPECT_LE(pixels.worst, 1);
+  EXPECT_GE(pixels.exact_fraction, 0.99);
   if (std::getenv("SDCPU_TEST_VERBOSE"))
-    std::printf("  %s%s: %.4f%% pixels exact, worst %lld/255\n", golden.c_str(),
+    std::printf("  %s%s: %.4f%% pixels exact, worst %d/255\n", golden.c_str(),
                 teacher_forced ? " (teacher-forced)" : (fixture_loop_order ? " (the fixtures' loop order)" : ""),
-                100.0 * exact / golden_image.numel(), static_cast<long long>(worst));
+                100.0 * pixels.exact_fraction, pixels.worst);
 }
 
 void check_case(const Case& c, Source source) {

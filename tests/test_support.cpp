@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/image_png.h"
 
 namespace sdcpu::testing {
 
@@ -128,6 +129,21 @@ std::vector<std::vector<int>> input_id_rows(const SafetensorsFile& golden) {
   std::vector<std::vector<int>> rows;
   for (size_t i = 0; i + seq <= flat.size(); i += seq) rows.emplace_back(flat.begin() + i, flat.begin() + i + seq);
   return rows;
+}
+
+PixelMatch compare_pixels(const Tensor& image, const Tensor& golden_image) {
+  const std::vector<uint8_t> ours = image_to_rgb8(image, 0);
+  EXPECT_EQ(static_cast<int64_t>(ours.size()), golden_image.numel());
+  if (static_cast<int64_t>(ours.size()) != golden_image.numel()) return {0, 255};
+  int64_t exact = 0;
+  int worst = 0;
+  for (int64_t i = 0; i < golden_image.numel(); ++i) {
+    const int want = static_cast<int>(std::nearbyint(golden_image[i] * 255.0f));
+    const int diff = std::abs(want - ours[i]);
+    worst = std::max(worst, diff);
+    exact += diff == 0;
+  }
+  return {static_cast<double>(exact) / static_cast<double>(golden_image.numel()), worst};
 }
 
 }  // namespace sdcpu::testing

@@ -52,6 +52,14 @@ Tensor round_to_bf16(const Tensor& t);
 Tensor nchw_to_nhwc(const Tensor& x);
 Tensor nhwc_to_nchw(const Tensor& x);
 
+// An image [1, 3, H, W] in about [-1, 1] as sdcpu's PNGs hold it (core/image_png.h image_to_rgb8) against a
+// pipeline golden's "image" [1, H, W, 3] in [0, 1], rounded to 8 bits as diffusers' numpy_to_pil does.
+struct PixelMatch {
+  double exact_fraction = 0;  // of the values that agree exactly
+  int worst = 0;              // the largest difference, in 1/255
+};
+PixelMatch compare_pixels(const Tensor& image, const Tensor& golden_image);
+
 // A text-encoder golden's "input_ids" [batch, seq] as one row of token ids per prompt.
 std::vector<std::vector<int>> input_id_rows(const SafetensorsFile& golden);
 

@@ -77,6 +77,12 @@ struct GenerateOptions {
   int height = 512;
   int batch_count = 1;  // images generated one after another
   int clip_skip = 0;    // text encoder layers to skip from the end (0 = last layer)
+  // Step caching (DeepCache, Ma et al. 2023; README "Step caching"): the UNet runs in full every `cache_interval`
+  // steps and keeps its deep features; the steps between reuse them and run only the layers above branch
+  // `cache_branch` (0: the shallowest, fastest; up to 3 x levels - 1, 11 for SD 1.x). 1 = off. An approximation:
+  // `sdcpu bench --quality` measures what it costs.
+  int cache_interval = 1;
+  int cache_branch = 0;
   // Every `preview_every` denoising steps (0: never; the last step is left out, the image follows it), the latents
   // so far decoded by the TAESD (LoadOptions::vae_path or preview_vae_path; InvalidArgument without one) are
   // handed to on_preview with the image's index in the batch and the steps done: a rough picture for a few
@@ -106,7 +112,8 @@ void validate(const GenerateOptions& options);
 using ProgressCallback = std::function<void(int image, int step, int steps)>;
 
 // Whether two requests can be generated together by Pipeline::generate_batch: the same width, height, steps,
-// sampler, timestep spacing, guidance and clip skip (prompts, negative prompts, seeds and batch counts may differ).
+// sampler, timestep spacing, guidance, clip skip and step caching (prompts, negative prompts, seeds and batch counts
+// may differ).
 bool batchable(const GenerateOptions& a, const GenerateOptions& b);
 
 // Called after each denoising step for every image of a batch: the request's index, the image's index within the
@@ -150,6 +157,8 @@ struct BenchOptions {
   int steps = 20;
   std::string sampler = "dpmpp_2m";
   float cfg_scale = 7.5f;
+  int cache_interval = 1;  // step caching, as GenerateOptions::cache_interval and cache_branch
+  int cache_branch = 0;
   std::string precision = "fp32";      // fp32 | bf16 | auto (as LoadOptions::precision)
   std::vector<int> batch_sizes = {1};  // images per UNet call; the first also gives the per-stage figures
   int runs = 3;                        // timed runs per batch size, after a warm-up run
@@ -184,8 +193,10 @@ struct QualityBenchOptions {
   int steps = 20;
   std::string sampler = "dpmpp_2m";
   float cfg_scale = 7.5f;
-  std::vector<std::string> modes = {"bf16"};  // the modes under test: "fp32", "bf16", "auto"
-  int prompts = 8;                            // the first N (1..16) of the fixed prompt set
+  // The modes under test: "fp32", "bf16" or "auto", each optionally with step caching: "+cacheN" (every N steps)
+  // and "+branchB" (e.g. "bf16+cache3", "bf16+cache5+branch1").
+  std::vector<std::string> modes = {"bf16"};
+  int prompts = 8;  // the first N (1..16) of the fixed prompt set
   int threads = 0;
   bool pin_threads = false;
   std::string weight_cache_dir;  // for the modes under test; the fp32 reference never uses it

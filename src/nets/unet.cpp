@@ -94,6 +94,28 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
 }
 
 Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const {
+  return run(sample, timestep, encoder_hidden_states, PassKind::full, 0, nullptr);
+}
+
+Tensor UNet2DConditionModel::forward_and_cache(const Tensor& sample, float timestep,
+                                               const Tensor& encoder_hidden_states, UNetStepCache& cache) const {
+  return run(sample, timestep, encoder_hidden_states, PassKind::full_and_cache, cache.branch, &cache.deep_features);
+}
+
+Tensor UNet2DConditionModel::forward_shallow(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                                             const UNetStepCache& cache) const {
+  // The features are only read: the shallow pass's first layer concatenates them with a skip connection into a new
+  // tensor.
+  Tensor features = cache.deep_features;
+  return run(sample, timestep, encoder_hidden_states, PassKind::shallow, cache.branch, &features);
+}
+
+int UNet2DConditionModel::deep_cache_branches() const {
+  return static_cast<int>(config_.block_out_channels.size()) * (config_.layers_per_block + 1);
+}
+
+Tensor UNet2DConditionModel::run(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                                 PassKind kind, int branch, Tensor* deep_features) const {
   if (sample.ndim() != 4 || sample.dim(0) <= 0 || sample.dim(1) != config_.in_channels || sample.dim(2) <= 0 ||
       sample.dim(3) <= 0)
     throw InvalidArgument("unet: sample must be [batch, " + std::to_string(config_.in_channels) +
@@ -105,10 +127,26 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const
                           shape_to_string(encoder_hidden_states.shape()));
   if (!std::isfinite(timestep)) throw InvalidArgument("unet: the timestep is not a finite number");
   const int64_t batch = sample.dim(0);
+  const int levels = static_cast<int>(config_.block_out_channels.size());
+
+  // The cut of a caching pass: down block `cut_block` runs its first `cut_layer` layers; up block
+  // levels - 1 - cut_block (the one at the same resolution) resumes at its layer `resume_layer` (its layers are the
+  // down block's mirrored, plus one).
+  int cut_block = levels, cut_layer = 0;
+  size_t resume_layer = 0;
+  if (kind != PassKind::full) {
+    if (branch < 0 || branch >= deep_cache_branches())
+      throw InvalidArgument("unet: step-caching branch must be between 0 and " +
+                            std::to_string(deep_cache_branches() - 1) + ", got " + std::to_string(branch));
+    cut_block = branch / (config_.layers_per_block + 1);
+    cut_layer = branch % (config_.layers_per_block + 1);
+    resume_layer = static_cast<size_t>(config_.layers_per_block - cut_layer);
+  }
+  const int cut_up_block = levels - 1 - cut_block;
 
   // 0. When the latent is not a multiple of the overall upsampling factor, every upsampler is told the size
   // of the skip connection it feeds (forward_upsample_size in diffusers).
-  const int64_t overall_up_factor = int64_t{1} << (config_.block_out_channels.size() - 1);
+  const int64_t overall_up_factor = int64_t{1} << (levels - 1);
   const bool forward_upsample_size = sample.dim(2) % overall_up_factor != 0 || sample.dim(3) % overall_up_factor != 0;
 
   // 1. time: time_proj -> time_embedding. Every ResnetBlock2D applies SiLU to it before its own time_emb_proj.
@@ -118,25 +156,45 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const
   // 2. pre-process
   Tensor h = conv_in_(sample);
 
-  // 3. down
+  // 3. down (a shallow pass stops at the cut: what lies past it only feeds the deep features it reuses)
   std::vector<Tensor> down_block_res_samples = {h};
-  for (const auto& block : down_blocks_) h = block(std::move(h), emb, encoder_hidden_states, down_block_res_samples);
+  for (int i = 0; i < levels; ++i) {
+    if (kind == PassKind::shallow && i == cut_block) {
+      h = down_blocks_[i].layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, cut_layer);
+      break;
+    }
+    h = down_blocks_[i](std::move(h), emb, encoder_hidden_states, down_block_res_samples);
+  }
 
   // 4. mid
-  h = mid_block_(h, emb, encoder_hidden_states);
+  if (kind != PassKind::shallow) h = mid_block_(h, emb, encoder_hidden_states);
 
   // 5. up
-  for (size_t i = 0; i < up_blocks_.size(); ++i) {
+  for (int i = kind == PassKind::shallow ? cut_up_block : 0; i < levels; ++i) {
     const auto& block = up_blocks_[i];
+    // The layers this pass runs: the cut block resumes after the cut on a shallow pass, from the deep features.
+    size_t first = 0;
+    if (kind == PassKind::shallow && i == cut_up_block) {
+      if (deep_features->ndim() != 4 || deep_features->dim(0) != batch)
+        throw InvalidArgument("unet: a shallow pass needs the deep features of a full pass on the same batch");
+      h = std::move(*deep_features);
+      first = resume_layer;
+    }
     // The size the upsampler must reach is that of the skip connection left after this block takes its own.
     std::optional<std::pair<int64_t, int64_t>> upsample_size;
     if (block.upsampler && forward_upsample_size) {
-      if (down_block_res_samples.size() <= block.resnets.size())
-        throw InvalidArgument("unet: more up than down resolution levels");
-      const Tensor& next = down_block_res_samples[down_block_res_samples.size() - 1 - block.resnets.size()];
+      const size_t taken = block.resnets.size() - first;
+      if (down_block_res_samples.size() <= taken) throw InvalidArgument("unet: more up than down resolution levels");
+      const Tensor& next = down_block_res_samples[down_block_res_samples.size() - 1 - taken];
       upsample_size = std::make_pair(next.dim(1), next.dim(2));  // channels-last [B, H, W, C]
     }
-    h = block(std::move(h), emb, encoder_hidden_states, down_block_res_samples, upsample_size);
+    if (kind == PassKind::full_and_cache && i == cut_up_block) {
+      h = block.layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, 0, resume_layer);
+      *deep_features = h;  // shares storage; nothing writes into h afterwards
+      first = resume_layer;
+    }
+    h = block.layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, first, block.resnets.size());
+    h = block.upsample(std::move(h), upsample_size);
   }
 
   // 6. post-process: conv_norm_out -> conv_act (SiLU) -> conv_out

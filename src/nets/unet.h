@@ -14,6 +14,24 @@
 
 namespace sdcpu {
 
+// Step caching (DeepCache: Ma, Fang and Wang, "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024).
+// The UNet's deep features change little from one denoising step to the next, so a "full" pass keeps the input of
+// the up path at a chosen depth (the branch), and the "shallow" passes of the next steps run only the layers above
+// it: conv_in, the down layers before the branch, the up layers from the branch on, conv_out. The branch numbers
+// the cut as DeepCacheSDHelper's cache_branch_id does: block * (layers_per_block + 1) + layer, where layer
+// layers_per_block is the block's downsampler. Branch 0 (the paper's usual choice) cuts before down block 0's
+// first resnet: a shallow pass then runs only conv_in, the last up block's last resnet and attention, and conv_out.
+//
+// Exactly what DeepCacheSDHelper computes: on a cached step it serves, from its last full step, every module at or
+// past the cut; the skip connections the up layers after the cut read all come from down layers before it, which
+// run afresh, so the one tensor entering the up path at the cut is all that must be kept.
+struct UNetStepCache {
+  int branch = 0;
+  // The hidden state that enters the first up layer at the branch, from the last full pass (channels-last,
+  // [B, H, W, C]); empty until a full pass with this cache.
+  Tensor deep_features;
+};
+
 class UNet2DConditionModel {
  public:
   // Loads every weight the configuration needs, packed once in the store's compute type (WeightStore).
@@ -24,9 +42,27 @@ class UNet2DConditionModel {
   // passes it), encoder_hidden_states [B, L, cross_attention_dim]. Returns [B, out_channels, h, w].
   Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const;
 
+  // A full pass that also keeps in `cache` the deep features at cache.branch (InvalidArgument for a branch past
+  // deep_cache_branches()). The result equals forward()'s. The features may live in the caller's activation arena
+  // (core/activation_arena.h): take them out of a pass with Pass::output before it ends.
+  Tensor forward_and_cache(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                           UNetStepCache& cache) const;
+  // A shallow pass at `cache.branch`, reusing cache.deep_features (InvalidArgument when they are missing or were
+  // kept for another batch or size).
+  Tensor forward_shallow(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                         const UNetStepCache& cache) const;
+  // The number of step-caching branches: levels * (layers_per_block + 1); 12 for SD 1.x.
+  int deep_cache_branches() const;
+
   const UNetConfig& config() const { return config_; }
 
  private:
+  // Which passes run: every layer (full), or only those above the branch's cut (shallow).
+  enum class PassKind { full, full_and_cache, shallow };
+  // deep_features: where a full_and_cache pass keeps them, or what a shallow pass reuses (moved from).
+  Tensor run(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states, PassKind kind, int branch,
+             Tensor* deep_features) const;
+
   UNetConfig config_;
   int64_t time_embed_dim_ = 0;              // block_out_channels[0] * 4
   unet::TimestepEmbedding time_embedding_;  // time_proj (Timesteps) has no weights: unet::timestep_embedding

@@ -183,13 +183,19 @@ DownBlock DownBlock::load(const WeightStore& w, const std::string& prefix, const
   return b;
 }
 
-Tensor DownBlock::operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
-                             std::vector<Tensor>& res_samples) const {
-  for (size_t i = 0; i < resnets.size(); ++i) {
+Tensor DownBlock::layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
+                         std::vector<Tensor>& res_samples, size_t count) const {
+  for (size_t i = 0; i < std::min(count, resnets.size()); ++i) {
     x = resnets[i](x, temb);
     if (!attentions.empty()) x = attentions[i](x, encoder_hidden_states);
     res_samples.push_back(x);  // shares storage; nothing writes into x afterwards
   }
+  return x;
+}
+
+Tensor DownBlock::operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
+                             std::vector<Tensor>& res_samples) const {
+  x = layers(std::move(x), temb, encoder_hidden_states, res_samples, resnets.size());
   if (downsampler) {
     x = (*downsampler)(x);
     res_samples.push_back(x);
@@ -238,7 +244,13 @@ UpBlock UpBlock::load(const WeightStore& w, const std::string& prefix, const Blo
 Tensor UpBlock::operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
                            std::vector<Tensor>& res_samples,
                            std::optional<std::pair<int64_t, int64_t>> upsample_size) const {
-  for (size_t i = 0; i < resnets.size(); ++i) {
+  x = layers(std::move(x), temb, encoder_hidden_states, res_samples, 0, resnets.size());
+  return upsample(std::move(x), upsample_size);
+}
+
+Tensor UpBlock::layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
+                       std::vector<Tensor>& res_samples, size_t first, size_t last) const {
+  for (size_t i = first; i < std::min(last, resnets.size()); ++i) {
     if (res_samples.empty()) throw InvalidArgument("unet: ran out of skip connections");
     Tensor skip = std::move(res_samples.back());
     res_samples.pop_back();
@@ -248,8 +260,11 @@ Tensor UpBlock::operator()(Tensor x, const Tensor& temb, const Tensor& encoder_h
     x = resnets[i](concat_channels(x, skip), temb);  // torch.cat([hidden_states, res_hidden_states], dim=1)
     if (!attentions.empty()) x = attentions[i](x, encoder_hidden_states);
   }
-  if (upsampler) x = (*upsampler)(x, upsample_size);
   return x;
+}
+
+Tensor UpBlock::upsample(Tensor x, std::optional<std::pair<int64_t, int64_t>> upsample_size) const {
+  return upsampler ? (*upsampler)(x, upsample_size) : x;
 }
 
 }  // namespace sdcpu::unet

@@ -123,6 +123,9 @@ struct DownBlock {
   // Appends its output states to `res_samples` and returns the block's output.
   Tensor operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
                     std::vector<Tensor>& res_samples) const;
+  // Only the first `count` (resnet, attention) layers, without the downsampler: a shallow pass (UNetStepCache).
+  Tensor layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states, std::vector<Tensor>& res_samples,
+                size_t count) const;
 };
 
 // diffusers.models.unets.unet_2d_blocks.UNetMidBlock2DCrossAttn: resnets.0, then (attention, resnet) pairs.
@@ -146,6 +149,11 @@ struct UpBlock {
   // Consumes resnets.size() skip connections from the back of `res_samples`.
   Tensor operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states, std::vector<Tensor>& res_samples,
                     std::optional<std::pair<int64_t, int64_t>> upsample_size) const;
+  // The (resnet, attention) layers [first, last) alone, one skip connection each; then upsample() completes the
+  // block. A full pass that caches stops between two layers (UNetStepCache).
+  Tensor layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states, std::vector<Tensor>& res_samples,
+                size_t first, size_t last) const;
+  Tensor upsample(Tensor x, std::optional<std::pair<int64_t, int64_t>> upsample_size) const;
 };
 
 }  // namespace sdcpu::unet

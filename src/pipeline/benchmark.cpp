@@ -54,6 +54,8 @@ Txt2ImgRequest make_request(const BenchOptions& o, int batch_size) {
   r.width = o.width;
   r.height = o.height;
   r.batch_size = batch_size;
+  r.cache_interval = o.cache_interval;
+  r.cache_branch = o.cache_branch;
   return r;
 }
 
@@ -63,112 +65,6 @@ double peak_rss_mb() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-// Mirrors UNet2DConditionModel's structure (nets/unet.cpp) for FLOPs only; shapes follow the same rules,
-// including the stride-2 downsampler's rounding and the upsampler's target size (the next skip's).
-class UNetFlopCounter {
- public:
-  UNetFlopCounter(const UNetConfig& c, int64_t batch, int64_t text_tokens)
-      : c_(c), b_(static_cast<double>(batch)), tokens_(static_cast<double>(text_tokens)) {}
-
-  UNetFlops count(int64_t h, int64_t w) {
-    const auto& ch = c_.block_out_channels;
-    const int levels = static_cast<int>(ch.size());
-    const int64_t temb = int64_t{4} * ch[0];
-    linear(1, ch[0], temb);  // time_embedding.linear_1 (one row per batch element)
-    linear(1, temb, temb);   // time_embedding.linear_2
-    conv(c_.in_channels, ch[0], c_.conv_in_kernel, h, w);
-
-    struct Skip {
-      int64_t channels, h, w;
-    };
-    std::vector<Skip> skips = {{ch[0], h, w}};
-    int64_t out = ch[0];
-    for (int i = 0; i < levels; ++i) {
-      const int64_t in = out;
-      out = ch[i];
-      const bool attn = c_.down_block_types[i] == "CrossAttnDownBlock2D";
-      for (int j = 0; j < c_.layers_per_block; ++j) {
-        resnet(j == 0 ? in : out, out, temb, h, w);
-        if (attn) transformer(out, c_.transformer_layers_per_block[i], h, w);
-        skips.push_back({out, h, w});
-      }
-      if (i < levels - 1) {  // Downsample2D: 3x3 stride 2; padding 0 means F.pad(0, 1, 0, 1) first
-        const int64_t pad_total = c_.downsample_padding == 0 ? 1 : 2 * c_.downsample_padding;
-        h = (h + pad_total - 3) / 2 + 1;
-        w = (w + pad_total - 3) / 2 + 1;
-        conv(out, out, 3, h, w);
-        skips.push_back({out, h, w});
-      }
-    }
-
-    resnet(ch.back(), ch.back(), temb, h, w);  // mid block
-    transformer(ch.back(), c_.transformer_layers_per_block.back(), h, w);
-    resnet(ch.back(), ch.back(), temb, h, w);
-
-    int64_t prev = ch.back();
-    for (int i = 0; i < levels; ++i) {
-      const int level = levels - 1 - i;
-      out = ch[level];
-      const bool attn = c_.up_block_types[i] == "CrossAttnUpBlock2D";
-      for (int j = 0; j < c_.layers_per_block + 1; ++j) {
-        if (skips.empty()) throw InvalidArgument("unet flops: more up than down resolution levels");
-        const Skip skip = skips.back();
-        skips.pop_back();
-        resnet((j == 0 ? prev : out) + skip.channels, out, temb, h, w);
-        if (attn) transformer(out, c_.transformer_layers_per_block[level], h, w);
-      }
-      prev = out;
-      if (i < levels - 1 && !skips.empty()) {  // Upsample2D: nearest to the next skip's size, then 3x3
-        h = skips.back().h;
-        w = skips.back().w;
-        conv(out, out, 3, h, w);
-      }
-    }
-    conv(ch[0], c_.out_channels, c_.conv_out_kernel, h, w);
-    return f_;
-  }
-
- private:
-  void conv(int64_t cin, int64_t cout, int64_t k, int64_t ho, int64_t wo) {
-    const double flops = 2.0 * b_ * static_cast<double>(cin * cout * k * k * ho * wo);
-    (k > 1 ? f_.conv3x3 : f_.conv1x1) += flops;
-  }
-  void linear(double m, int64_t k, int64_t n) { f_.linear += 2.0 * b_ * m * static_cast<double>(k * n); }
-
-  void resnet(int64_t cin, int64_t cout, int64_t temb, int64_t h, int64_t w) {
-    conv(cin, cout, 3, h, w);
-    linear(1, temb, cout);  // time_emb_proj
-    conv(cout, cout, 3, h, w);
-    if (cin != cout) conv(cin, cout, 1, h, w);  // conv_shortcut
-  }
-
-  // Transformer2DModel: proj_in, `layers` BasicTransformerBlocks, proj_out. heads * head_dim = channels, so
-  // the head count does not change the FLOPs.
-  void transformer(int64_t c, int layers, int64_t h, int64_t w) {
-    const double n = static_cast<double>(h * w);
-    auto proj = [&] { c_.use_linear_projection ? linear(n, c, c) : conv(c, c, 1, h, w); };
-    proj();
-    const int64_t ctx = c_.cross_attention_dim;
-    for (int l = 0; l < layers; ++l) {
-      for (int k = 0; k < 4; ++k) linear(n, c, c);  // attn1: to_q, to_k, to_v, to_out
-      f_.attention += 2.0 * 2.0 * b_ * n * n * static_cast<double>(c);
-      linear(n, c, c);  // attn2: to_q
-      linear(tokens_, ctx, c);
-      linear(tokens_, ctx, c);
-      linear(n, c, c);  // to_out
-      f_.attention += 2.0 * 2.0 * b_ * n * tokens_ * static_cast<double>(c);
-      linear(n, c, 8 * c);  // ff: GEGLU proj to 2 x 4c
-      linear(n, 4 * c, c);
-    }
-    proj();
-  }
-
-  const UNetConfig& c_;
-  double b_, tokens_;
-  UNetFlops f_;
-};
-
-// The model's full VAE decoder (in the store's compute type, which the pipeline set) on the final latents the
 // TAESD decoded: its time (median of `runs` after a warm-up) and how far the TAESD's image is from it.
 TaesdComparison compare_with_full_vae(const ModelFiles& files, const Txt2ImgPipeline::Result& taesd_run, int runs) {
   const VaeDecoder vae(files.vae_config, *files.vae);
@@ -213,80 +109,6 @@ CpuInfo detect_cpu() {
   if (flags.count("avx512_bf16")) info.isa.push_back("avx512_bf16");
   if (flags.count("amx_tile")) info.isa.push_back("amx");
   return info;
-}
-
-double count_vae_decoder_flops(const VaeConfig& c, int64_t batch, int64_t latent_h, int64_t latent_w) {
-  if (batch < 1 || latent_h < 1 || latent_w < 1)
-    throw InvalidArgument("vae flops: batch and latent size must be positive");
-  if (c.block_out_channels.empty()) throw InvalidArgument("vae flops: no blocks");
-  const double b = static_cast<double>(batch);
-  int64_t h = latent_h, w = latent_w;
-  double f = 0;
-  auto conv = [&](int64_t cin, int64_t cout, int64_t k) {
-    f += 2.0 * b * static_cast<double>(cin * cout * k * k * h * w);
-  };
-  auto resnet = [&](int64_t cin, int64_t cout) {
-    conv(cin, cout, 3);
-    conv(cout, cout, 3);
-    if (cin != cout) conv(cin, cout, 1);  // conv_shortcut
-  };
-  // Mirrors nets/vae.cpp's VaeDecoder.
-  const std::vector<int>& ch = c.block_out_channels;
-  const int64_t top = ch.back();
-  conv(c.latent_channels, c.latent_channels, 1);  // post_quant_conv
-  conv(c.latent_channels, top, 3);                // conv_in
-  resnet(top, top);                               // mid block: resnet, attention (one head of all channels), resnet
-  const double tokens = static_cast<double>(h * w);
-  f += 4 * 2.0 * b * tokens * static_cast<double>(top * top);     // to_q, to_k, to_v, to_out
-  f += 2 * 2.0 * b * tokens * tokens * static_cast<double>(top);  // Q K^T and P V
-  resnet(top, top);
-  int64_t out = top;
-  for (size_t i = 0; i < ch.size(); ++i) {
-    const int64_t in = out;
-    out = ch[ch.size() - 1 - i];
-    for (int j = 0; j < c.layers_per_block + 1; ++j) resnet(j == 0 ? in : out, out);
-    if (i + 1 < ch.size()) {  // Upsample2D: nearest 2x, then a 3x3 convolution at the new size
-      h *= 2;
-      w *= 2;
-      conv(out, out, 3);
-    }
-  }
-  conv(ch.front(), c.out_channels, 3);  // conv_out
-  return f;
-}
-
-double count_taesd_decoder_flops(const TaesdConfig& c, int64_t batch, int64_t latent_h, int64_t latent_w) {
-  if (batch < 1 || latent_h < 1 || latent_w < 1)
-    throw InvalidArgument("taesd flops: batch and latent size must be positive");
-  const double b = static_cast<double>(batch);
-  int64_t h = latent_h, w = latent_w;
-  double f = 0;
-  auto conv3x3 = [&](int64_t cin, int64_t cout) { f += 2.0 * b * static_cast<double>(cin * cout * 9 * h * w); };
-  // Mirrors nets/taesd.cpp's TaesdDecoder: conv_in, then per level its blocks (three 3x3 convolutions each, the
-  // skip an identity since a level keeps its width), the upsample and one more convolution.
-  const std::vector<int>& ch = c.decoder_block_out_channels;
-  conv3x3(c.latent_channels, ch.front());
-  for (size_t i = 0; i < ch.size(); ++i) {
-    for (int j = 0; j < 3 * c.num_decoder_blocks[i]; ++j) conv3x3(ch[i], ch[i]);
-    const bool last = i + 1 == ch.size();
-    if (!last) {
-      h *= c.upsampling_scaling_factor;
-      w *= c.upsampling_scaling_factor;
-    }
-    conv3x3(ch[i], last ? c.out_channels : ch[i]);
-  }
-  return f;
-}
-
-UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w,
-                           int64_t text_tokens) {
-  if (batch < 1 || latent_h < 1 || latent_w < 1 || text_tokens < 1)
-    throw InvalidArgument("unet flops: batch, latent size and tokens must be positive");
-  if (config.block_out_channels.empty() || config.down_block_types.size() != config.block_out_channels.size() ||
-      config.up_block_types.size() != config.block_out_channels.size() ||
-      config.transformer_layers_per_block.size() != config.block_out_channels.size())
-    throw InvalidArgument("unet flops: inconsistent configuration");
-  return UNetFlopCounter(config, batch, text_tokens).count(latent_h, latent_w);
 }
 
 void validate(const BenchOptions& o) {
@@ -355,13 +177,15 @@ BenchReport run_benchmark(const BenchOptions& o) {
       stage_result = std::move(warm);
     }
     log("batch " + std::to_string(batch) + " warm-up: " + fixed(warm.times.total_s, 2) + " s");
-    std::vector<double> totals, encodes, steps, decodes;
+    std::vector<double> totals, encodes, steps, shallow_steps, decodes;
     const ActivationArena::Stats before = pipe->activation_stats();
     for (int run = 0; run < o.runs; ++run) {
       const StageTimes t = pipe->run(request).times;
       totals.push_back(t.total_s);
       encodes.push_back(t.text_encode_s);
-      steps.insert(steps.end(), t.denoise_step_s.begin(), t.denoise_step_s.end());
+      // With step caching, full and shallow UNet passes apart: the efficiency is the full passes'.
+      for (size_t i = 0; i < t.denoise_step_s.size(); ++i)
+        (full_unet_pass(request, static_cast<int>(i)) ? steps : shallow_steps).push_back(t.denoise_step_s[i]);
       decodes.push_back(t.vae_decode_s);
       log("batch " + std::to_string(batch) + " run " + std::to_string(run + 1) + "/" + std::to_string(o.runs) + ": " +
           fixed(t.total_s, 2) + " s (step " + fixed(median(t.denoise_step_s), 3) + " s, decode " +
@@ -376,6 +200,9 @@ BenchReport run_benchmark(const BenchOptions& o) {
     if (bi == 0) {
       r.text_encode_s = median(encodes);
       r.unet_step_s = median(steps);
+      r.unet_shallow_step_s = median(shallow_steps);
+      r.unet_full_passes = static_cast<int>(steps.size()) / o.runs;
+      r.unet_shallow_passes = static_cast<int>(shallow_steps.size()) / o.runs;
       r.vae_decode_s = median(decodes);
       r.total_s = median(totals) / batch;
     }
@@ -389,6 +216,9 @@ BenchReport run_benchmark(const BenchOptions& o) {
   r.unet_flops = count_unet_flops(files.unet_config, unet_batch, o.height / factor, o.width / factor,
                                   files.text_encoder_config.max_position_embeddings);
   r.unet_gflops_achieved = r.unet_step_s > 0 ? r.unet_flops.total() / 1e9 / r.unet_step_s : 0;
+  if (o.cache_interval > 1)
+    r.unet_shallow_flops = count_unet_flops(files.unet_config, unet_batch, o.height / factor, o.width / factor,
+                                            files.text_encoder_config.max_position_embeddings, o.cache_branch);
   r.unet_efficiency = r.machine_peak_gflops > 0 ? r.unet_gflops_achieved / r.machine_peak_gflops : 0;
   const int64_t latent_h = o.height / factor, latent_w = o.width / factor;
   const double full_vae_flops = count_vae_decoder_flops(files.vae_config, r.stage_batch_size, latent_h, latent_w);
@@ -399,6 +229,14 @@ BenchReport run_benchmark(const BenchOptions& o) {
   }
   r.vae_gflops_achieved = r.vae_decode_s > 0 ? r.vae_decode_flops / 1e9 / r.vae_decode_s : 0;
   r.vae_efficiency = r.machine_peak_gflops > 0 ? r.vae_gflops_achieved / r.machine_peak_gflops : 0;
+  r.cache_interval = o.cache_interval;
+  r.cache_branch = o.cache_branch;
+  const double images = r.stage_batch_size;
+  r.text_encoder_flops = count_clip_text_flops(files.text_encoder_config, o.cfg_scale > 1.0f ? 2 : 1);
+  r.unet_flops_per_image =
+      (r.unet_full_passes * r.unet_flops.total() + r.unet_shallow_passes * r.unet_shallow_flops.total()) / images;
+  r.image_flops = r.text_encoder_flops + r.unet_flops_per_image + r.vae_decode_flops / images;
+  r.image_flop_bound_s = r.machine_peak_gflops > 0 ? r.image_flops / 1e9 / r.machine_peak_gflops : 0;
   r.peak_rss_mb = peak_rss_mb();  // before the fp32 reference below adds its own weights
   r.activations = pipe->activation_stats();
   if (pipe->taesd()) {
@@ -473,6 +311,17 @@ std::string to_json(const BenchReport& r) {
   j["machine_peak_gflops"] = r.machine_peak_gflops;
   j["machine_peak_gflops_by_precision"] = {{"fp32", r.machine_peak_gflops_fp32}, {"bf16", r.machine_peak_gflops_bf16}};
   j["unet_efficiency"] = r.unet_efficiency;
+  j["cache_interval"] = r.cache_interval;
+  j["cache_branch"] = r.cache_branch;
+  j["unet_full_passes"] = r.unet_full_passes;
+  j["unet_shallow_passes"] = r.unet_shallow_passes;
+  j["unet_shallow_step_s"] = r.unet_shallow_step_s;
+  j["unet_shallow_gflop_per_step"] = r.unet_shallow_flops.total() / 1e9;
+  j["text_encoder_gflop"] = r.text_encoder_flops / 1e9;
+  j["unet_gflop_per_image"] = r.unet_flops_per_image / 1e9;
+  j["image_gflop"] = r.image_flops / 1e9;
+  j["image_flop_bound_s"] = r.image_flop_bound_s;
+  j["total_vs_flop_bound"] = r.image_flop_bound_s > 0 ? r.total_s / r.image_flop_bound_s : 0;
   j["decoder"] = r.decoder;
   j["vae_gflop_per_decode"] = r.vae_decode_flops / 1e9;
   j["vae_gflops_achieved"] = r.vae_gflops_achieved;
@@ -527,7 +376,14 @@ std::string format_table(const BenchReport& r) {
                                fixed(100.0 * r.vae_decode_s / std::max(t.full_vae_decode_s, 1e-12), 1) + " % of it)");
     row("taesd psnr vs vae", fixed(t.psnr_db_vs_full_vae, 2) + " dB (image, same latents)");
   }
-  row("total per image", fixed(r.total_s, 2) + " s");
+  if (r.cache_interval > 1)
+    row("unet shallow step", fixed(r.unet_shallow_step_s, 3) + " s  (" + fixed(r.unet_shallow_flops.total() / 1e9, 1) +
+                                 " GFLOP; cache interval " + std::to_string(r.cache_interval) + ", branch " +
+                                 std::to_string(r.cache_branch) + ": " + std::to_string(r.unet_full_passes) +
+                                 " full + " + std::to_string(r.unet_shallow_passes) + " shallow passes)");
+  row("total per image", fixed(r.total_s, 2) + " s  (" + fixed(r.image_flops / 1e9, 0) +
+                             " GFLOP: " + fixed(r.image_flop_bound_s, 2) + " s at peak, measured " +
+                             fixed(r.total_s / std::max(r.image_flop_bound_s, 1e-12), 2) + "x that)");
   for (const auto& [batch, ipm] : r.images_per_min) row("images/min, batch " + std::to_string(batch), fixed(ipm, 2));
   row("peak rss", fixed(r.peak_rss_mb, 0) + " MB");
   const ActivationArena::Stats& t = r.timed_run_buffers;

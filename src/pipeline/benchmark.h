@@ -11,6 +11,7 @@
 
 #include "core/activation_arena.h"
 #include "formats/model_config.h"
+#include "pipeline/flop_count.h"
 #include "pipeline/weight_cache.h"
 #include "sdcpu/sdcpu.h"  // BenchOptions
 
@@ -29,28 +30,6 @@ struct CpuInfo {
   std::vector<std::string> isa;  // of avx2, avx512, avx512_bf16, amx, in that order
 };
 CpuInfo detect_cpu();
-
-// Multiply-add FLOPs of one UNet forward (2 per multiply-add), by kind.
-struct UNetFlops {
-  double conv3x3 = 0;    // every k x k convolution with k > 1: 2 Cin Cout k k Ho Wo
-  double conv1x1 = 0;    // conv_shortcut, and proj_in/proj_out when they are convolutions
-  double linear = 0;     // 2 M K N: attention projections, feed-forward, time embedding, linear proj_in/out
-  double attention = 0;  // Q K^T and P V: 2 * 2 Lq Lk D per head
-  double total() const { return conv3x3 + conv1x1 + linear + attention; }
-};
-// For a UNet batch of `batch` latents of latent_h x latent_w (batch 2 for one guided image), with
-// `text_tokens` of context. Elementwise work (norms, activations, softmax) is not counted.
-UNetFlops count_unet_flops(const UNetConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w,
-                           int64_t text_tokens = 77);
-
-// Multiply-add FLOPs of one VAE decode (post_quant_conv, the decoder; AutoencoderKL.decode) of `batch` latents
-// of latent_h x latent_w: every convolution, the mid-block attention's projections and its two products (the
-// same 2-per-multiply-add count as the UNet's). SD 1.5 at 512x512: 2515 GFLOP; at 256x256: 622.
-double count_vae_decoder_flops(const VaeConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w);
-
-// The same for one TAESD decode (nets/taesd.h): every convolution of DecoderTiny. madebyollin/taesd at 512x512:
-// 141.35 GFLOP (5.6% of the SD 1.5 VAE decoder's).
-double count_taesd_decoder_flops(const TaesdConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w);
 
 // With --vae: the TAESD that decoded, and the model's full VAE decoder on the same final latents.
 struct TaesdComparison {
@@ -90,6 +69,18 @@ struct BenchReport {
   double machine_peak_gflops_fp32 = 0;  // both, for reference
   double machine_peak_gflops_bf16 = 0;  // 0 when the CPU lacks AVX512_BF16
   double unet_efficiency = 0;           // achieved / peak
+  // Step caching (--cache-interval > 1): unet_step_s, unet_flops and the efficiency above are the full passes';
+  // these are the shallow passes', and how many of each one image's loop ran.
+  int cache_interval = 1, cache_branch = 0;
+  double unet_shallow_step_s = 0;
+  UNetFlops unet_shallow_flops;
+  int unet_full_passes = 0, unet_shallow_passes = 0;
+  // The whole image's work at stage_batch_size, per image: text encoder, every UNet pass of the loop, decoder;
+  // and the time it would take at the machine's peak, the bound the measured total_s is held against.
+  double text_encoder_flops = 0;
+  double unet_flops_per_image = 0;
+  double image_flops = 0;
+  double image_flop_bound_s = 0;
   // The image decoder that ran: "vae" (the model's), or "taesd" (--vae), whose figures vae_decode_s and the two
   // below then are; taesd.has_value() then.
   std::string decoder = "vae";

@@ -6,7 +6,8 @@
 //   Steps: 20, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: v1-5, Version: sdcpu 0.1.0
 //
 // A timestep spacing the user chose (--timestep-spacing) is written as "Timestep spacing: trailing" after the
-// model; AUTOMATIC1111 has no such key and shows it as it is. A TAESD given with --vae is written "VAE: <name>", as
+// model; AUTOMATIC1111 has no such key and shows it as it is. So is step caching ("DeepCache interval: 3, DeepCache
+// branch: 0"). A TAESD given with --vae is written "VAE: <name>", as
 // AUTOMATIC1111 writes a VAE the user chose.
 #pragma once
 #include <cstdint>
@@ -19,6 +20,7 @@ struct GenerationParameters {
   std::string timestep_spacing;  // written only when the user overrode the model's
   std::string vae;               // a VAE other than the model's (--vae), as A1111 writes "VAE: name"
   int steps = 0, width = 0, height = 0, clip_skip = 0;
+  int cache_interval = 1, cache_branch = 0;  // step caching, written when on (interval > 1)
   float cfg_scale = 0;
   uint64_t seed = 0;
 };

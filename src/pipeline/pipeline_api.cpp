@@ -43,6 +43,8 @@ Txt2ImgRequest request_for(const GenerateOptions& o, uint64_t seed) {
   r.width = o.width;
   r.height = o.height;
   r.clip_skip = o.clip_skip;
+  r.cache_interval = o.cache_interval;
+  r.cache_branch = o.cache_branch;
   return r;
 }
 
@@ -204,6 +206,8 @@ class PipelineImpl : public Pipeline {
     p.width = o.width;
     p.height = o.height;
     p.clip_skip = o.clip_skip;
+    p.cache_interval = o.cache_interval;
+    p.cache_branch = o.cache_branch;
     p.cfg_scale = o.cfg_scale;
     if (txt2img_.taesd_decodes()) p.vae = model_name(txt2img_.taesd()->path);
     p.seed = seed;

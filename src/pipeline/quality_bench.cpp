@@ -45,20 +45,54 @@ constexpr QualityPrompt kPrompts[] = {
 };
 constexpr int kPromptCount = static_cast<int>(sizeof kPrompts / sizeof kPrompts[0]);
 
-// A mode under test, as named on the command line. Today a precision; step caching, token merging and int8 join
+// A mode under test, as named on the command line: a precision, then the approximations it adds, each "+name":
+// "bf16", "bf16+cache3" (step caching every 3 steps, branch 0), "fp32+cache5+branch2". Token merging and int8 join
 // here as they land, each judged by the same reference.
 struct QualityMode {
   std::string name;
   ComputeType compute;
+  int cache_interval = 1, cache_branch = 0;
 };
 
-QualityMode parse_mode(const std::string& name) {
-  if (name != "fp32" && name != "bf16" && name != "auto")
-    throw InvalidArgument("unknown quality mode '" + name + "'; modes: fp32, bf16, auto");
-  return {name, resolve_precision(name)};  // refuses bf16 on a CPU without it, before any work
+// A number after `prefix` in `part` ("cache3" -> 3), or -1 when `part` is not that.
+int number_after(const std::string& part, const std::string& prefix) {
+  if (part.size() <= prefix.size() || part.compare(0, prefix.size(), prefix) != 0) return -1;
+  const std::string digits = part.substr(prefix.size());
+  if (digits.size() > 4 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoi(digits);
 }
 
-Txt2ImgRequest request_for(const QualityBenchOptions& o, const QualityPrompt& p) {
+QualityMode parse_mode(const std::string& name) {
+  const auto bad = [&] {
+    return InvalidArgument("unknown quality mode '" + name +
+                           "'; modes: fp32, bf16 or auto, optionally followed by +cacheN (step caching every N steps) "
+                           "and +branchB, e.g. bf16+cache3");
+  };
+  std::vector<std::string> parts;
+  for (size_t begin = 0;;) {
+    const size_t plus = name.find('+', begin);
+    parts.push_back(name.substr(begin, plus == std::string::npos ? std::string::npos : plus - begin));
+    if (plus == std::string::npos) break;
+    begin = plus + 1;
+  }
+  if (parts[0] != "fp32" && parts[0] != "bf16" && parts[0] != "auto") throw bad();
+  QualityMode m{name, resolve_precision(parts[0])};  // refuses bf16 on a CPU without it, before any work
+  bool branch = false;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    if (const int n = number_after(parts[i], "cache"); n >= 1 && m.cache_interval == 1) {
+      m.cache_interval = n;
+    } else if (const int b = number_after(parts[i], "branch"); b >= 0 && !branch) {
+      m.cache_branch = b;
+      branch = true;
+    } else {
+      throw bad();
+    }
+  }
+  if (branch && m.cache_interval == 1) throw InvalidArgument("quality mode '" + name + "': +branch needs +cacheN");
+  return m;
+}
+
+Txt2ImgRequest request_for(const QualityBenchOptions& o, const QualityPrompt& p, const QualityMode& mode) {
   Txt2ImgRequest r;
   r.prompt = p.prompt;
   r.negative_prompt = p.negative_prompt;
@@ -68,6 +102,8 @@ Txt2ImgRequest request_for(const QualityBenchOptions& o, const QualityPrompt& p)
   r.sampler = o.sampler;
   r.width = o.width;
   r.height = o.height;
+  r.cache_interval = mode.cache_interval;
+  r.cache_branch = mode.cache_branch;
   return r;
 }
 
@@ -79,20 +115,20 @@ struct ModeRun {
   double latent_max_abs = 0;
 };
 
-ModeRun run_mode(const QualityBenchOptions& o, const std::string& mode, ComputeType compute, MemoryOptions memory) {
+ModeRun run_mode(const QualityBenchOptions& o, const QualityMode& mode, MemoryOptions memory) {
   ModeRun run;
-  run.mode = mode;
-  const Txt2ImgPipeline pipe(open_model(o.model_path), compute, std::move(memory));
+  run.mode = mode.name;
+  const Txt2ImgPipeline pipe(open_model(o.model_path), mode.compute, std::move(memory));
   // A warm-up image first, not counted: the first run at a shape creates the kernels' primitives.
-  pipe.run(request_for(o, kPrompts[0]));
+  pipe.run(request_for(o, kPrompts[0], mode));
   for (int i = 0; i < o.prompts; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    Txt2ImgPipeline::Result result = pipe.run(request_for(o, kPrompts[i]));
+    Txt2ImgPipeline::Result result = pipe.run(request_for(o, kPrompts[i], mode));
     run.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     run.images.push_back(std::move(result.image));
     run.latents.push_back(std::move(result.latents));
     if (o.log)
-      o.log(mode + ": prompt " + std::to_string(i + 1) + "/" + std::to_string(o.prompts) + " in " +
+      o.log(mode.name + ": prompt " + std::to_string(i + 1) + "/" + std::to_string(o.prompts) + " in " +
             fixed(run.seconds.back(), 2) + " s");
   }
   return run;
@@ -126,14 +162,15 @@ BenchResult bench_quality(const QualityBenchOptions& o) {
   if (o.modes.empty()) throw InvalidArgument("at least one mode to test is needed");
   std::vector<QualityMode> modes;
   for (const std::string& name : o.modes) modes.push_back(parse_mode(name));
-  validate(request_for(o, kPrompts[0]));  // sizes, steps, sampler, guidance
+  for (const QualityMode& m : modes) validate(request_for(o, kPrompts[0], m));  // sizes, steps, sampler, guidance
   const int threads = setup_threads(o.threads, o.pin_threads);
 
   if (o.log) o.log("reference: fp32, " + std::to_string(o.prompts) + " prompts");
-  const ModeRun reference = run_mode(o, "fp32 (reference)", ComputeType::f32, MemoryOptions{"", o.low_memory});
+  const ModeRun reference =
+      run_mode(o, QualityMode{"fp32 (reference)", ComputeType::f32}, MemoryOptions{"", o.low_memory});
   std::vector<ModeRun> runs;
   for (const QualityMode& m : modes) {
-    runs.push_back(run_mode(o, m.name, m.compute, MemoryOptions{o.weight_cache_dir, o.low_memory}));
+    runs.push_back(run_mode(o, m, MemoryOptions{o.weight_cache_dir, o.low_memory}));
     compare(runs.back(), reference);
     // Only the figures are kept: the images of a mode are done with once compared.
     runs.back().images.clear();

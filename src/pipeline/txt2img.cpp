@@ -79,10 +79,18 @@ void validate(const Txt2ImgRequest& r) {
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(std::string("negative ") + e.what(), "negative_prompt");
   }
+  if (r.cache_interval < 1 || r.cache_interval > kMaxSteps)
+    throw InvalidArgument("cache interval must be between 1 (off) and " + std::to_string(kMaxSteps) + ", got " +
+                              std::to_string(r.cache_interval),
+                          "cache_interval");
+  if (r.cache_branch < 0)  // its upper bound depends on the UNet: run_batch() checks it
+    throw InvalidArgument("cache branch must not be negative, got " + std::to_string(r.cache_branch), "cache_branch");
   if (r.batch_size < 1 || r.batch_size > kMaxBatch)
     throw InvalidArgument("batch size must be between 1 and " + std::to_string(kMaxBatch) + ", got " +
                           std::to_string(r.batch_size));
 }
+
+bool full_unet_pass(const Txt2ImgRequest& r, int i) { return r.cache_interval <= 1 || i % r.cache_interval == 0; }
 
 namespace {
 
@@ -211,7 +219,31 @@ Tensor Txt2ImgPipeline::batch_embeddings(const std::vector<Denoising*>& batch) {
   return concat0(uncond);
 }
 
-void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i) const {
+// A batch's rows are [uncond of every member, cond of every member] (batch_embeddings); these are the rows of
+// `kept`, a subset of `batch` in the same order.
+Tensor Txt2ImgPipeline::batch_rows(const Tensor& rows, const std::vector<Denoising*>& batch,
+                                   const std::vector<Denoising*>& kept) {
+  const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
+  int64_t images = 0;
+  for (const Denoising* d : batch) images += d->latents.dim(0);
+  std::vector<Tensor> parts;
+  for (int half = 0; half < (guided ? 2 : 1); ++half) {
+    int64_t offset = half * images;
+    size_t k = 0;
+    for (const Denoising* d : batch) {
+      const int64_t n = d->latents.dim(0);
+      if (k < kept.size() && kept[k] == d) {
+        parts.push_back(rows.slice0(offset, offset + n));
+        ++k;
+      }
+      offset += n;
+    }
+  }
+  return concat0(parts);
+}
+
+void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i,
+                                   UNetStepCache* step_cache, bool full_pass) const {
   const Scheduler& schedule = *batch.front()->scheduler;  // every member has the same timesteps
   const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
   // The scaled latents of every member, twice with guidance (the order batch_embeddings() gives).
@@ -227,10 +259,30 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const T
   }
   const Tensor scaled = inputs.size() == 1 ? inputs.front() : concat0(inputs);
   const PackedWeightCache::Use weights(unet_weights_.get());  // run_batch() holds one across all steps
+  const float t = static_cast<float>(schedule.timesteps()[i]);
   const Tensor noise_pred = [&] {
-    ActivationArena::Pass pass(arena_.get(),
-                               "unet " + shape_to_string(scaled.shape()) + " " + shape_to_string(embeddings.shape()));
-    return pass.output(unet_.forward(scaled, static_cast<float>(schedule.timesteps()[i]), embeddings));
+    const std::string shapes = shape_to_string(scaled.shape()) + " " + shape_to_string(embeddings.shape());
+    if (!step_cache) {
+      ActivationArena::Pass pass(arena_.get(), "unet " + shapes);
+      return pass.output(unet_.forward(scaled, t, embeddings));
+    }
+    const std::string branch = " branch " + std::to_string(step_cache->branch);
+    if (!full_pass) {
+      ActivationArena::Pass pass(arena_.get(), "unet shallow " + shapes + branch);
+      return pass.output(unet_.forward_shallow(scaled, t, embeddings, *step_cache));
+    }
+    // The features outlive the pass: copied out of the arena, into the last full step's buffer when it fits.
+    Tensor previous = std::move(step_cache->deep_features);
+    ActivationArena::Pass pass(arena_.get(), "unet caching " + shapes + branch);
+    Tensor out = pass.output(unet_.forward_and_cache(scaled, t, embeddings, *step_cache));
+    Tensor& features = step_cache->deep_features;
+    if (previous.shape() == features.shape() && previous.storage_unique()) {
+      std::copy(features.data(), features.data() + features.numel(), previous.data());
+      features = std::move(previous);
+    } else {
+      features = pass.output(features);
+    }
+    return out;
   }();
   int64_t offset = 0;
   for (Denoising* d : batch) {
@@ -288,7 +340,7 @@ ResolvedSchedulerConfig Txt2ImgPipeline::scheduler_settings(const Txt2ImgRequest
 bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b) {
   return a.steps == b.steps && a.cfg_scale == b.cfg_scale && a.sampler == b.sampler &&
          a.timestep_spacing == b.timestep_spacing && a.width == b.width && a.height == b.height &&
-         a.clip_skip == b.clip_skip;
+         a.clip_skip == b.clip_skip && a.cache_interval == b.cache_interval && a.cache_branch == b.cache_branch;
 }
 
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
@@ -327,6 +379,10 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
       throw InvalidArgument("initial latents must be " + shape_to_string(latent_shape) + ", got " +
                             shape_to_string(request.latents.shape()));
   }
+  if (shared.cache_branch >= unet_.deep_cache_branches())
+    throw InvalidArgument("cache branch must be between 0 and " + std::to_string(unet_.deep_cache_branches() - 1) +
+                              " for this UNet, got " + std::to_string(shared.cache_branch),
+                          "cache_branch");
   const SchedulerConfig config = scheduler_settings(shared).config;
   std::vector<std::unique_ptr<Scheduler>> schedulers;
   for (size_t r = 0; r < requests.size(); ++r) {
@@ -368,15 +424,24 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   // before the VAE decoder takes its own.
   std::optional<PackedWeightCache::Use> unet_weights(unet_weights_.get());
   Tensor embeddings = batch_embeddings(batch);
+  std::vector<Denoising*> staying;  // the members still in the batch after a step
+  staying.reserve(batch.size());
+  std::optional<UNetStepCache> step_cache;
+  if (shared.cache_interval > 1) step_cache = UNetStepCache{shared.cache_branch, Tensor()};
   for (int i = 0; i < steps && !batch.empty(); ++i) {
     t0 = std::chrono::steady_clock::now();
-    denoise_step(batch, embeddings, i);
+    denoise_step(batch, embeddings, i, step_cache ? &*step_cache : nullptr, full_unet_pass(shared, i));
     step_times.push_back(seconds_since(t0));
     // A member the callback lets go leaves the batch: the next step's UNet runs without it.
     if (!on_step) continue;
-    const size_t members = batch.size();
-    std::erase_if(batch, [&](Denoising* d) { return !on_step(d->request, i, steps, d->latents); });
-    if (!batch.empty() && batch.size() != members) embeddings = batch_embeddings(batch);
+    staying.clear();
+    for (Denoising* d : batch)
+      if (on_step(d->request, i, steps, d->latents)) staying.push_back(d);
+    if (!staying.empty() && staying.size() != batch.size()) {
+      embeddings = batch_embeddings(staying);
+      if (step_cache) step_cache->deep_features = batch_rows(step_cache->deep_features, batch, staying);
+    }
+    batch.swap(staying);
   }
   unet_weights.reset();
   end_stage();

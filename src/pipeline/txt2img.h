@@ -52,6 +52,11 @@ struct Txt2ImgRequest {
   int clip_skip = 0;
   // Images per UNet call (num_images_per_prompt); the guidance batch is 2 * batch_size.
   int batch_size = 1;
+  // Step caching (DeepCache; nets/unet.h UNetStepCache): every `cache_interval`-th UNet call (0, N, 2N, ...) runs in
+  // full and keeps the deep features at branch `cache_branch`, and the calls between run only the shallow layers
+  // above it, as DeepCacheSDHelper's "uniform" mode. 1 = every call in full (off).
+  int cache_interval = 1;
+  int cache_branch = 0;
   // diffusers' `latents` argument: when not empty, the initial noise [batch_size, C, H/8, W/8] used instead
   // of randn from the seed (the generator is still seeded, for ancestral samplers' noise). It is scaled by
   // the scheduler's init_noise_sigma as diffusers does.
@@ -69,8 +74,11 @@ struct StageTimes {
 // Throws InvalidArgument naming the first invalid field; called before any work is done.
 void validate(const Txt2ImgRequest& request);
 
+// Whether UNet call `i` of the loop runs in full under the request's step caching (always, with interval 1).
+bool full_unet_pass(const Txt2ImgRequest& request, int i);
+
 // Whether two requests can share one denoising loop in run_batch(): the same size, steps, sampler, timestep
-// spacing, guidance and clip skip. Prompts, seeds, given latents and batch sizes may differ.
+// spacing, guidance, clip skip and step caching. Prompts, seeds, given latents and batch sizes may differ.
 bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b);
 
 // Where the weights live and what memory the pipeline hands back between its stages (README, "Weight cache and
@@ -159,9 +167,15 @@ class Txt2ImgPipeline {
   struct Denoising;
   // The UNet's embeddings for a batch: [uncond of every member, cond of every member].
   static Tensor batch_embeddings(const std::vector<Denoising*>& batch);
+  // The rows of `rows` (one per image of the UNet batch of `batch`) that belong to `kept`, which is `batch` less the
+  // members that left; for the step cache's deep features.
+  static Tensor batch_rows(const Tensor& rows, const std::vector<Denoising*>& batch,
+                           const std::vector<Denoising*>& kept);
   // One step of the loop for every member of a batch: one UNet call on `embeddings` (batch_embeddings(batch)),
   // then each member's guidance mix and scheduler step.
-  void denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i) const;
+  // With a step cache, the UNet runs in full (keeping its deep features in it) when `full_pass`, else shallow.
+  void denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i,
+                    UNetStepCache* step_cache = nullptr, bool full_pass = true) const;
 
   // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to
   // the system (MemoryOptions).

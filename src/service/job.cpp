@@ -93,6 +93,10 @@ JobRequest parse_job_request(std::string_view body) {
       o.batch_count = integer_field(value, key);
     } else if (key == "clip_skip") {
       o.clip_skip = integer_field(value, key);
+    } else if (key == "cache_interval") {
+      o.cache_interval = integer_field(value, key);
+    } else if (key == "cache_branch") {
+      o.cache_branch = integer_field(value, key);
     } else if (key == "cfg_scale") {
       if (!value.is_number() || !std::isfinite(value.get<double>()) || std::fabs(value.get<double>()) > 1e6)
         bad_field(key, "must be a number between 0 and 100");
@@ -133,7 +137,9 @@ std::string job_request_to_json(const JobRequest& request) {
             {"sampler", o.sampler},
             {"timestep_spacing", o.timestep_spacing},
             {"batch_count", o.batch_count},
-            {"clip_skip", o.clip_skip}};
+            {"clip_skip", o.clip_skip},
+            {"cache_interval", o.cache_interval},
+            {"cache_branch", o.cache_branch}};
   j["seed"] = o.seed == kRandomSeed ? json(-1) : json(o.seed);
   return j.dump();
 }
@@ -143,7 +149,8 @@ std::string batch_key(const JobRequest& request) {
   // cfg_scale as its float's exact decimal: equal keys must mean equal guidance.
   char cfg[32];
   std::snprintf(cfg, sizeof cfg, "%.9g", static_cast<double>(o.cfg_scale));
-  return json::array({request.model, o.width, o.height, o.steps, o.sampler, o.timestep_spacing, cfg, o.clip_skip})
+  return json::array({request.model, o.width, o.height, o.steps, o.sampler, o.timestep_spacing, cfg, o.clip_skip,
+                      o.cache_interval, o.cache_branch})
       .dump();
 }
 
