@@ -82,7 +82,7 @@ struct ModeRun {
 ModeRun run_mode(const QualityBenchOptions& o, const std::string& mode, ComputeType compute, MemoryOptions memory) {
   ModeRun run;
   run.mode = mode;
-  const Txt2ImgPipeline pipe(open_model(o.model_path), compute, std::move(memory));
+  const Txt2ImgPipeline pipe(open_model(o.model_path, "", o.prediction_type), compute, std::move(memory));
   // A warm-up image first, not counted: the first run at a shape creates the kernels' primitives.
   pipe.run(request_for(o, kPrompts[0]));
   for (int i = 0; i < o.prompts; ++i) {
