@@ -4,6 +4,8 @@
 // embedding of tiny-sd's text encoder (49408 x 64). Written as one original-layout .safetensors file (fp32),
 // optionally with an A1111-style .yaml of the same stem beside it.
 #pragma once
+#include <unistd.h>
+
 #include <filesystem>
 #include <map>
 #include <string>
@@ -44,12 +46,21 @@ inline std::string write_tiny_sd2(const std::string& dir, const std::string& yam
   return path;
 }
 
-// The tiny SD 2.x file with `yaml` beside it, written once per test process.
+// The tiny SD 2.x file with `yaml` beside it, written once per test process into a directory of its own (a
+// test's temp_dir() goes when the test ends), removed when the process exits.
 inline const std::string& tiny_sd2_file(const std::string& yaml) {
-  static std::map<std::string, std::string> paths;
-  std::string& path = paths[yaml];
-  if (path.empty()) path = write_tiny_sd2(temp_dir() + "/sd2-" + (yaml.empty() ? "no-yaml" : yaml), yaml,
-                                          tiny_sd2_tensors());
+  struct Files {
+    std::string dir = (std::filesystem::temp_directory_path() / ("sdcpu-tiny-sd2-" + std::to_string(::getpid())))
+                          .string();
+    std::map<std::string, std::string> paths;
+    ~Files() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  };
+  static Files files;
+  std::string& path = files.paths[yaml];
+  if (path.empty()) path = write_tiny_sd2(files.dir + "/" + (yaml.empty() ? "no-yaml" : yaml), yaml, tiny_sd2_tensors());
   return path;
 }
 

@@ -209,9 +209,11 @@ TEST(Sd2SingleFile, WithoutAYamlDiffusersRuleDecides) {
     open_model(path);
     FAIL() << "opened without knowing the head width";
   } catch (const ModelError& e) {
-    EXPECT_NE(std::string(e.what()).find("32 channels cannot be split into heads of 64 (num_head_channels)"),
+    const std::string what = e.what();
+    EXPECT_NE(what.find("32 channels cannot be split into heads of 64 (num_head_channels, v2-inference.yaml's)"),
               std::string::npos)
-        << e.what();
+        << what;
+    EXPECT_NE(what.find("put the model's .yaml beside the file"), std::string::npos) << what;
   }
 }
 
