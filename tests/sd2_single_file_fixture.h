@@ -50,8 +50,8 @@ inline std::string write_tiny_sd2(const std::string& dir, const std::string& yam
 // test's temp_dir() goes when the test ends), removed when the process exits.
 inline const std::string& tiny_sd2_file(const std::string& yaml) {
   struct Files {
-    std::string dir = (std::filesystem::temp_directory_path() / ("sdcpu-tiny-sd2-" + std::to_string(::getpid())))
-                          .string();
+    std::string dir =
+        (std::filesystem::temp_directory_path() / ("sdcpu-tiny-sd2-" + std::to_string(::getpid()))).string();
     std::map<std::string, std::string> paths;
     ~Files() {
       std::error_code ec;
@@ -60,7 +60,8 @@ inline const std::string& tiny_sd2_file(const std::string& yaml) {
   };
   static Files files;
   std::string& path = files.paths[yaml];
-  if (path.empty()) path = write_tiny_sd2(files.dir + "/" + (yaml.empty() ? "no-yaml" : yaml), yaml, tiny_sd2_tensors());
+  if (path.empty())
+    path = write_tiny_sd2(files.dir + "/" + (yaml.empty() ? "no-yaml" : yaml), yaml, tiny_sd2_tensors());
   return path;
 }
 

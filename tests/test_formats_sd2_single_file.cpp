@@ -249,8 +249,9 @@ TEST(Sd2SingleFile, DiffusersRuleForFilesWithoutAYaml) {
     int64_t width;
     std::optional<int64_t> step;
   };
-  for (const Case& c : {Case{"to_k width 1024", 1024, std::nullopt}, Case{"to_k width 1024, global_step 875000", 1024, 875000},
-                        Case{"to_k width 1024, global_step 100", 1024, 100}, Case{"to_k width 768", 768, std::nullopt}}) {
+  for (const Case& c :
+       {Case{"to_k width 1024", 1024, std::nullopt}, Case{"to_k width 1024, global_step 875000", 1024, 875000},
+        Case{"to_k width 1024, global_step 100", 1024, 100}, Case{"to_k width 768", 768, std::nullopt}}) {
     SCOPED_TRACE(c.name);
     ASSERT_TRUE(rule.contains(c.name));
     const json& want = rule[c.name];
@@ -270,6 +271,19 @@ TEST(Sd2SingleFile, DiffusersRuleForFilesWithoutAYaml) {
     EXPECT_EQ(s.prediction_type, want["prediction_type"].get<std::string>());
     EXPECT_EQ(s.hints.image_size, want["image_size"].get<int>());
   }
+}
+
+TEST(Sd2SingleFile, GlobalStepOfSd2BaseTurnsAVYamlIntoEpsilon) {
+  // create_scheduler_from_ldm and set_image_size with a "v" config: global_step 875000 means 512 px epsilon.
+  const std::string dir = testing::temp_dir();
+  write_raw(dir + "/base.safetensors", {{"global_step", "I64", Shape{}}}, 875000);
+  std::filesystem::copy_file(std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/tiny-sd2/v.yaml", dir + "/base.yaml");
+  const SafetensorsFile file(dir + "/base.safetensors");
+  const SingleFileSettings s = single_file_settings(dir + "/base.safetensors", file, "");
+  EXPECT_EQ(s.prediction_type, "epsilon");
+  EXPECT_EQ(s.reason, "base.yaml says parameterization: \"v\", but global_step 875000 is SD 2.x base");
+  EXPECT_EQ(s.hints.image_size, 512);
+  EXPECT_EQ(s.hints.num_head_channels, 16);
 }
 
 TEST(Sd2SingleFile, YamlReader) {
@@ -331,9 +345,8 @@ TEST(Sd2SingleFile, BrokenFilesAreRefused) {
   e = open_error([&](auto& t) { tensor(t, in_proj) = Tensor({96, 32}); });
   EXPECT_NE(e.find("has shape [96, 32], expected [192, 64]"), std::string::npos) << e;
   // A bias of the wrong length.
-  e = open_error([&](auto& t) {
-    tensor(t, "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_bias") = Tensor({64});
-  });
+  e = open_error(
+      [&](auto& t) { tensor(t, "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_bias") = Tensor({64}); });
   EXPECT_NE(e.find("in_proj_bias' has shape [64], expected [192]"), std::string::npos) << e;
   // A missing resblock in the middle.
   e = open_error([&](auto& t) {
@@ -365,8 +378,7 @@ TEST(Sd2SingleFile, BrokenFilesAreRefused) {
     open_model(path);
     FAIL() << "a yaml with parameterization x0 was accepted";
   } catch (const ModelError& err) {
-    EXPECT_NE(std::string(err.what()).find("tiny-sd2.yaml:3: model.params.parameterization is 'x0'"),
-              std::string::npos)
+    EXPECT_NE(std::string(err.what()).find("tiny-sd2.yaml:3: model.params.parameterization is 'x0'"), std::string::npos)
         << err.what();
   }
 }

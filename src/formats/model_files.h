@@ -45,6 +45,7 @@ struct ModelFiles {
 // Throws ModelError naming the problem: no such path, a pickle checkpoint (.ckpt/.pt/.bin, which sdcpu
 // never unpickles), a folder that is not a Stable Diffusion pipeline, a missing component or weight
 // file, a file without Stable Diffusion tensors. IoError when an existing file cannot be read.
-ModelFiles open_model(const std::string& path, const std::string& variant = "", const std::string& prediction_type = "");
+ModelFiles open_model(const std::string& path, const std::string& variant = "",
+                      const std::string& prediction_type = "");
 
 }  // namespace sdcpu

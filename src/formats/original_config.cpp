@@ -67,7 +67,8 @@ OriginalConfig read_original_config(const std::string& path) {
   std::error_code ec;
   const uintmax_t size = fs::file_size(path, ec);
   if (ec) throw ModelError(path + ": cannot read the original config: " + ec.message());
-  if (size > kMaxBytes) throw ModelError(path + ": an original config of " + std::to_string(size) + " bytes (over 1 MB)");
+  if (size > kMaxBytes)
+    throw ModelError(path + ": an original config of " + std::to_string(size) + " bytes (over 1 MB)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ModelError(path + ": cannot open the original config");
 

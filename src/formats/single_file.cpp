@@ -49,8 +49,8 @@ SingleFileSettings single_file_settings(const std::string& path, const Safetenso
   if (!yaml_path.empty()) {
     const OriginalConfig config = read_original_config(yaml_path);
     config_says_v = config.parameterization == "v";
-    config_reason = file_name(yaml_path) +
-                    (config_says_v ? " says parameterization: \"v\"" : " has no parameterization: \"v\"");
+    config_reason =
+        file_name(yaml_path) + (config_says_v ? " says parameterization: \"v\"" : " has no parameterization: \"v\"");
     s.hints.num_heads = config.num_heads;
     s.hints.num_head_channels = config.num_head_channels;
     s.hints.scale_factor = config.scale_factor;
@@ -82,8 +82,7 @@ SingleFileSettings single_file_settings(const std::string& path, const Safetenso
   return s;
 }
 
-std::string single_file_scheduler_config_json(const std::string& prediction_type, double beta_start,
-                                              double beta_end) {
+std::string single_file_scheduler_config_json(const std::string& prediction_type, double beta_start, double beta_end) {
   // SCHEDULER_DEFAULT_CONFIG, then create_scheduler_from_ldm's changes for an SD 1.x/2.x checkpoint: the yaml's
   // linear_start/linear_end (v1-inference.yaml, v2-inference*.yaml: 0.00085, 0.012), scaled_linear, clip_sample
   // and set_alpha_to_one false, the prediction type. It sets nothing else for v-prediction (no timestep spacing

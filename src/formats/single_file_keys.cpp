@@ -312,10 +312,9 @@ json derive_unet_config(const ShapeMap& m, const SingleFileHints& hints) {
       heads.push_back(hints.num_heads.value_or(8));
     } else {
       if (model_channels < head_channels || c % model_channels != 0)
-        fail("unet: " + std::to_string(c) + " channels cannot be split into heads of " +
-             std::to_string(head_channels) + " (num_head_channels" +
-             (hints.num_head_channels ? "" : ", v2-inference.yaml's") + ") on " + std::to_string(model_channels) +
-             " model channels; put the model's .yaml beside the file");
+        fail("unet: " + std::to_string(c) + " channels cannot be split into heads of " + std::to_string(head_channels) +
+             " (num_head_channels" + (hints.num_head_channels ? "" : ", v2-inference.yaml's") + ") on " +
+             std::to_string(model_channels) + " model channels; put the model's .yaml beside the file");
       heads.push_back(model_channels / head_channels * (c / model_channels));
     }
   }
@@ -466,8 +465,9 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const S
     fail("this is an SDXL checkpoint (conditioner.embedders.*); sdcpu cannot load SDXL single files yet");
   const bool sd2 = layout.family == SingleFileFamily::kSD2;
   if (sd2 && any_clip)
-    fail("both an OpenAI CLIP (cond_stage_model.transformer.*) and an OpenCLIP (cond_stage_model.model.*) text "
-         "encoder");
+    fail(
+        "both an OpenAI CLIP (cond_stage_model.transformer.*) and an OpenCLIP (cond_stage_model.model.*) text "
+        "encoder");
   if (unet_keys.empty() && !any_vae && !any_clip && openclip.empty()) {
     // A common mistake: pointing at one component file of a diffusers folder.
     const bool component = std::any_of(tensors.begin(), tensors.end(), [](const NamedShape& t) {

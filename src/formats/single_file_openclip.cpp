@@ -84,8 +84,11 @@ std::vector<MappedTensor> map_open_clip_key(const NamedShape& t, const std::stri
     return out;
   }
   static const std::pair<std::string_view, std::string_view> kRenames[] = {
-      {"attn.out_proj.", "self_attn.out_proj."}, {"ln_1.", "layer_norm1."}, {"ln_2.", "layer_norm2."},
-      {"mlp.c_fc.", "mlp.fc1."},                 {"mlp.c_proj.", "mlp.fc2."},
+      {"attn.out_proj.", "self_attn.out_proj."},
+      {"ln_1.", "layer_norm1."},
+      {"ln_2.", "layer_norm2."},
+      {"mlp.c_fc.", "mlp.fc1."},
+      {"mlp.c_proj.", "mlp.fc2."},
   };
   for (const auto& [from, to] : kRenames)
     if (rest.starts_with(from)) return one(layer + std::string(to) + rest.substr(from.size()));

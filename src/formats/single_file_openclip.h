@@ -26,8 +26,8 @@ namespace sdcpu {
 
 // What the mapping needs to know about the whole text encoder before mapping one key.
 struct OpenClipShape {
-  int64_t width = 0;          // the hidden size W: token_embedding's second dimension
-  int layers_in_file = 0;     // resblocks 0 .. layers_in_file-1 (the last one is dropped)
+  int64_t width = 0;       // the hidden size W: token_embedding's second dimension
+  int layers_in_file = 0;  // resblocks 0 .. layers_in_file-1 (the last one is dropped)
 };
 
 // Scans the cond_stage_model.model.* tensors (`tensors` has the prefix removed). Throws ModelError when there is

@@ -150,11 +150,11 @@ class PipelineImpl : public Pipeline {
     s << "model:        " << f.path << "\n"
       << "layout:       " << f.layout << "\n"
       << "architecture: " << f.architecture << "\n";
-    if (!f.prediction_type.empty()) s << "prediction:   " << f.prediction_type << " (" << f.prediction_type_reason << ")\n";
+    if (!f.prediction_type.empty())
+      s << "prediction:   " << f.prediction_type << " (" << f.prediction_type_reason << ")\n";
     s << "text encoder: " << (f.architecture == "SD 2.x" ? "OpenCLIP" : "CLIP") << ", "
-      << f.text_encoder_config.num_hidden_layers << " layers, hidden "
-      << f.text_encoder_config.hidden_size << ", " << f.text_encoder_config.num_attention_heads << " heads, "
-      << f.text_encoder_config.hidden_act << "\n"
+      << f.text_encoder_config.num_hidden_layers << " layers, hidden " << f.text_encoder_config.hidden_size << ", "
+      << f.text_encoder_config.num_attention_heads << " heads, " << f.text_encoder_config.hidden_act << "\n"
       << "unet:         channels " << join(f.unet_config.block_out_channels) << ", heads "
       << join(f.unet_config.num_attention_heads) << ", cross-attention " << f.unet_config.cross_attention_dim
       << (f.unet_config.use_linear_projection ? ", linear projections" : ", conv projections") << "\n"
