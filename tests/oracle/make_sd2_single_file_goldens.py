@@ -334,6 +334,14 @@ def run_pipeline(pipe, scheduler_cls, steps, guidance):
     }
 
 
+def config_json(config):
+    """A diffusers config as JSON, byte-for-byte reproducible (`_use_default_values` is built from a set)."""
+    config = dict(config)
+    if "_use_default_values" in config:
+        config["_use_default_values"] = sorted(config["_use_default_values"])
+    return json.dumps(config, sort_keys=True, default=list)
+
+
 def prediction_rule():
     """diffusers' choices for a file without a yaml, from its own functions, on name/shape-only checkpoints."""
     fetched = []
@@ -400,9 +408,9 @@ def main():
             "made_by": MADE_BY, "prompt": PROMPT, "negative_prompt": "", "seed": str(SEED), "width": str(SIZE),
             "height": str(SIZE), "steps": str(steps), "guidance_scale": str(guidance), "sampler": sampler,
             "scheduler_class": cls.__name__,
-            "scheduler_config": json.dumps(scheduler_config, sort_keys=True, default=list),
-            "unet_config": json.dumps(dict(pipe.unet.config), sort_keys=True, default=list),
-            "vae_config": json.dumps(dict(pipe.vae.config), sort_keys=True, default=list),
+            "scheduler_config": config_json(scheduler_config),
+            "unet_config": config_json(pipe.unet.config),
+            "vae_config": config_json(pipe.vae.config),
             "text_encoder_config": pipe.text_encoder.config.to_json_string(),
         }
         write_golden(os.path.join(OUT, stem + ".safetensors"), tensors, meta)
