@@ -272,7 +272,6 @@ int count(const ShapeMap& m, const std::string& prefix, const std::string& suffi
 json derive_unet_config(const ShapeMap& m, const SingleFileHints& hints) {
   const char* what = "unet";
   const Shape& conv_in = need(m, "conv_in.weight", 4, what);
-  const Shape& conv_in_shape = conv_in;
   const Shape& conv_out = need(m, "conv_out.weight", 4, what);
   const int levels = count(m, "down_blocks.", ".resnets.0.conv1.weight");
   if (levels == 0) need(m, "down_blocks.0.resnets.0.conv1.weight", 4, what);  // reports it missing
@@ -305,7 +304,7 @@ json derive_unet_config(const ShapeMap& m, const SingleFileHints& hints) {
   // create_unet_diffusers_config: the yaml's num_heads on every level when it has one (v1-inference.yaml: 8);
   // else, with linear projections, (model_channels // num_head_channels) * channel_mult per level
   // (v2-inference.yaml: num_head_channels 64, so SD 2.x's 5, 10, 20, 20); else UNet2DConditionModel's default 8.
-  const int model_channels = dim(conv_in_shape, 0);
+  const int model_channels = dim(conv_in, 0);
   const int head_channels = hints.num_head_channels.value_or(64);
   for (int c : channels_per_level) {
     if (hints.num_heads || !linear_projection) {
@@ -437,8 +436,8 @@ ShapeMap shapes(const std::map<std::string, MappedTensor>& m) {
   return out;
 }
 
-}  // namespace
-
+// The family, by the text encoder's keys (as diffusers' infer_diffusers_model_type tells them apart); kSD1 when
+// none is recognized (map_single_file then explains what is missing).
 SingleFileFamily single_file_family(const std::vector<NamedShape>& tensors) {
   bool openclip = false;
   for (const auto& t : tensors) {
@@ -447,6 +446,8 @@ SingleFileFamily single_file_family(const std::vector<NamedShape>& tensors) {
   }
   return openclip ? SingleFileFamily::kSD2 : SingleFileFamily::kSD1;
 }
+
+}  // namespace
 
 SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const SingleFileHints& hints) {
   SingleFileLayout layout;

@@ -74,8 +74,4 @@ struct SingleFileHints {
 // (formats/single_file_openclip.h).
 SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const SingleFileHints& hints = {});
 
-// The family of a file's tensors, by its text encoder's keys (as diffusers' infer_diffusers_model_type tells
-// them apart); kSD1 when none is recognized (map_single_file then explains what is missing).
-SingleFileFamily single_file_family(const std::vector<NamedShape>& tensors);
-
 }  // namespace sdcpu
