@@ -57,6 +57,7 @@ QualityBenchOptions quality_options(const BenchArgs& a) {
   const BenchOptions& o = a.options;
   QualityBenchOptions q;
   q.model_path = o.model_path;
+  q.prediction_type = o.prediction_type;
   q.width = o.width;
   q.height = o.height;
   q.steps = o.steps;
@@ -108,6 +109,7 @@ Command add_bench_command(CLI::App& app) {
   add_weight_cache_option(*cli, o.weight_cache_dir);
   add_low_memory_option(*cli, o.low_memory);
   add_vae_option(*cli, o.vae_path);
+  add_prediction_type_option(*cli, o.prediction_type);
   cli->add_flag("--quality", a->quality,
                 "Quality against fp32 instead: a fixed set of prompts and seeds in fp32 and in each --modes, with "
                 "time, PSNR, SSIM and latent error per mode");

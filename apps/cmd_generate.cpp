@@ -114,6 +114,7 @@ Command add_generate_command(CLI::App& app) {
   add_weight_cache_option(*cli, a->load.weight_cache_dir);
   add_low_memory_option(*cli, a->load.low_memory);
   add_vae_option(*cli, a->load.vae_path);
+  add_prediction_type_option(*cli, a->load.prediction_type);
   cli->add_option("--preview-every", gen.preview_every,
                   "Every N steps, write the latents so far, decoded by the TAESD, to <output>-preview.png")
       ->capture_default_str();

@@ -47,6 +47,15 @@ inline void add_vae_option(CLI::App& cli, std::string& path) {
                  "with instead of the model's VAE: much faster, slightly softer");
 }
 
+// --prediction-type: a single file's prediction type over its .yaml and diffusers' rule (README, "SD 2.x single
+// files").
+inline void add_prediction_type_option(CLI::App& cli, std::string& type) {
+  cli.add_option("--prediction-type", type,
+                 "epsilon or v_prediction: what a single-file checkpoint's UNet predicts, instead of what the .yaml "
+                 "beside it says or diffusers' rule gives (SD 2.x 768 models: v_prediction)")
+      ->check(CLI::IsMember({"epsilon", "v_prediction"}));
+}
+
 // --timestep-spacing: overrides the model's scheduler config (README, "How the sampler's settings are chosen").
 inline void add_timestep_spacing_option(CLI::App& cli, std::string& spacing) {
   cli.add_option("--timestep-spacing", spacing,

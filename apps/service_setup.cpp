@@ -61,6 +61,7 @@ void add_service_options(CLI::App& cli, ServiceArgs& a) {
   add_weight_cache_option(cli, a.load.weight_cache_dir);
   add_low_memory_option(cli, a.load.low_memory);
   add_vae_option(cli, a.load.vae_path);
+  add_prediction_type_option(cli, a.load.prediction_type);
 }
 
 std::vector<service::ServedModel> load_served_models(const ServiceArgs& a, bool load) {

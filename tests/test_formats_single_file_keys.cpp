@@ -199,9 +199,10 @@ TEST(SingleFileKeys, TwoTensorsForOneWeightIsAnError) {
 }
 
 TEST(SingleFileKeys, RefusesOtherFamiliesClearly) {
+  // SD 2.x single files load (test_formats_sd2_single_file.cpp), but not with two text encoders.
   auto sd2 = single_file_tensors();
   sd2.push_back({"cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", {3072, 1024}});
-  expect_model_error(sd2, "SD 2.x");
+  expect_model_error(sd2, "both an OpenAI CLIP (cond_stage_model.transformer.*) and an OpenCLIP");
   auto xl = single_file_tensors();
   xl.push_back({"conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", {3840, 1280}});
   expect_model_error(xl, "SDXL");

@@ -52,6 +52,9 @@ struct LoadOptions {
   // A TAESD that only decodes previews (GenerateOptions::preview_every) while the model's VAE decodes the images.
   // Not with vae_path, whose TAESD makes the previews too.
   std::string preview_vae_path;
+  // A single-file checkpoint's prediction type, "epsilon" or "v_prediction", over what its .yaml says or diffusers'
+  // rule gives (README, "SD 2.x single files"). Empty: as those say. Refused for diffusers folders.
+  std::string prediction_type;
 };
 
 // GenerateOptions::seed for "draw a random seed": -1 as an unsigned number, as AUTOMATIC1111 takes -1. The seed
@@ -152,6 +155,7 @@ class Pipeline {
 // and the UNet's efficiency against the machine's measured FMA peak (README, "Benchmark").
 struct BenchOptions {
   std::string model_path;
+  std::string prediction_type;  // as LoadOptions::prediction_type
   int width = 512;
   int height = 512;
   int steps = 20;
@@ -188,6 +192,7 @@ BenchResult bench(const BenchOptions& options);
 // against the reference image of the same prompt and seed (README, "Quality against fp32").
 struct QualityBenchOptions {
   std::string model_path;
+  std::string prediction_type;  // as LoadOptions::prediction_type
   int width = 512;
   int height = 512;
   int steps = 20;

@@ -28,12 +28,22 @@ bool looks_like_pickle(const fs::path& file) {
 
 }  // namespace
 
-ModelFiles open_model(const std::string& path, const std::string& variant) {
+ModelFiles open_model(const std::string& path, const std::string& variant, const std::string& prediction_type) {
   if (path.empty()) throw ModelError("no model path given");
+  if (!prediction_type.empty() && prediction_type != "epsilon" && prediction_type != "v_prediction")
+    throw InvalidArgument("prediction type '" + prediction_type + "': expected epsilon or v_prediction",
+                          "prediction_type");
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
   if (!fs::exists(status)) throw ModelError(path + ": no such file or folder");
-  if (fs::is_directory(status)) return open_diffusers_folder(path, variant);
+  if (fs::is_directory(status)) {
+    if (!prediction_type.empty())
+      throw InvalidArgument(path +
+                                ": a prediction type is given only for single-file checkpoints; a diffusers "
+                                "folder's scheduler/scheduler_config.json sets it",
+                            "prediction_type");
+    return open_diffusers_folder(path, variant);
+  }
   if (!fs::is_regular_file(status)) throw ModelError(path + ": not a regular file or a folder");
 
   std::string ext = fs::path(path).extension().string();
@@ -45,7 +55,7 @@ ModelFiles open_model(const std::string& path, const std::string& variant) {
                      ": a PyTorch pickle checkpoint; sdcpu does not load pickle files, since unpickling can run "
                      "arbitrary code. Convert it to .safetensors first (e.g. safetensors.torch.save_file on its "
                      "state_dict) and open that");
-  return open_single_file(path);
+  return open_single_file(path, prediction_type);
 }
 
 }  // namespace sdcpu

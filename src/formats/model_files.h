@@ -24,6 +24,13 @@ struct ModelFiles {
   std::string scheduler_config_json;
   std::string scheduler_config_path;
   std::string tokenizer_dir;  // folder with vocab.json + merges.txt; "" = sdcpu's bundled vocabulary
+  // The bundled vocabulary's pad token where it is not CLIPTokenizer's "<|endoftext|>": "!" for SD 2.x, whose
+  // tokenizer (stabilityai/stable-diffusion-2) pads with it. "" = the default.
+  std::string tokenizer_pad_token;
+  // Single file: the prediction type its scheduler config got ("epsilon" | "v_prediction") and why (the .yaml
+  // beside it, the --prediction-type option, or diffusers' rule for files without one); "" for a folder, whose
+  // scheduler_config.json says it.
+  std::string prediction_type, prediction_type_reason;
   std::shared_ptr<WeightStore> text_encoder, unet, vae;  // under diffusers/transformers names
   // Single file: tensors that belong to no component (model_ema.*, alphas_cumprod, position_ids, ...).
   std::vector<std::string> ignored_tensors;
@@ -33,9 +40,12 @@ struct ModelFiles {
 
 // Opens a diffusers folder or a single .safetensors checkpoint. `variant` selects the diffusers weight
 // variant ("fp16": diffusion_pytorch_model.fp16.safetensors); it does not apply to single files.
+// `prediction_type` ("epsilon" | "v_prediction", "" = as the file says) sets a single file's prediction type
+// (formats/single_file.h); InvalidArgument for another value or with a folder.
 // Throws ModelError naming the problem: no such path, a pickle checkpoint (.ckpt/.pt/.bin, which sdcpu
 // never unpickles), a folder that is not a Stable Diffusion pipeline, a missing component or weight
 // file, a file without Stable Diffusion tensors. IoError when an existing file cannot be read.
-ModelFiles open_model(const std::string& path, const std::string& variant = "");
+ModelFiles open_model(const std::string& path, const std::string& variant = "",
+                      const std::string& prediction_type = "");
 
 }  // namespace sdcpu

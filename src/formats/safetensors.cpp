@@ -274,8 +274,8 @@ Tensor SafetensorsFile::view_f32(const std::shared_ptr<const SafetensorsFile>& f
   if (info.dtype != DType::F32 || reinterpret_cast<uintptr_t>(p) % alignof(float) != 0) return file->read_f32(info);
   if (prefault_pages) prefault_mapped(p, info.end - info.begin);
   float* data = const_cast<float*>(reinterpret_cast<const float*>(p));  // copy-on-write mapping, see the constructor
-  const TensorInfo* entry = &info;
-  return Tensor::view(info.shape, std::shared_ptr<float>(data, [file, entry](float*) { file->release_pages(*entry); }));
+  // A copy of `info`: it may describe a part of a stored tensor (WeightStore::add_rows), not one of the header's.
+  return Tensor::view(info.shape, std::shared_ptr<float>(data, [file, info](float*) { file->release_pages(info); }));
 }
 
 void SafetensorsFile::release_pages(const TensorInfo& info) const {

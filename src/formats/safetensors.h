@@ -70,6 +70,7 @@ class SafetensorsFile {
   // pages (the mapping is copy-on-write), never to the file.
   // `prefault`: map all its pages now, in one call (for a tensor about to be read whole, e.g. to be packed);
   // without it pages come in as they are read (an embedding table of which a prompt reads 77 rows).
+  // `info` may also describe a block of rows of a stored tensor (shape and byte range narrowed to them).
   static Tensor view_f32(const std::shared_ptr<const SafetensorsFile>& file, const TensorInfo& info,
                          bool prefault = true);
   // An integer tensor (I64 or I32) as int64 values.

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "core/error.h"
+#include "formats/single_file_openclip.h"
 
 namespace sdcpu {
 namespace {
@@ -268,14 +269,14 @@ int count(const ShapeMap& m, const std::string& prefix, const std::string& suffi
   return n;
 }
 
-json derive_unet_config(const ShapeMap& m, SingleFileFamily family) {
+json derive_unet_config(const ShapeMap& m, const SingleFileHints& hints) {
   const char* what = "unet";
   const Shape& conv_in = need(m, "conv_in.weight", 4, what);
   const Shape& conv_out = need(m, "conv_out.weight", 4, what);
   const int levels = count(m, "down_blocks.", ".resnets.0.conv1.weight");
   if (levels == 0) need(m, "down_blocks.0.resnets.0.conv1.weight", 4, what);  // reports it missing
   const int layers = count(m, "down_blocks.0.resnets.", ".conv1.weight");
-  std::vector<int> channels, heads, transformer_layers;
+  std::vector<int> channels, heads, transformer_layers, channels_per_level;
   std::vector<std::string> down_types, up_types;
   int cross_attention_dim = 0;
   bool linear_projection = false;
@@ -298,9 +299,23 @@ json derive_unet_config(const ShapeMap& m, SingleFileFamily family) {
     down_types.push_back(attn ? "CrossAttnDownBlock2D" : "DownBlock2D");
     transformer_layers.push_back(
         attn ? std::max(1, count(m, block + "attentions.0.transformer_blocks.", ".norm1.weight")) : 1);
-    // SD 1.x's v1-inference.yaml sets num_heads: 8 on every level. SD 2.x's v2-inference.yaml sets
-    // num_head_channels: 64 instead, so its head count grows with the width (5, 10, 20, 20).
-    heads.push_back(family == SingleFileFamily::kSD1 ? 8 : std::max(1, c / 64));
+    channels_per_level.push_back(c);
+  }
+  // create_unet_diffusers_config: the yaml's num_heads on every level when it has one (v1-inference.yaml: 8);
+  // else, with linear projections, (model_channels // num_head_channels) * channel_mult per level
+  // (v2-inference.yaml: num_head_channels 64, so SD 2.x's 5, 10, 20, 20); else UNet2DConditionModel's default 8.
+  const int model_channels = dim(conv_in, 0);
+  const int head_channels = hints.num_head_channels.value_or(64);
+  for (int c : channels_per_level) {
+    if (hints.num_heads || !linear_projection) {
+      heads.push_back(hints.num_heads.value_or(8));
+    } else {
+      if (model_channels < head_channels || c % model_channels != 0)
+        fail("unet: " + std::to_string(c) + " channels cannot be split into heads of " + std::to_string(head_channels) +
+             " (num_head_channels" + (hints.num_head_channels ? "" : ", v2-inference.yaml's") + ") on " +
+             std::to_string(model_channels) + " model channels; put the model's .yaml beside the file");
+      heads.push_back(model_channels / head_channels * (c / model_channels));
+    }
   }
   for (int b = 0; b < levels; ++b)
     up_types.push_back(attention("up_blocks." + std::to_string(b) + ".attentions.0.") ? "CrossAttnUpBlock2D"
@@ -328,11 +343,11 @@ json derive_unet_config(const ShapeMap& m, SingleFileFamily family) {
   j["flip_sin_to_cos"] = true;
   j["freq_shift"] = 0;
   j["downsample_padding"] = 1;
-  j["sample_size"] = 64;  // 512 px / 8: SD 1.x's default resolution
+  j["sample_size"] = hints.image_size / 8;  // set in map_single_file from the VAE's levels
   return j;
 }
 
-json derive_vae_config(const ShapeMap& m) {
+json derive_vae_config(const ShapeMap& m, const SingleFileHints& hints) {
   const char* what = "vae";
   const int levels = count(m, "encoder.down_blocks.", ".resnets.0.conv1.weight");
   if (levels == 0) need(m, "encoder.down_blocks.0.resnets.0.conv1.weight", 4, what);
@@ -348,8 +363,8 @@ json derive_vae_config(const ShapeMap& m) {
   j["block_out_channels"] = channels;
   j["layers_per_block"] = count(m, "encoder.down_blocks.0.resnets.", ".conv1.weight");
   j["norm_num_groups"] = 32;
-  j["scaling_factor"] = 0.18215;  // SD 1.x/2.x: the `scale_factor` of v1-inference.yaml
-  j["sample_size"] = 512;
+  j["scaling_factor"] = hints.scale_factor.value_or(0.18215);  // the yaml's `scale_factor` (v1/v2: 0.18215)
+  j["sample_size"] = hints.image_size;
   return j;
 }
 
@@ -371,11 +386,20 @@ json derive_clip_config(const ShapeMap& m, SingleFileFamily family) {
   // OpenAI CLIP uses QuickGELU; OpenCLIP ViT-H (SD 2.x) uses exact GELU.
   j["hidden_act"] = family == SingleFileFamily::kSD1 ? "quick_gelu" : "gelu";
   j["layer_norm_eps"] = 1e-5;
-  j["bos_token_id"] = 49406;
-  j["eos_token_id"] = 49407;
-  j["pad_token_id"] = 1;
-  // CLIPTextModel has no projection; ViT-L/14's projection width equals its hidden size.
-  j["projection_dim"] = hidden;
+  if (family == SingleFileFamily::kSD1) {
+    j["bos_token_id"] = 49406;
+    j["eos_token_id"] = 49407;
+    j["pad_token_id"] = 1;
+    // CLIPTextModel has no projection; ViT-L/14's projection width equals its hidden size.
+    j["projection_dim"] = hidden;
+  } else {
+    // The values of stabilityai/stable-diffusion-2's text_encoder/config.json, which diffusers loads for SD 2.x
+    // (CLIPTextConfig's defaults; CLIPTextModel of transformers 4.30 reads none of them).
+    j["bos_token_id"] = 0;
+    j["eos_token_id"] = 2;
+    j["pad_token_id"] = 1;
+    j["projection_dim"] = 512;
+  }
   return j;
 }
 
@@ -390,9 +414,13 @@ Config parse_derived(const json& j, Config (*parse)(const std::string&), const c
   }
 }
 
+void add_mapped(std::map<std::string, MappedTensor>& out, const MappedTensor& t) {
+  auto [it, inserted] = out.try_emplace(t.name, t);
+  if (!inserted) fail("tensors '" + it->second.source + "' and '" + t.source + "' are both '" + t.name + "'");
+}
+
 void add_mapped(std::map<std::string, MappedTensor>& out, std::string name, const NamedShape& t) {
-  auto [it, inserted] = out.try_emplace(name, MappedTensor{name, t.name, t.shape});
-  if (!inserted) fail("tensors '" + it->second.source + "' and '" + t.name + "' are both '" + name + "'");
+  add_mapped(out, MappedTensor{std::move(name), t.name, t.shape});
 }
 
 std::vector<MappedTensor> values(const std::map<std::string, MappedTensor>& m) {
@@ -408,31 +436,40 @@ ShapeMap shapes(const std::map<std::string, MappedTensor>& m) {
   return out;
 }
 
+// The family, by the text encoder's keys (as diffusers' infer_diffusers_model_type tells them apart); kSD1 when
+// none is recognized (map_single_file then explains what is missing).
+SingleFileFamily single_file_family(const std::vector<NamedShape>& tensors) {
+  bool openclip = false;
+  for (const auto& t : tensors) {
+    if (t.name.starts_with(kSdxlPrefix)) return SingleFileFamily::kSDXL;
+    openclip = openclip || t.name.starts_with(kOpenClipPrefix);
+  }
+  return openclip ? SingleFileFamily::kSD2 : SingleFileFamily::kSD1;
+}
+
 }  // namespace
 
-SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors) {
+SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const SingleFileHints& hints) {
   SingleFileLayout layout;
   std::vector<std::string> unet_keys;
-  bool any_vae = false, any_clip = false, openclip = false, sdxl = false;
+  bool any_vae = false, any_clip = false;
+  std::vector<NamedShape> openclip;  // cond_stage_model.model.* without the prefix
   for (const auto& t : tensors) {
     if (t.name.starts_with(kUNetPrefix)) unet_keys.push_back(t.name.substr(kUNetPrefix.size()));
     any_vae = any_vae || t.name.starts_with(kVaePrefix);
     any_clip = any_clip || t.name.starts_with(kClipPrefix);
-    openclip = openclip || t.name.starts_with(kOpenClipPrefix);
-    sdxl = sdxl || t.name.starts_with(kSdxlPrefix);
+    if (t.name.starts_with(kOpenClipPrefix)) openclip.push_back({t.name.substr(kOpenClipPrefix.size()), t.shape});
   }
   // Family detection, as diffusers' infer_diffusers_model_type does it: by the text encoder's keys.
-  if (sdxl) fail("this is an SDXL checkpoint (conditioner.embedders.*); sdcpu cannot load SDXL single files yet");
-  if (openclip) {
-    // TODO(SD 2.x): the OpenCLIP text encoder stores q/k/v fused (attn.in_proj_weight), which needs
-    // splitting rather than renaming (convert_open_clip_checkpoint); the UNet/VAE mapping and the
-    // SingleFileFamily::kSD2 branches of the config derivation are ready for it.
+  layout.family = single_file_family(tensors);
+  if (layout.family == SingleFileFamily::kSDXL)
+    fail("this is an SDXL checkpoint (conditioner.embedders.*); sdcpu cannot load SDXL single files yet");
+  const bool sd2 = layout.family == SingleFileFamily::kSD2;
+  if (sd2 && any_clip)
     fail(
-        "this is an SD 2.x checkpoint (OpenCLIP text encoder, cond_stage_model.model.*); sdcpu cannot load SD 2.x "
-        "single files yet: use its diffusers folder");
-  }
-  layout.family = SingleFileFamily::kSD1;
-  if (unet_keys.empty() && !any_vae && !any_clip) {
+        "both an OpenAI CLIP (cond_stage_model.transformer.*) and an OpenCLIP (cond_stage_model.model.*) text "
+        "encoder");
+  if (unet_keys.empty() && !any_vae && !any_clip && openclip.empty()) {
     // A common mistake: pointing at one component file of a diffusers folder.
     const bool component = std::any_of(tensors.begin(), tensors.end(), [](const NamedShape& t) {
       return t.name.starts_with("down_blocks.") || t.name.starts_with("encoder.down_blocks.") ||
@@ -446,7 +483,9 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors) {
   }
   if (unet_keys.empty()) fail("no UNet tensors (model.diffusion_model.*)");
   if (!any_vae) fail("no VAE tensors (first_stage_model.*)");
-  if (!any_clip) fail("no text encoder tensors (cond_stage_model.transformer.*)");
+  if (!any_clip && !sd2) fail("no text encoder tensors (cond_stage_model.transformer.*)");
+  const std::optional<OpenClipShape> clip_shape =
+      sd2 ? std::optional<OpenClipShape>(open_clip_shape(openclip)) : std::nullopt;
 
   const UNetBlocks blocks = unet_blocks(unet_keys);
   int decoder_levels = 0;
@@ -469,6 +508,12 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors) {
     } else if (t.name.starts_with(kClipPrefix)) {
       name = map_clip_key(t.name.substr(kClipPrefix.size()));
       component = &clip;
+    } else if (t.name.starts_with(kOpenClipPrefix)) {
+      const NamedShape rest{t.name.substr(kOpenClipPrefix.size()), t.shape};
+      const std::vector<MappedTensor> mapped = map_open_clip_key(rest, t.name, *clip_shape);
+      for (const MappedTensor& m : mapped) add_mapped(clip, m);
+      if (mapped.empty()) layout.ignored.push_back(t.name);
+      continue;
     }
     if (name)
       add_mapped(*component, std::move(*name), t);
@@ -476,8 +521,11 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors) {
       layout.ignored.push_back(t.name);
   }
 
-  const json unet_json = derive_unet_config(shapes(unet), layout.family);
-  const json vae_json = derive_vae_config(shapes(vae));
+  json unet_json = derive_unet_config(shapes(unet), hints);
+  const json vae_json = derive_vae_config(shapes(vae), hints);
+  // create_unet_diffusers_config: image_size // vae_scale_factor, 2 ** (VAE levels - 1).
+  const size_t vae_levels = vae_json["block_out_channels"].size();
+  if (vae_levels >= 1 && vae_levels <= 8) unet_json["sample_size"] = hints.image_size >> (vae_levels - 1);
   const json clip_json = derive_clip_config(shapes(clip), layout.family);
   layout.unet_config = parse_derived(unet_json, parse_unet_config, "unet");
   layout.vae_config = parse_derived(vae_json, parse_vae_config, "vae");
@@ -485,7 +533,7 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors) {
   if (layout.unet_config.cross_attention_dim != layout.text_encoder_config.hidden_size)
     fail("the UNet's cross-attention width " + std::to_string(layout.unet_config.cross_attention_dim) +
          " does not match the text encoder's width " + std::to_string(layout.text_encoder_config.hidden_size));
-  layout.architecture = layout.unet_config.in_channels == 9 ? "SD 1.x inpainting" : "SD 1.x";
+  layout.architecture = sd2 ? "SD 2.x" : layout.unet_config.in_channels == 9 ? "SD 1.x inpainting" : "SD 1.x";
   layout.unet_config_json = unet_json.dump(2);
   layout.vae_config_json = vae_json.dump(2);
   layout.text_encoder_config_json = clip_json.dump(2);

@@ -14,12 +14,29 @@ Shape strip_trailing_ones(Shape s) {
 
 void WeightStore::add(const std::string& name, std::shared_ptr<const SafetensorsFile> file,
                       const std::string& file_name) {
-  if (!file->find(file_name)) throw ModelError(file->path() + ": no tensor named '" + file_name + "'");
-  entries_[name] = Entry{std::move(file), file_name};
+  const TensorInfo* info = file->find(file_name);
+  if (!info) throw ModelError(file->path() + ": no tensor named '" + file_name + "'");
+  entries_[name] = Entry{std::move(file), *info};
+}
+
+void WeightStore::add_rows(const std::string& name, std::shared_ptr<const SafetensorsFile> file,
+                           const std::string& file_name, int64_t first_row, int64_t rows) {
+  const TensorInfo* info = file->find(file_name);
+  if (!info) throw ModelError(file->path() + ": no tensor named '" + file_name + "'");
+  if (info->shape.empty() || first_row < 0 || rows <= 0 || first_row + rows > info->shape[0])
+    throw ModelError(file->path() + ": tensor '" + file_name + "' of shape " + shape_to_string(info->shape) +
+                     " has no rows " + std::to_string(first_row) + ".." + std::to_string(first_row + rows - 1));
+  // The rows of a row-major tensor are one contiguous byte range (safetensors stores tensors dense, row-major).
+  const uint64_t row_bytes = (info->end - info->begin) / static_cast<uint64_t>(info->shape[0]);
+  TensorInfo part = *info;
+  part.shape[0] = rows;
+  part.begin = info->begin + static_cast<uint64_t>(first_row) * row_bytes;
+  part.end = part.begin + static_cast<uint64_t>(rows) * row_bytes;
+  entries_[name] = Entry{std::move(file), std::move(part)};
 }
 
 void WeightStore::add_all(const std::shared_ptr<const SafetensorsFile>& file) {
-  for (const auto& t : file->tensors()) entries_[t.name] = Entry{file, t.name};
+  for (const auto& t : file->tensors()) entries_[t.name] = Entry{file, t};
 }
 
 const WeightStore::Entry& WeightStore::entry(const std::string& name) const {
@@ -28,14 +45,10 @@ const WeightStore::Entry& WeightStore::entry(const std::string& name) const {
   return it->second;
 }
 
-const Shape& WeightStore::shape(const std::string& name) const {
-  const Entry& e = entry(name);
-  return e.file->find(e.file_name)->shape;
-}
+const Shape& WeightStore::shape(const std::string& name) const { return entry(name).info.shape; }
 
 const TensorInfo& WeightStore::checked(const std::string& name, const Shape& expected) const {
-  const Entry& e = entry(name);
-  const TensorInfo& info = *e.file->find(e.file_name);
+  const TensorInfo& info = entry(name).info;
   if (strip_trailing_ones(info.shape) != strip_trailing_ones(expected))
     throw ModelError(component_ + ": tensor '" + name + "' has shape " + shape_to_string(info.shape) +
                      ", the configuration needs " + shape_to_string(expected));

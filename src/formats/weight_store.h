@@ -25,6 +25,11 @@ class WeightStore {
 
   // Makes `file`'s tensor `file_name` available as `name`. A later add of the same name replaces it.
   void add(const std::string& name, std::shared_ptr<const SafetensorsFile> file, const std::string& file_name);
+  // Makes rows [first_row, first_row + rows) of `file`'s tensor `file_name` (split along its first dimension)
+  // available as `name`, without copying: e.g. the q, k and v projections that OpenCLIP stores as one fused
+  // in_proj_weight [3W, W]. ModelError if the tensor has no such rows.
+  void add_rows(const std::string& name, std::shared_ptr<const SafetensorsFile> file, const std::string& file_name,
+                int64_t first_row, int64_t rows);
   // Adds every tensor of `file` under its own name.
   void add_all(const std::shared_ptr<const SafetensorsFile>& file);
 
@@ -65,7 +70,7 @@ class WeightStore {
  private:
   struct Entry {
     std::shared_ptr<const SafetensorsFile> file;
-    std::string file_name;
+    TensorInfo info;  // the file's header entry, or a block of its rows (add_rows)
   };
   const Entry& entry(const std::string& name) const;
   // The entry's tensor after checking its shape against `expected`; marks it used.

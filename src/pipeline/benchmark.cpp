@@ -159,7 +159,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
 
   auto t0 = std::chrono::steady_clock::now();
   auto taesd = [&] { return o.vae_path.empty() ? TaesdOptions{} : TaesdOptions{open_taesd(o.vae_path), true}; };
-  auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path), compute,
+  auto pipe = std::make_unique<Txt2ImgPipeline>(open_model(o.model_path, "", o.prediction_type), compute,
                                                 MemoryOptions{o.weight_cache_dir, o.low_memory}, taesd());
   r.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.weight_cache = pipe->weight_cache_status();
@@ -251,7 +251,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
     // gone so that both never hold their weights at once.
     pipe.reset();
     log("quality: running the fp32 reference");
-    const Txt2ImgPipeline reference(open_model(o.model_path), ComputeType::f32, {}, taesd());
+    const Txt2ImgPipeline reference(open_model(o.model_path, "", o.prediction_type), ComputeType::f32, {}, taesd());
     const auto ref = reference.run(make_request(o, r.stage_batch_size));
     r.psnr_db_vs_fp32 = image_psnr_db(stage_result.image, ref.image);
     r.max_abs_latent_diff_vs_fp32 = max_abs_diff(stage_result.latents, ref.latents);

@@ -151,10 +151,12 @@ class PipelineImpl : public Pipeline {
     std::ostringstream s;
     s << "model:        " << f.path << "\n"
       << "layout:       " << f.layout << "\n"
-      << "architecture: " << f.architecture << "\n"
-      << "text encoder: CLIP, " << f.text_encoder_config.num_hidden_layers << " layers, hidden "
-      << f.text_encoder_config.hidden_size << ", " << f.text_encoder_config.num_attention_heads << " heads, "
-      << f.text_encoder_config.hidden_act << "\n"
+      << "architecture: " << f.architecture << "\n";
+    if (!f.prediction_type.empty())
+      s << "prediction:   " << f.prediction_type << " (" << f.prediction_type_reason << ")\n";
+    s << "text encoder: " << (f.architecture == "SD 2.x" ? "OpenCLIP" : "CLIP") << ", "
+      << f.text_encoder_config.num_hidden_layers << " layers, hidden " << f.text_encoder_config.hidden_size << ", "
+      << f.text_encoder_config.num_attention_heads << " heads, " << f.text_encoder_config.hidden_act << "\n"
       << "unet:         channels " << join(f.unet_config.block_out_channels) << ", heads "
       << join(f.unet_config.num_attention_heads) << ", cross-attention " << f.unet_config.cross_attention_dim
       << (f.unet_config.use_linear_projection ? ", linear projections" : ", conv projections") << "\n"
@@ -165,7 +167,8 @@ class PipelineImpl : public Pipeline {
       s << "taesd:        " << t->path << " (" << t->layout << "), decoder channels "
         << join(t->config.decoder_block_out_channels) << ", latent channels " << t->config.latent_channels << ", "
         << (txt2img_.taesd_decodes() ? "decodes the images instead of the VAE" : "decodes previews") << "\n";
-    s << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir) << "\n";
+    s << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir)
+      << (f.tokenizer_pad_token.empty() ? "" : ", pad token \"" + f.tokenizer_pad_token + "\"") << "\n";
     for (const WeightCacheStatus& c : txt2img_.weight_cache_status())
       s << "weight cache: " << c.component << " " << c.outcome << " (was " << c.previous_state << "): " << c.path
         << "\n";
@@ -249,7 +252,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const Lo
   TaesdOptions taesd;
   if (!options.vae_path.empty()) taesd = {open_taesd(options.vae_path), /*replaces_vae=*/true};
   if (!options.preview_vae_path.empty()) taesd = {open_taesd(options.preview_vae_path), /*replaces_vae=*/false};
-  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute,
+  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant, options.prediction_type), compute,
                                         MemoryOptions{options.weight_cache_dir, options.low_memory}, std::move(taesd));
 }
 

@@ -118,7 +118,7 @@ struct ModeRun {
 ModeRun run_mode(const QualityBenchOptions& o, const QualityMode& mode, MemoryOptions memory) {
   ModeRun run;
   run.mode = mode.name;
-  const Txt2ImgPipeline pipe(open_model(o.model_path), mode.compute, std::move(memory));
+  const Txt2ImgPipeline pipe(open_model(o.model_path, "", o.prediction_type), mode.compute, std::move(memory));
   // A warm-up image first, not counted: the first run at a shape creates the kernels' primitives.
   pipe.run(request_for(o, kPrompts[0], mode));
   for (int i = 0; i < o.prompts; ++i) {

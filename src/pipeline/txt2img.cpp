@@ -39,7 +39,8 @@ Tensor repeat_each(const Tensor& embeddings, int n) {
 }
 
 ClipTokenizer make_tokenizer(const ModelFiles& files) {
-  return files.tokenizer_dir.empty() ? ClipTokenizer::bundled() : ClipTokenizer::from_directory(files.tokenizer_dir);
+  return files.tokenizer_dir.empty() ? ClipTokenizer::bundled(files.tokenizer_pad_token)
+                                     : ClipTokenizer::from_directory(files.tokenizer_dir);
 }
 
 }  // namespace

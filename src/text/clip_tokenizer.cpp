@@ -232,7 +232,9 @@ struct ClipTokenizer::Impl {
   }
 };
 
-ClipTokenizer ClipTokenizer::from_directory(const std::string& dir) {
+ClipTokenizer ClipTokenizer::from_directory(const std::string& dir) { return load(dir, ""); }
+
+ClipTokenizer ClipTokenizer::load(const std::string& dir, const std::string& pad_token) {
   auto impl = std::make_shared<Impl>();
 
   const std::string vocab_path = dir + "/vocab.json";
@@ -295,6 +297,8 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& dir) {
     }
   }
 
+  if (!pad_token.empty()) pad = pad_token;
+
   // Every special token is an added token too (PreTrainedTokenizer.__init__ adds all_special_tokens), with the
   // id it has, so the text is split on it: for tokenizers whose pad token is "!", each "!" becomes id 0.
   auto special_id = [&](const std::string& token, const char* role) {
@@ -340,7 +344,9 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& dir) {
   return ClipTokenizer(std::move(impl));
 }
 
-ClipTokenizer ClipTokenizer::bundled() { return from_directory(data_dir() + "/clip-tokenizer"); }
+ClipTokenizer ClipTokenizer::bundled(const std::string& pad_token) {
+  return load(data_dir() + "/clip-tokenizer", pad_token);
+}
 
 std::vector<int> ClipTokenizer::tokenize(const std::string& text) const {
   return impl_->tokenize(text, static_cast<size_t>(-1));

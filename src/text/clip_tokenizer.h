@@ -28,7 +28,9 @@ class ClipTokenizer {
   // The vocabulary shipped with sdcpu in data/clip-tokenizer, for single-file checkpoints, which carry none.
   // The data directory is the source tree's data/ unless the SDCPU_DATA_DIR environment variable names
   // another.
-  static ClipTokenizer bundled();
+  // `pad_token`: another pad token than CLIPTokenizer's, as a special_tokens_map.json would set it ("!" for
+  // SD 2.x's tokenizer); "" = the default.
+  static ClipTokenizer bundled(const std::string& pad_token = "");
 
   // Token ids of `text` (UTF-8): no BOS/EOS, no truncation. Throws InvalidArgument if `text` is not UTF-8.
   std::vector<int> tokenize(const std::string& text) const;
@@ -44,6 +46,7 @@ class ClipTokenizer {
 
  private:
   struct Impl;
+  static ClipTokenizer load(const std::string& dir, const std::string& pad_token);
   explicit ClipTokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;  // immutable after loading (the word cache locks itself): cheap to copy
 };
