@@ -24,12 +24,26 @@ class UNet2DConditionModel {
   // passes it), encoder_hidden_states [B, L, cross_attention_dim]. Returns [B, out_channels, h, w].
   Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const;
 
+  // SDXL's added_cond_kwargs, for a UNet with addition_embed_type "text_time" (UNetConfig::has_text_time).
+  struct AddedConditions {
+    Tensor text_embeds;  // [B, pooled dim]: the second text encoder's text_embeds
+    Tensor time_ids;     // [B, 6]: original_size + crops_coords_top_left + target_size
+  };
+  // The same with added conditions; they must be given exactly when the config has "text_time".
+  Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                 const AddedConditions& added) const;
+
   const UNetConfig& config() const { return config_; }
 
  private:
+  // time_embedding(time_proj(timestep)), plus add_embedding(concat(text_embeds, add_time_proj(time_ids))) with
+  // "text_time" (UNet2DConditionModel.get_time_embed + get_aug_embed): [B, time_embed_dim].
+  Tensor time_embedding(float timestep, int64_t batch, const AddedConditions& added) const;
+
   UNetConfig config_;
   int64_t time_embed_dim_ = 0;              // block_out_channels[0] * 4
   unet::TimestepEmbedding time_embedding_;  // time_proj (Timesteps) has no weights: unet::timestep_embedding
+  unet::TimestepEmbedding add_embedding_;   // "text_time" only; add_time_proj has no weights either
   Conv2d conv_in_;
   std::vector<unet::DownBlock> down_blocks_;
   unet::MidBlock mid_block_;
