@@ -164,7 +164,7 @@ TEST(NetsUnet, TimestepEmbeddingMatchesFormula) {
 // SDXL's UNet structure (tests/oracle/make_sdxl_goldens.py): DownBlock2D first, transformer_layers_per_block
 // [1, 1, 2], per-level heads, linear projections, addition_embed_type "text_time"; batch of 2 with different
 // pooled embeds and time ids.
-const std::string kSdxlUnetDir = std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/sdxl/unet";
+const std::string kSdxlUnetDir = std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/sdxl/tiny-sdxl/unet";
 
 TEST(NetsUnet, SdxlTextTimeMatchesDiffusers) {
   const UNetConfig config = load_config(kSdxlUnetDir);

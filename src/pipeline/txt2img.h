@@ -31,6 +31,7 @@
 #include "nets/taesd.h"
 #include "nets/unet.h"
 #include "nets/vae.h"
+#include "pipeline/prompt_conditioning.h"
 #include "pipeline/weight_cache.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
@@ -143,6 +144,10 @@ class Txt2ImgPipeline {
 
   // Prompt embeddings [batch, 77, hidden] for the given prompts.
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
+  // Everything the UNet is conditioned on for one request, as its family says (pipeline/prompt_conditioning.h):
+  // [uncond, cond] with guidance (cfg_scale > 1), else [cond]; not yet repeated for batch_size.
+  PromptConditioning encode_conditioning(const Txt2ImgRequest& request) const;
+  const PromptConditioningFamily& conditioning_family() const { return family_; }
 
   const ModelFiles& files() const { return files_; }
   // The scheduler config the model stores (a folder's file, or diffusers' single-file default).
@@ -157,11 +162,12 @@ class Txt2ImgPipeline {
 
  private:
   struct Denoising;
-  // The UNet's embeddings for a batch: [uncond of every member, cond of every member].
-  static Tensor batch_embeddings(const std::vector<Denoising*>& batch);
+  // The UNet's conditioning for a batch: [uncond of every member, cond of every member].
+  static PromptConditioning batch_embeddings(const std::vector<Denoising*>& batch);
   // One step of the loop for every member of a batch: one UNet call on `embeddings` (batch_embeddings(batch)),
   // then each member's guidance mix and scheduler step.
-  void denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i) const;
+  void denoise_step(const std::vector<Denoising*>& batch, const PromptConditioning& embeddings, int i) const;
+  TextEncoders text_encoders() const;
 
   // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to
   // the system (MemoryOptions).
@@ -175,10 +181,13 @@ class Txt2ImgPipeline {
   // weights into its front.
   std::unique_ptr<ActivationArena> arena_;
   // Declared before the networks, which are built into them (null: the network holds its own packed weights).
-  std::shared_ptr<PackedWeightCache> text_encoder_weights_, unet_weights_, vae_weights_;
+  std::shared_ptr<PackedWeightCache> text_encoder_weights_, unet_weights_, vae_weights_, text_encoder_2_weights_;
   std::vector<WeightCacheStatus> weight_cache_status_;
+  PromptConditioningFamily family_;
   ClipTokenizer tokenizer_;
   ClipTextModel text_encoder_;
+  std::optional<ClipTokenizer> tokenizer_2_;     // SDXL
+  std::optional<ClipTextModel> text_encoder_2_;  // SDXL
   UNet2DConditionModel unet_;
   std::optional<VaeDecoder> vae_decoder_;  // absent when the TAESD decodes the images
   StoredSchedulerConfig scheduler_config_;

@@ -14,14 +14,27 @@ What it makes (in OUT_DIR, default tests/goldens/sdxl of this repository)
                                                     penultimate layer's output, no final_layer_norm),
                                                     hidden_states[-3] (its clip_skip=1) and last_hidden_state,
                                                     and encoder 2's text_embeds (pooled, projected)
-    unet/{config.json,diffusion_pytorch_model.safetensors}
-                                                    a tiny random UNet2DConditionModel with SDXL's structure:
+    tiny-sdxl/                                      the parts of a tiny StableDiffusionXLPipeline folder that
+                                                    are its own (see assemble_tiny_sdxl: the rest are links to
+                                                    ../shared/fixtures/tiny-sd, whose 49408-token embeddings are
+                                                    too large to store twice):
+        unet/                                       a tiny random UNet2DConditionModel with SDXL's structure:
                                                     3 levels, DownBlock2D first, transformer_layers_per_block
                                                     [1, 1, 2], per-level heads, use_linear_projection,
                                                     addition_embed_type "text_time"
+        text_encoder_2/                             CLIPTextModelWithProjection config (gelu) and a sharded
+                                                    index: shard 1 is tiny-sd's text encoder weights, shard 2
+                                                    the random text_projection stored here
+        model_index.json, scheduler/, tokenizer_2/ (pad token "!"), vae/config.json (scaling_factor
+                                                    0.13025): SDXL base 1.0's settings
     unet.safetensors                                sample, timestep, encoder_hidden_states, text_embeds,
                                                     time_ids -> out, for a batch of 2 (as classifier-free
                                                     guidance runs it) at 8x8 latents
+    pipeline_<sampler>_<steps>steps_cfg<g>_<negative>.safetensors
+                                                    StableDiffusionXLPipeline.__call__ on the assembled folder,
+                                                    128x128, seed 42: `image` [1,128,128,3] (output_type "np"),
+                                                    `latents_per_step`, `timesteps`, prompt embeddings and
+                                                    added conditions as the UNet saw them, settings in metadata
     Weights are stored as float16 (to keep the files small) and the references are computed in float32 from
     those rounded weights, so sdcpu reading the same files sees exactly the model that made the goldens.
 
@@ -33,20 +46,26 @@ torch.set_num_threads(2). The output is byte-for-byte reproducible.
 """
 import json
 import os
+import shutil
 import struct
 import sys
+import tempfile
 
 import numpy as np
 import torch
 
 import diffusers
 import transformers
-from diffusers import UNet2DConditionModel
+from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_OUT = os.path.join(REPO, "tests", "goldens", "sdxl")
+SHARED = os.environ.get("SDCPU_SHARED", os.path.join(REPO, "..", "shared"))
+TINY_SD = os.path.join(SHARED, "fixtures", "tiny-sd")
+PROJECTION_DIM = 32  # text_encoder_2's projection_dim in the tiny SDXL folder
 MADE_BY = "tests/oracle/make_sdxl_goldens.py (transformers 4.30.2, diffusers 0.27.2)"
 
 _DT = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
@@ -146,7 +165,7 @@ def make_text_encoders(out_dir):
 
 
 # ----------------------------------------------------------------------------------------------------------
-def unet_config(enc1_config, enc2_config):
+def unet_config(cross_attention_dim, text_embeds_dim):
     """SDXL base 1.0's UNet config with every size shrunk (the real one: block_out_channels [320, 640, 1280],
     attention_head_dim [5, 10, 20], transformer_layers_per_block [1, 2, 10], cross_attention_dim 2048,
     addition_time_embed_dim 256, projection_class_embeddings_input_dim 2816 = 1280 + 6 * 256)."""
@@ -162,41 +181,196 @@ def unet_config(enc1_config, enc2_config):
         attention_head_dim=[1, 2, 4],  # diffusers reads it as the number of heads
         transformer_layers_per_block=[1, 1, 2],
         norm_num_groups=8,
-        cross_attention_dim=enc1_config.hidden_size + enc2_config.hidden_size,
+        cross_attention_dim=cross_attention_dim,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=addition_time_embed_dim,
-        projection_class_embeddings_input_dim=enc2_config.projection_dim + 6 * addition_time_embed_dim,
+        projection_class_embeddings_input_dim=text_embeds_dim + 6 * addition_time_embed_dim,
         flip_sin_to_cos=True,
         freq_shift=0,
     )
 
 
-def make_unet(out_dir, enc1_config, enc2_config):
-    config = unet_config(enc1_config, enc2_config)
+def make_unet(out_dir, folder_dir):
+    """The tiny SDXL folder's UNet, conditioned on its two encoders (both 64 wide, projection 32)."""
+    config = unet_config(cross_attention_dim=2 * 64, text_embeds_dim=PROJECTION_DIM)
     torch.manual_seed(4)
     unet = UNet2DConditionModel(**config).eval()
-    full_config = dict(unet.config)
+    # _use_default_values is a set (its order varies from run to run) and only for diffusers' own bookkeeping.
+    full_config = {k: v for k, v in unet.config.items() if k != "_use_default_values"}
     full_config["_class_name"] = "UNet2DConditionModel"
     full_config["_diffusers_version"] = diffusers.__version__
-    save_model(unet, os.path.join(out_dir, "unet"), "diffusion_pytorch_model.safetensors", full_config)
+    save_model(unet, os.path.join(folder_dir, "unet"), "diffusion_pytorch_model.safetensors", full_config)
 
     gen = torch.Generator().manual_seed(5)
     batch, size = 2, 8
     sample = torch.randn(batch, 4, size, size, generator=gen)
     ehs = torch.randn(batch, 11, config["cross_attention_dim"], generator=gen)
-    text_embeds = torch.randn(batch, enc2_config.projection_dim, generator=gen)
+    text_embeds = torch.randn(batch, PROJECTION_DIM, generator=gen)
     # original_size + crops_coords_top_left + target_size, as the pipeline builds them (a float tensor)
     time_ids = torch.tensor([[1024.0, 768.0, 0.0, 0.0, 1024.0, 768.0], [64.0, 64.0, 8.0, 16.0, 64.0, 64.0]])
     timestep = torch.tensor(681, dtype=torch.int64)
-    with torch.no_grad():
-        out = unet(sample, timestep.float(), ehs,
-                   added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
+    # One run in a few on this machine (Debian torch 1.13.1, 2 threads, while other work ran) gave an all-NaN output;
+    # the forward is therefore run twice and must agree bit for bit and be finite.
+    outs = []
+    for _ in range(2):
+        with torch.no_grad():
+            outs.append(unet(sample, timestep.float(), ehs,
+                             added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample)
+    out = outs[0]
+    if not (torch.isfinite(out).all() and torch.equal(outs[0], outs[1])):
+        raise SystemExit("unet reference not reproducible (non-finite or differing runs): run the script again")
     golden = {"sample": sample.numpy(), "timestep": timestep.reshape(1).numpy(), "encoder_hidden_states": ehs.numpy(),
               "text_embeds": text_embeds.numpy(), "time_ids": time_ids.numpy(), "out": out.numpy()}
     write_safetensors(os.path.join(out_dir, "unet.safetensors"), golden,
                       {"made_by": MADE_BY, "what": "UNet2DConditionModel forward with added_cond_kwargs"})
     print("unet: out scale %.3g" % out.abs().max())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tiny SDXL folder. SDXL base 1.0's model_index.json, scheduler config, tokenizer_2 special tokens and VAE
+# scaling factor; both text encoders are tiny-sd's 5-layer, 64-wide CLIP text transformer (the first as is,
+# quick_gelu; the second as a CLIPTextModelWithProjection with gelu and a random projection), its VAE weights.
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "_diffusers_version": "0.27.2",
+    "force_zeros_for_empty_prompt": True,
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+SCHEDULER_CONFIG = {  # stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": "0.19.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+TOKENIZER_2_SPECIAL = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "!",
+                       "unk_token": "<|endoftext|>"}
+TOKENIZER_2_CONFIG = dict(TOKENIZER_2_SPECIAL, tokenizer_class="CLIPTokenizer", model_max_length=77,
+                          do_lower_case=True)
+ENCODER_2_SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def make_folder_parts(folder_dir):
+    write_json(os.path.join(folder_dir, "model_index.json"), MODEL_INDEX)
+    write_json(os.path.join(folder_dir, "scheduler", "scheduler_config.json"), SCHEDULER_CONFIG)
+    write_json(os.path.join(folder_dir, "tokenizer_2", "special_tokens_map.json"), TOKENIZER_2_SPECIAL)
+    write_json(os.path.join(folder_dir, "tokenizer_2", "tokenizer_config.json"), TOKENIZER_2_CONFIG)
+    with open(os.path.join(TINY_SD, "vae", "config.json")) as f:
+        vae = json.load(f)
+    vae["scaling_factor"] = 0.13025  # SDXL's VAE
+    write_json(os.path.join(folder_dir, "vae", "config.json"), vae)
+
+    with open(os.path.join(TINY_SD, "text_encoder", "config.json")) as f:
+        enc2 = json.load(f)
+    enc2.update(architectures=["CLIPTextModelWithProjection"], hidden_act="gelu", projection_dim=PROJECTION_DIM)
+    write_json(os.path.join(folder_dir, "text_encoder_2", "config.json"), enc2)
+    torch.manual_seed(6)
+    projection = torch.nn.Linear(enc2["hidden_size"], PROJECTION_DIM, bias=False).weight.detach()
+    write_safetensors(os.path.join(folder_dir, "text_encoder_2", ENCODER_2_SHARDS[1]),
+                      {"text_projection.weight": projection.to(torch.float16).numpy()}, {"format": "pt"})
+    weight_map = {"text_projection.weight": ENCODER_2_SHARDS[1]}
+    with open(os.path.join(TINY_SD, "text_encoder", "model.safetensors"), "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        names = [k for k in json.loads(f.read(n)) if k != "__metadata__"]
+    for name in names:
+        weight_map[name] = ENCODER_2_SHARDS[0]
+    write_json(os.path.join(folder_dir, "text_encoder_2", "model.safetensors.index.json"),
+               {"metadata": {}, "weight_map": weight_map})
+
+
+def assemble_tiny_sdxl(parts_dir, model_dir):
+    """The folder sdcpu's tests assemble the same way (tests/test_support.h tiny_sdxl_folder): the parts, plus
+    links to tiny-sd's text encoder, tokenizer files and VAE weights."""
+    shutil.copytree(parts_dir, model_dir)
+    links = {
+        "text_encoder": os.path.join(TINY_SD, "text_encoder"),
+        "tokenizer": os.path.join(TINY_SD, "tokenizer"),
+        "tokenizer_2/vocab.json": os.path.join(TINY_SD, "tokenizer", "vocab.json"),
+        "tokenizer_2/merges.txt": os.path.join(TINY_SD, "tokenizer", "merges.txt"),
+        "text_encoder_2/" + ENCODER_2_SHARDS[0]: os.path.join(TINY_SD, "text_encoder", "model.safetensors"),
+        "vae/diffusion_pytorch_model.safetensors": os.path.join(TINY_SD, "vae", "diffusion_pytorch_model.safetensors"),
+    }
+    for rel, target in links.items():
+        os.symlink(os.path.abspath(target), os.path.join(model_dir, rel))
+
+
+PROMPT = "a photo of an astronaut riding a horse on mars"
+SEED = 42
+SIZE = 128
+# (sampler, scheduler class and from_config kwargs, steps, guidance, negative prompt or None)
+PIPELINE_RUNS = [
+    ("euler", EulerDiscreteScheduler, {}, 8, 5.0, None),
+    ("dpmpp_2m", DPMSolverMultistepScheduler, {}, 8, 5.0, "blurry, low quality"),
+    ("euler_a", EulerAncestralDiscreteScheduler, {}, 8, 1.0, None),
+]
+
+
+def make_pipeline_goldens(model_dir, out_dir):
+    pipe = StableDiffusionXLPipeline.from_pretrained(model_dir, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae.config.scaling_factor == 0.13025 and pipe.config.force_zeros_for_empty_prompt
+    assert pipe.tokenizer_2.pad_token_id == 0 and pipe.tokenizer.pad_token_id == 49407
+    base_config = pipe.scheduler.config
+    for sampler, cls, kwargs, steps, guidance, negative in PIPELINE_RUNS:
+        pipe.scheduler = cls.from_config(base_config, **kwargs)
+        latents, unet_inputs = [], {}
+
+        def on_step_end(_pipe, _i, _t, callback_kwargs):
+            latents.append(callback_kwargs["latents"].detach().clone())
+            for k in ("prompt_embeds", "add_text_embeds", "add_time_ids"):
+                unet_inputs.setdefault(k, callback_kwargs[k].detach().clone())
+            return {}
+
+        image = pipe(PROMPT, negative_prompt=negative, height=SIZE, width=SIZE, num_inference_steps=steps,
+                     guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
+                     callback_on_step_end=on_step_end,
+                     callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "add_text_embeds",
+                                                         "add_time_ids"]).images
+        if not (np.isfinite(image).all() and all(torch.isfinite(l).all() for l in latents)):
+            raise SystemExit("non-finite pipeline output for %s: run the script again" % sampler)
+        golden = {
+            "image": image.astype(np.float32),
+            "latents_per_step": torch.stack(latents).numpy(),
+            "timesteps": pipe.scheduler.timesteps.numpy().astype(np.float64),
+            "prompt_embeds": unet_inputs["prompt_embeds"].numpy(),
+            "add_text_embeds": unet_inputs["add_text_embeds"].numpy(),
+            "add_time_ids": unet_inputs["add_time_ids"].numpy(),
+        }
+        neg_name = "noneg" if negative is None else "neg"
+        name = "pipeline_%s_%dsteps_cfg%g_%s.safetensors" % (sampler, steps, guidance, neg_name)
+        meta = {"made_by": MADE_BY, "prompt": PROMPT, "negative_prompt": negative or "", "scheduler": sampler,
+                "steps": str(steps), "guidance_scale": str(guidance), "seed": str(SEED), "width": str(SIZE),
+                "height": str(SIZE)}
+        write_safetensors(os.path.join(out_dir, name), golden, meta)
+        print("%s: latents scale %.3g, image in [%.3f, %.3f]" % (name, golden["latents_per_step"].__abs__().max(),
+                                                                 image.min(), image.max()))
 
 
 def main():
@@ -205,8 +379,14 @@ def main():
     assert transformers.__version__ == "4.30.2", transformers.__version__
     torch.set_num_threads(2)
     os.makedirs(out_dir, exist_ok=True)
-    enc1_config, enc2_config = make_text_encoders(out_dir)
-    make_unet(out_dir, enc1_config, enc2_config)
+    make_text_encoders(out_dir)
+    folder_dir = os.path.join(out_dir, "tiny-sdxl")
+    make_unet(out_dir, folder_dir)
+    make_folder_parts(folder_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = os.path.join(tmp, "tiny-sdxl")
+        assemble_tiny_sdxl(folder_dir, model)
+        make_pipeline_goldens(model, out_dir)
     for root, _, files in sorted(os.walk(out_dir)):
         for name in sorted(files):
             path = os.path.join(root, name)
