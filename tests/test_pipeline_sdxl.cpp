@@ -102,6 +102,55 @@ TEST(PipelineSdxl, LatentsPerStepAndImageMatchDiffusers) {
   }
 }
 
+// The added conditions travel with the prompt embeddings through batching: requests with and without a negative
+// prompt (encoded vs zeros) and one with two images per prompt, in one UNet batch, each as it comes out alone.
+TEST(PipelineSdxl, BatchedRequestsComeOutAsTheyDoAlone) {
+  Txt2ImgRequest base = request_of(testing::repo_golden(kGoldens[1]));
+  base.steps = 3;
+  base.width = 64;
+  base.height = 72;  // time ids (72, 64, 0, 0, 72, 64): not square, so swapped ids would show
+  std::vector<Txt2ImgRequest> requests(3, base);
+  requests[0].negative_prompt = "";
+  requests[1].prompt = "a lighthouse at dusk";
+  requests[1].seed = 7;
+  requests[2].batch_size = 2;
+  const auto batched = sdxl_pipeline().run_batch(requests);
+  ASSERT_EQ(batched.size(), requests.size());
+  for (size_t r = 0; r < requests.size(); ++r) {
+    SCOPED_TRACE("request " + std::to_string(r));
+    const auto alone = sdxl_pipeline().run(requests[r]);
+    EXPECT_TENSOR_NEAR(batched[r].latents, alone.latents, 1e-5);
+  }
+  // Image 0 of two per prompt starts from the same noise as one per prompt (randn fills the batch in order).
+  Txt2ImgRequest one = requests[2];
+  one.batch_size = 1;
+  EXPECT_TENSOR_NEAR(batched[2].latents.slice0(0, 1), sdxl_pipeline().run(one).latents, 1e-5);
+}
+
+TEST(PipelineSdxl, SecondEncoderGoesThroughTheWeightCache) {
+  MemoryOptions memory;
+  memory.weight_cache_dir = testing::temp_dir();
+  Txt2ImgRequest r = request_of(testing::repo_golden(kGoldens[1]));
+  r.steps = 2;
+  const Tensor expected = sdxl_pipeline().run(r).latents;
+  for (const char* outcome : {"written", "loaded"}) {
+    SCOPED_TRACE(outcome);
+    const Txt2ImgPipeline cached(open_model(testing::tiny_sdxl_dir()), ComputeType::f32, memory);
+    ASSERT_EQ(cached.weight_cache_status().size(), 4u);
+    bool saw_encoder_2 = false;
+    for (const WeightCacheStatus& s : cached.weight_cache_status()) {
+      EXPECT_EQ(s.outcome, outcome) << s.component;
+      saw_encoder_2 |= s.component == "text_encoder_2";
+    }
+    EXPECT_TRUE(saw_encoder_2);
+    EXPECT_TENSOR_NEAR(cached.run(r).latents, expected, 0.0);
+  }
+  // One network's weights in memory at a time: both encoders' are copied in for the text stage.
+  memory.low_memory = true;
+  const Txt2ImgPipeline low(open_model(testing::tiny_sdxl_dir()), ComputeType::f32, memory);
+  EXPECT_TENSOR_NEAR(low.run(r).latents, expected, 0.0);
+}
+
 TEST(PipelineSdxl, ClipSkipBeyondTheEncodersIsRefused) {
   Txt2ImgRequest r = request_of(testing::repo_golden(kGoldens[0]));
   r.steps = 1;
