@@ -67,6 +67,11 @@ TEST(PipelineSdxl, ConditioningIsWhatTheUNetSawInDiffusers) {
     EXPECT_TENSOR_NEAR(c.text_embeds, g.read_f32("add_text_embeds"), 1e-4);
     EXPECT_TENSOR_NEAR(c.time_ids, g.read_f32("add_time_ids"), 0.0);
   }
+  // encode_prompts gives the same states for the prompts themselves (here the encoded negative and the prompt).
+  const SafetensorsFile& g = testing::repo_golden(kGoldens[1]);
+  const Txt2ImgRequest r = request_of(g);
+  EXPECT_TENSOR_NEAR(sdxl_pipeline().encode_prompts({r.negative_prompt, r.prompt}, 0), g.read_f32("prompt_embeds"),
+                     1e-4);
 }
 
 TEST(PipelineSdxl, LatentsPerStepAndImageMatchDiffusers) {

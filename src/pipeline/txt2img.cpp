@@ -169,6 +169,14 @@ void Txt2ImgPipeline::end_stage() const {
 }
 
 Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const {
+  if (family_.two_encoders_penultimate) {  // SDXL: both encoders' states (the size only matters for the time ids)
+    const PackedWeightCache::Use weights(text_encoder_weights_.get()), weights_2(text_encoder_2_weights_.get());
+    ActivationArena::Pass pass(arena_.get(), "text_encoders " + family_.name +
+                                                 " prompts=" + std::to_string(prompts.size()) +
+                                                 " clip_skip=" + std::to_string(clip_skip));
+    return pass.output(
+        encode_prompt_conditioning(family_, text_encoders(), prompts, clip_skip, 0, 0).encoder_hidden_states);
+  }
   std::vector<std::vector<int>> ids;
   for (const std::string& p : prompts)
     ids.push_back(tokenizer_.encode(p, files_.text_encoder_config.max_position_embeddings));

@@ -128,7 +128,7 @@ class Txt2ImgPipeline {
 
   // One iteration of the denoising loop at scheduler step i: UNet on the guidance batch (when
   // embeddings hold [uncond x B, cond x B] for B latents), guidance mix, scheduler step. Returns the new
-  // latents.
+  // latents. Embeddings alone: a UNet that needs added conditions (SDXL) refuses them with InvalidArgument.
   Tensor denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings, float cfg_scale,
                       TorchGenerator& generator) const;
 
@@ -142,7 +142,7 @@ class Txt2ImgPipeline {
   const TaesdFiles* taesd() const { return taesd_files_ ? &*taesd_files_ : nullptr; }
   bool taesd_decodes() const { return !vae_decoder_.has_value(); }
 
-  // Prompt embeddings [batch, 77, hidden] for the given prompts.
+  // Prompt embeddings (encoder_hidden_states) [batch, 77, cross_attention_dim] for the given prompts.
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
   // Everything the UNet is conditioned on for one request, as its family says (pipeline/prompt_conditioning.h):
   // [uncond, cond] with guidance (cfg_scale > 1), else [cond]; not yet repeated for batch_size.
