@@ -159,8 +159,10 @@ TEST(PipelineSdxl, SecondEncoderGoesThroughTheWeightCache) {
 TEST(PipelineSdxl, ClipSkipBeyondTheEncodersIsRefused) {
   Txt2ImgRequest r = request_of(testing::repo_golden(kGoldens[0]));
   r.steps = 1;
-  r.clip_skip = 4;  // tiny-sd's encoders have 5 layers; SDXL reads hidden_states[-(clip_skip + 2)]
+  r.clip_skip = 5;  // tiny-sd's encoders have 5 layers: hidden_states[-(clip_skip + 2)] has 6 entries
   EXPECT_THROW(sdxl_pipeline().run(r), InvalidArgument);
+  r.clip_skip = 4;  // hidden_states[-6]: the embeddings' output, as diffusers allows
+  EXPECT_NO_THROW(sdxl_pipeline().run(r));
 }
 
 }  // namespace

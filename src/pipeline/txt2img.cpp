@@ -344,10 +344,10 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
     throw InvalidArgument("a batch holds at most " + std::to_string(kMaxBatch) + " images, got " +
                           std::to_string(total_images));
   const Txt2ImgRequest& shared = requests.front();
-  // SDXL reads hidden_states[-(clip_skip + 2)], one layer further back than SD's -(clip_skip + 1).
-  const int skip_limit = files_.text_encoder_config.num_hidden_layers - (family_.two_encoders_penultimate ? 1 : 0);
-  if (shared.clip_skip >= skip_limit ||
-      (text_encoder_2_ && shared.clip_skip >= files_.text_encoder_2_config.num_hidden_layers - 1))
+  // SD reads hidden_states[-(clip_skip + 1)] (clip_skip up to N - 1 here), SDXL hidden_states[-(clip_skip + 2)] of
+  // each encoder, which reaches the embeddings' output at clip_skip = N - 1.
+  if (shared.clip_skip >= files_.text_encoder_config.num_hidden_layers ||
+      (text_encoder_2_ && shared.clip_skip >= files_.text_encoder_2_config.num_hidden_layers))
     throw InvalidArgument("clip skip exceeds the text encoder's layers", "clip_skip");
   const int64_t channels = files_.unet_config.in_channels;
   // The VAE downsamples by 2 per level except the last: 8x for the 4-level SD VAE.
