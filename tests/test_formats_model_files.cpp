@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -265,7 +266,10 @@ TEST(ModelFilesErrors, NotAStableDiffusionIndex) {
   json j = json::parse(std::ifstream(index));
   j["_class_name"] = "StableDiffusionXLPipeline";
   write_file(index, j.dump());
-  expect_open_error(dir, {"SDXL"});
+  expect_open_error(dir, {"SDXL", "has no text_encoder_2 component"});
+  j["_class_name"] = "StableDiffusionXLImg2ImgPipeline";
+  write_file(index, j.dump());
+  expect_open_error(dir, {"StableDiffusionXLImg2ImgPipeline is not supported"});
   j["_class_name"] = "StableDiffusionPipeline";
   j["unet"] = {"diffusers", "UNet2DModel"};
   write_file(index, j.dump());
@@ -275,6 +279,97 @@ TEST(ModelFilesErrors, NotAStableDiffusionIndex) {
   expect_open_error(dir, {"has no unet component"});
   write_file(index, "[1, 2");
   expect_open_error(dir, {"model_index.json is not valid JSON"});
+}
+
+// The tiny SDXL folder (tests/oracle/make_sdxl_goldens.py) copied with its links, to be damaged.
+std::string copy_tiny_sdxl() {
+  const fs::path dst = fs::path(testing::temp_dir()) / "tiny-sdxl";
+  fs::copy(testing::tiny_sdxl_dir(), dst, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  return dst.string();
+}
+
+void edit_json(const fs::path& file, const std::function<void(json&)>& edit) {
+  json j = json::parse(std::ifstream(file));
+  edit(j);
+  write_file(file, j.dump());
+}
+
+TEST(ModelFilesSdxl, OpensWithSecondEncoderAndTokenizer) {
+  const ModelFiles m = open_model(testing::tiny_sdxl_dir());
+  EXPECT_EQ(m.architecture, "SDXL");
+  ASSERT_TRUE(m.text_encoder_2);
+  EXPECT_TRUE(m.text_encoder_2->contains("text_projection.weight"));  // from the second shard
+  EXPECT_TRUE(m.text_encoder_2->contains("text_model.final_layer_norm.weight"));
+  EXPECT_EQ(m.text_encoder_2_config.projection_dim, 32);
+  EXPECT_EQ(m.text_encoder_2_config.hidden_act, "gelu");
+  EXPECT_FALSE(m.tokenizer_2_dir.empty());
+  EXPECT_TRUE(m.force_zeros_for_empty_prompt);
+  EXPECT_TRUE(m.unet_config.has_text_time());
+  EXPECT_EQ(m.unet_config.projection_class_embeddings_input_dim, 32 + 6 * 8);
+}
+
+TEST(ModelFilesSdxl, ForceZerosFalseIsRead) {
+  const std::string dir = copy_tiny_sdxl();
+  edit_json(fs::path(dir) / "model_index.json", [](json& j) { j["force_zeros_for_empty_prompt"] = false; });
+  EXPECT_FALSE(open_model(dir).force_zeros_for_empty_prompt);
+}
+
+TEST(ModelFilesSdxl, MissingSecondEncoderOrTokenizerIsRefused) {
+  {
+    const std::string dir = copy_tiny_sdxl();
+    fs::remove_all(fs::path(dir) / "text_encoder_2");
+    expect_open_error(dir, {"text_encoder_2/config.json is missing"});
+  }
+  {
+    const std::string dir = copy_tiny_sdxl();
+    edit_json(fs::path(dir) / "model_index.json", [](json& j) { j.erase("text_encoder_2"); });
+    expect_open_error(dir, {"has no text_encoder_2 component", "SDXL"});
+  }
+  {
+    const std::string dir = copy_tiny_sdxl();
+    fs::remove(fs::path(dir) / "text_encoder_2" / "model-00002-of-00002.safetensors");
+    expect_open_error(dir, {"model-00002-of-00002.safetensors is missing"});
+  }
+  {
+    const std::string dir = copy_tiny_sdxl();
+    fs::remove(fs::path(dir) / "tokenizer_2" / "vocab.json");
+    fs::remove(fs::path(dir) / "tokenizer_2" / "merges.txt");
+    expect_open_error(dir, {"tokenizer_2", "SDXL's second tokenizer"});
+  }
+}
+
+TEST(ModelFilesSdxl, DimensionMismatchesAreRefused) {
+  {
+    const std::string dir = copy_tiny_sdxl();
+    edit_json(fs::path(dir) / "text_encoder_2" / "config.json", [](json& j) { j["projection_dim"] = 40; });
+    expect_open_error(dir, {"add_embedding takes 80 inputs", "projection_dim 40"});
+  }
+  {
+    const std::string dir = copy_tiny_sdxl();
+    edit_json(fs::path(dir) / "unet" / "config.json", [](json& j) { j["cross_attention_dim"] = 64; });
+    expect_open_error(dir, {"cross_attention_dim 64", "64 + 64"});
+  }
+  {
+    const std::string dir = copy_tiny_sdxl();
+    edit_json(fs::path(dir) / "text_encoder_2" / "config.json",
+              [](json& j) { j["architectures"] = json::array({"CLIPTextModel"}); });
+    expect_open_error(dir, {"not a CLIPTextModelWithProjection"});
+  }
+  {
+    const std::string dir = copy_tiny_sdxl();
+    edit_json(fs::path(dir) / "unet" / "config.json", [](json& j) { j["addition_embed_type"] = nullptr; });
+    expect_open_error(dir, {"no addition_embed_type \"text_time\""});
+  }
+}
+
+TEST(ModelFilesSdxl, SdFolderWithTextTimeUnetIsRefused) {
+  const std::string dir = copy_tiny_folder();
+  edit_json(fs::path(dir) / "unet" / "config.json", [](json& j) {
+    j["addition_embed_type"] = "text_time";
+    j["addition_time_embed_dim"] = 8;
+    j["projection_class_embeddings_input_dim"] = 80;
+  });
+  expect_open_error(dir, {"not an SDXL pipeline"});
 }
 
 TEST(ModelFilesErrors, CkptFileIsRefused) {

@@ -32,6 +32,48 @@ TEST(ClipText, FullSizeSd15MatchesReference) {
   EXPECT_TENSOR_NEAR(model.forward(testing::input_id_rows(g)), g.read_f32("last_hidden_state"), 1e-4);
 }
 
+// SDXL's two encoders (tests/oracle/make_sdxl_goldens.py): tiny random transformers 4.30.2 CLIPTextModel and
+// CLIPTextModelWithProjection, on one row padded with EOS (tokenizer) and one padded with id 0 (tokenizer_2).
+std::string sdxl_dir(const std::string& component) {
+  return std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/sdxl/" + component;
+}
+
+TEST(ClipText, SdxlEncodersPenultimateAndPooledMatchTransformers) {
+  auto& g = testing::repo_golden("sdxl/text_encoders.safetensors");
+  const auto ids = testing::input_id_rows(g);
+  for (const std::string name : {"text_encoder", "text_encoder_2"}) {
+    SCOPED_TRACE(name);
+    WeightStore w(name);
+    ClipTextModel model = load(sdxl_dir(name), w);
+    EXPECT_EQ(model.config().with_projection, name == "text_encoder_2");
+    const auto out = model.forward_penultimate(ids);
+    EXPECT_TENSOR_NEAR(out.hidden_state, g.read_f32(name + ".hidden_states_minus_2"), 1e-4);
+    const auto skip1 = model.forward_penultimate(ids, /*clip_skip=*/1);
+    EXPECT_TENSOR_NEAR(skip1.hidden_state, g.read_f32(name + ".hidden_states_minus_3"), 1e-4);
+    EXPECT_TENSOR_NEAR(model.forward(ids), g.read_f32(name + ".last_hidden_state"), 1e-4);
+    if (model.config().with_projection)
+      EXPECT_TENSOR_NEAR(out.text_embeds, g.read_f32("text_encoder_2.text_embeds"), 1e-4);
+    else
+      EXPECT_TRUE(out.text_embeds.empty());
+    EXPECT_TRUE(w.unused().empty()) << w.unused().front();
+    EXPECT_THROW(model.forward_penultimate(ids, model.config().num_hidden_layers), InvalidArgument);
+  }
+}
+
+TEST(ClipText, WithProjectionWithoutTheProjectionWeightIsNamed) {
+  const std::string dir = sdxl_dir("text_encoder_2");
+  auto file = std::make_shared<SafetensorsFile>(dir + "/model.safetensors");
+  WeightStore w("text_encoder_2");
+  for (const auto& t : file->tensors())
+    if (t.name != "text_projection.weight") w.add(t.name, file, t.name);
+  try {
+    ClipTextModel m(parse_clip_text_config(testing::read_text(dir + "/config.json")), w);
+    FAIL() << "loaded without text_projection";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("text_projection.weight"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ClipText, MissingOrMisshapedTensorIsNamed) {
   const std::string dir = testing::fixture("tiny-sd/text_encoder");
   auto file = std::make_shared<SafetensorsFile>(dir + "/model.safetensors");

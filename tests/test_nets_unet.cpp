@@ -161,6 +161,57 @@ TEST(NetsUnet, TimestepEmbeddingMatchesFormula) {
   EXPECT_EQ(odd[6], 0.0f);  // zero-padded to an odd width
 }
 
+// SDXL's UNet structure (tests/oracle/make_sdxl_goldens.py): DownBlock2D first, transformer_layers_per_block
+// [1, 1, 2], per-level heads, linear projections, addition_embed_type "text_time"; batch of 2 with different
+// pooled embeds and time ids.
+const std::string kSdxlUnetDir = std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/sdxl/tiny-sdxl/unet";
+
+TEST(NetsUnet, SdxlTextTimeMatchesDiffusers) {
+  const UNetConfig config = load_config(kSdxlUnetDir);
+  ASSERT_TRUE(config.has_text_time());
+  EXPECT_EQ(config.num_attention_heads, (std::vector<int>{1, 2, 4}));
+  EXPECT_EQ(config.transformer_layers_per_block, (std::vector<int>{1, 1, 2}));
+  WeightStore w = load_weights(kSdxlUnetDir);
+  UNet2DConditionModel model(config, w);
+  EXPECT_TRUE(w.unused().empty()) << "unused tensor: " << w.unused().front();
+
+  SafetensorsFile& g = testing::repo_golden("sdxl/unet.safetensors");
+  const Tensor sample = g.read_f32("sample"), ehs = g.read_f32("encoder_hidden_states");
+  const UNet2DConditionModel::AddedConditions added{g.read_f32("text_embeds"), g.read_f32("time_ids")};
+  const float timestep = static_cast<float>(g.read_i64("timestep")[0]);
+  const Tensor out = model.forward(sample, timestep, ehs, added);
+  EXPECT_TENSOR_NEAR(out, g.read_f32("out"), 1e-4);
+  const auto d = testing::compare(out, g.read_f32("out"));
+  std::printf("[ sdxl/unet ] max abs error %.3g, output scale %.3g\n", d.max_abs, d.max_ref);
+
+  // The added conditions are not optional for this UNet, and must fit projection_class_embeddings_input_dim.
+  EXPECT_THROW(model.forward(sample, timestep, ehs), InvalidArgument);
+  const Tensor short_ids({2, 5});
+  EXPECT_THROW(model.forward(sample, timestep, ehs, {added.text_embeds, short_ids}), InvalidArgument);
+}
+
+TEST(NetsUnet, SdxlMissingAddEmbeddingOrUnknownAdditionTypeIsModelError) {
+  auto file = std::make_shared<SafetensorsFile>(kSdxlUnetDir + "/diffusion_pytorch_model.safetensors");
+  WeightStore w("unet");
+  for (const auto& t : file->tensors())
+    if (t.name != "add_embedding.linear_1.weight") w.add(t.name, file, t.name);
+  try {
+    UNet2DConditionModel model(load_config(kSdxlUnetDir), w);
+    FAIL() << "loaded without add_embedding.linear_1.weight";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("add_embedding.linear_1.weight"), std::string::npos) << e.what();
+  }
+  // projection_class_embeddings_input_dim disagreeing with the checkpoint: a shape error naming the tensor.
+  UNetConfig wrong = load_config(kSdxlUnetDir);
+  wrong.projection_class_embeddings_input_dim += 1;
+  WeightStore all = load_weights(kSdxlUnetDir);
+  EXPECT_THROW(UNet2DConditionModel(wrong, all), ModelError);
+  // An addition type sdcpu does not run is refused at parse time.
+  std::string text = testing::read_text(kSdxlUnetDir + "/config.json");
+  text.replace(text.find("\"text_time\""), 11, "\"text_image\"");
+  EXPECT_THROW(parse_unet_config(text), ModelError);
+}
+
 TEST(NetsUnet, Sd15RandomMatchesDiffusers) {
   const std::string root = testing::sd15_random_dir();
   if (root.empty()) GTEST_SKIP() << "set SDCPU_SD15_RANDOM to a folder from make_random_sd.py --layout diffusers";

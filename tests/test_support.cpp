@@ -66,6 +66,29 @@ std::string read_text(const std::string& path) {
   return s.str();
 }
 
+std::string tiny_sdxl_dir() {
+  namespace fs = std::filesystem;
+  static const std::string dir = [] {
+    const fs::path root = fs::temp_directory_path() / ("sdcpu-tiny-sdxl-" + std::to_string(::getpid()));
+    fs::remove_all(root);
+    fs::create_directories(root);
+    const fs::path model = root / "tiny-sdxl";
+    fs::copy(std::string(SDCPU_SOURCE_DIR) + "/tests/goldens/sdxl/tiny-sdxl", model, fs::copy_options::recursive);
+    const fs::path sd = fs::absolute(fixture("tiny-sd"));
+    const std::pair<const char*, fs::path> links[] = {
+        {"text_encoder", sd / "text_encoder"},
+        {"tokenizer", sd / "tokenizer"},
+        {"tokenizer_2/vocab.json", sd / "tokenizer" / "vocab.json"},
+        {"tokenizer_2/merges.txt", sd / "tokenizer" / "merges.txt"},
+        {"text_encoder_2/model-00001-of-00002.safetensors", sd / "text_encoder" / "model.safetensors"},
+        {"vae/diffusion_pytorch_model.safetensors", sd / "vae" / "diffusion_pytorch_model.safetensors"},
+    };
+    for (const auto& [name, target] : links) fs::create_symlink(target, model / name);
+    return model.string();
+  }();
+  return dir;
+}
+
 std::string temp_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name = std::string(info->test_suite_name()) + "." + info->name();

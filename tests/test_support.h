@@ -29,6 +29,10 @@ std::string sd15_random_dir();
 // The same tool's single-file layout (--layout single --dtype fp16), from SDCPU_SD15_RANDOM_SINGLE; empty
 // when not set or missing. A different random model from the folder's (other draw order): no goldens.
 std::string sd15_random_single_file();
+// The tiny SDXL pipeline folder of tests/oracle/make_sdxl_goldens.py, assembled as that script does: a copy of
+// tests/goldens/sdxl/tiny-sdxl (the parts of its own) in a fresh temporary directory, plus links to tiny-sd's
+// text encoder, tokenizer files and VAE weights (fixture("tiny-sd")). Made once per process.
+std::string tiny_sdxl_dir();
 // The whole content of a text file (config.json, ...); throws IoError when it cannot be read.
 std::string read_text(const std::string& path);
 // A fresh temporary directory for this test.

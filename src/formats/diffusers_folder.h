@@ -4,6 +4,7 @@
 //   vae/config.json + diffusion_pytorch_model[.<variant>].safetensors
 //   text_encoder/config.json + model[.<variant>].safetensors
 //   scheduler/scheduler_config.json, tokenizer/vocab.json + merges.txt
+//   SDXL (StableDiffusionXLPipeline) also: text_encoder_2/ (CLIPTextModelWithProjection), tokenizer_2/
 #pragma once
 #include <string>
 

@@ -70,6 +70,12 @@ ClipTextConfig parse_clip_text_config(const std::string& text) {
   get_opt(j, "eos_token_id", c.eos_token_id, what);
   get_opt(j, "pad_token_id", c.pad_token_id, what);
   get_opt(j, "projection_dim", c.projection_dim, what);
+  std::vector<std::string> architectures;
+  get_opt(j, "architectures", architectures, what);
+  // Other names (CLIPTextModel, or none) load the text transformer alone, as transformers' CLIPTextModel does.
+  for (const auto& a : architectures)
+    if (a == "CLIPTextModelWithProjection") c.with_projection = true;
+  if (c.with_projection) require_positive(c.projection_dim, "projection_dim", what);
   require_positive(c.vocab_size, "vocab_size", what);
   require_positive(c.hidden_size, "hidden_size", what);
   require_positive(c.intermediate_size, "intermediate_size", what);
@@ -109,6 +115,16 @@ UNetConfig parse_unet_config(const std::string& text) {
   get_opt(j, "conv_out_kernel", c.conv_out_kernel, what);
   get_opt(j, "downsample_padding", c.downsample_padding, what);
   get_opt(j, "sample_size", c.sample_size, what);
+  get_opt(j, "addition_embed_type", c.addition_embed_type, what);
+  get_opt(j, "addition_time_embed_dim", c.addition_time_embed_dim, what);
+  get_opt(j, "projection_class_embeddings_input_dim", c.projection_class_embeddings_input_dim, what);
+  if (!c.addition_embed_type.empty() && !c.has_text_time())
+    throw ModelError("unet config.json: unsupported addition_embed_type '" + c.addition_embed_type +
+                     "' (only \"text_time\", SDXL's)");
+  if (c.has_text_time()) {
+    require_positive(c.addition_time_embed_dim, "addition_time_embed_dim", what);
+    require_positive(c.projection_class_embeddings_input_dim, "projection_class_embeddings_input_dim", what);
+  }
   if (blocks == 0 || blocks > 8) throw ModelError("unet config.json: block_out_channels must have 1..8 entries");
   for (int ch : c.block_out_channels) require_positive(ch, "block_out_channels", what);
   if (c.down_block_types.size() != blocks || c.up_block_types.size() != blocks)

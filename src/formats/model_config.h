@@ -21,9 +21,12 @@ struct ClipTextConfig {
   int eos_token_id = 49407;
   int pad_token_id = 1;
   int projection_dim = 768;
+  // transformers.CLIPTextModelWithProjection (config.json "architectures"): a bias-less text_projection
+  // [projection_dim, hidden] maps the pooled output to text_embeds (SDXL's second encoder).
+  bool with_projection = false;
 };
 
-// diffusers.UNet2DConditionModel (the subset Stable Diffusion 1.x/2.x use)
+// diffusers.UNet2DConditionModel (the subset Stable Diffusion 1.x/2.x and SDXL use)
 struct UNetConfig {
   int in_channels = 4;
   int out_channels = 4;
@@ -46,6 +49,14 @@ struct UNetConfig {
   int conv_out_kernel = 3;
   int downsample_padding = 1;
   int sample_size = 64;
+  // addition_embed_type "text_time" (SDXL): the pooled text embeds and the 6 micro-conditioning time ids
+  // (add_time_proj: Timesteps(addition_time_embed_dim)) go through add_embedding =
+  // TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim), added to the time embedding.
+  // "" = none (SD 1.x/2.x).
+  std::string addition_embed_type;
+  int addition_time_embed_dim = 0;
+  int projection_class_embeddings_input_dim = 0;
+  bool has_text_time() const { return addition_embed_type == "text_time"; }
 };
 
 // diffusers.AutoencoderKL

@@ -15,8 +15,15 @@ namespace sdcpu {
 struct ModelFiles {
   std::string path;
   std::string layout;        // "diffusers folder" | "single file"
-  std::string architecture;  // detected: "SD 1.x", "SD 1.x inpainting", "SD 2.x"
+  std::string architecture;  // detected: "SD 1.x", "SD 1.x inpainting", "SD 2.x", "SDXL"
   ClipTextConfig text_encoder_config;
+  // SDXL's second text encoder (CLIPTextModelWithProjection) and its tokenizer; text_encoder_2 null otherwise.
+  ClipTextConfig text_encoder_2_config;
+  std::shared_ptr<WeightStore> text_encoder_2;
+  std::string tokenizer_2_dir;
+  // StableDiffusionXLPipeline's force_zeros_for_empty_prompt (model_index.json; true when absent): with no negative
+  // prompt, the unconditional embeddings are zeros instead of the encoded empty prompt.
+  bool force_zeros_for_empty_prompt = false;
   UNetConfig unet_config;
   VaeConfig vae_config;
   // The scheduler config as stored: scheduler/scheduler_config.json (its path in scheduler_config_path), or for a

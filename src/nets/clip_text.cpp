@@ -1,5 +1,6 @@
 #include "nets/clip_text.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -30,17 +31,51 @@ ClipTextModel::ClipTextModel(const ClipTextConfig& config, const WeightStore& w)
     });
   }
   final_layer_norm_ = LayerNorm::load(w, "text_model.final_layer_norm", d, eps);
+  // CLIPTextModelWithProjection: nn.Linear(hidden_size, projection_dim, bias=False), outside text_model.
+  if (config.with_projection)
+    text_projection_ = Linear::load(w, "text_projection", d, config.projection_dim, /*bias=*/false);
 }
 
 Tensor ClipTextModel::forward(const std::vector<std::vector<int>>& input_ids, int clip_skip) const {
+  if (clip_skip < 0 || clip_skip >= config_.num_hidden_layers)
+    throw InvalidArgument("text encoder: clip_skip " + std::to_string(clip_skip) + " out of range");
+  return final_layer_norm_(run_layers(input_ids, config_.num_hidden_layers - clip_skip, -1, nullptr));
+}
+
+ClipTextModel::HiddenStateAndPooled ClipTextModel::forward_penultimate(const std::vector<std::vector<int>>& input_ids,
+                                                                       int clip_skip) const {
+  // hidden_states[-(clip_skip + 2)] of N + 1 states (the embeddings, then each layer's output).
+  const int keep_after = config_.num_hidden_layers - 1 - clip_skip;
+  if (clip_skip < 0 || keep_after < 0)
+    throw InvalidArgument("text encoder: clip_skip " + std::to_string(clip_skip) + " out of range");
+  HiddenStateAndPooled out;
+  if (!config_.with_projection) {
+    out.hidden_state = run_layers(input_ids, keep_after, -1, nullptr);
+    return out;
+  }
+  const Tensor last =
+      final_layer_norm_(run_layers(input_ids, config_.num_hidden_layers, keep_after, &out.hidden_state));
+  // CLIPTextTransformer: pooled_output = last_hidden_state[arange(batch), input_ids.argmax(-1)]; torch.argmax
+  // returns the first of equal maxima.
+  const int64_t batch = last.dim(0), seq = last.dim(1), d = last.dim(2);
+  Tensor pooled({batch, d});
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto& row = input_ids[b];
+    const int64_t eos = std::max_element(row.begin(), row.end()) - row.begin();
+    std::memcpy(pooled.data() + b * d, last.data() + (b * seq + eos) * d, sizeof(float) * d);
+  }
+  out.text_embeds = text_projection_(pooled);
+  return out;
+}
+
+Tensor ClipTextModel::run_layers(const std::vector<std::vector<int>>& input_ids, int layers_to_run, int keep_after,
+                                 Tensor* kept) const {
   if (input_ids.empty()) throw InvalidArgument("text encoder: empty batch");
   const int64_t batch = static_cast<int64_t>(input_ids.size()), seq = static_cast<int64_t>(input_ids[0].size());
   const int64_t d = config_.hidden_size;
   if (seq == 0 || seq > config_.max_position_embeddings)
     throw InvalidArgument("text encoder: sequence length " + std::to_string(seq) + " outside 1.." +
                           std::to_string(config_.max_position_embeddings));
-  if (clip_skip < 0 || clip_skip >= config_.num_hidden_layers)
-    throw InvalidArgument("text encoder: clip_skip " + std::to_string(clip_skip) + " out of range");
 
   // CLIPTextEmbeddings: token embedding + position embedding.
   Tensor hidden({batch, seq, d});
@@ -59,8 +94,8 @@ Tensor ClipTextModel::forward(const std::vector<std::vector<int>>& input_ids, in
 
   // CLIPEncoderLayer, pre-norm: x + attn(ln1(x)), then x + mlp(ln2(x)); each sum added by the branch's last
   // linear layer into x itself (kernels/linear.h).
-  const int layers_to_run = config_.num_hidden_layers - clip_skip;
   for (int i = 0; i < layers_to_run; ++i) {
+    if (i == keep_after) *kept = hidden.clone();  // the next layer writes into `hidden` in place
     const EncoderLayer& layer = layers_[i];
     Tensor h = layer.layer_norm1(hidden);
     Tensor attn = attention(layer.q_proj(h), layer.k_proj(h), layer.v_proj(h), config_.num_attention_heads,
@@ -75,7 +110,8 @@ Tensor ClipTextModel::forward(const std::vector<std::vector<int>>& input_ids, in
       gelu_(mlp);
     hidden = layer.fc2(mlp, std::move(hidden));
   }
-  return final_layer_norm_(hidden);
+  if (keep_after == layers_to_run) *kept = hidden.clone();
+  return hidden;
 }
 
 }  // namespace sdcpu

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "kernels/activations.h"
+#include "kernels/tensor_ops.h"
 
 namespace sdcpu {
 namespace {
@@ -34,6 +35,12 @@ void validate(const UNetConfig& c) {
   if (c.in_channels <= 0 || c.out_channels <= 0 || c.layers_per_block <= 0 || c.cross_attention_dim <= 0 ||
       c.norm_num_groups <= 0)
     throw ModelError("unet: non-positive in/out channels, layers_per_block, cross_attention_dim or norm_num_groups");
+  if (!c.addition_embed_type.empty() && !c.has_text_time())
+    throw ModelError("unet: unsupported addition_embed_type '" + c.addition_embed_type + "'");
+  if (c.has_text_time() && (c.addition_time_embed_dim <= 1 || c.projection_class_embeddings_input_dim <= 0))
+    throw ModelError(
+        "unet: addition_embed_type \"text_time\" needs addition_time_embed_dim > 1 and "
+        "projection_class_embeddings_input_dim > 0");
   if (c.conv_in_kernel <= 0 || c.conv_in_kernel % 2 == 0 || c.conv_out_kernel <= 0 || c.conv_out_kernel % 2 == 0)
     throw ModelError("unet: conv_in_kernel and conv_out_kernel must be odd");
 }
@@ -47,6 +54,9 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
   // time_proj = Timesteps(block_out_channels[0], ...); time_embedding = TimestepEmbedding(c0, 4 c0).
   time_embed_dim_ = static_cast<int64_t>(channels[0]) * 4;
   time_embedding_ = unet::TimestepEmbedding::load(w, "time_embedding", channels[0], time_embed_dim_);
+  if (config_.has_text_time())
+    add_embedding_ = unet::TimestepEmbedding::load(w, "add_embedding", config_.projection_class_embeddings_input_dim,
+                                                   time_embed_dim_);
   // conv_in padding (conv_in_kernel - 1) // 2, as Conv2d::load's default for odd kernels.
   // The sample comes in NCHW and the prediction goes out NCHW; everything between is channels-last
   // (nets/layers.h).
@@ -94,20 +104,63 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
 }
 
 Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const {
-  return run(sample, timestep, encoder_hidden_states, PassKind::full, 0, nullptr);
+  return run(sample, timestep, encoder_hidden_states, AddedConditions{}, PassKind::full, 0, nullptr);
+}
+
+Tensor UNet2DConditionModel::time_embedding(float timestep, int64_t batch, const AddedConditions& added) const {
+  Tensor emb = time_embedding_(unet::timestep_embedding(timestep, batch, config_.block_out_channels[0],
+                                                        config_.flip_sin_to_cos, config_.freq_shift));
+  const bool given = !added.text_embeds.empty() || !added.time_ids.empty();
+  if (!config_.has_text_time()) {
+    if (given) throw InvalidArgument("unet: text_embeds/time_ids given to a UNet without addition_embed_type");
+    return emb;
+  }
+  // get_aug_embed, "text_time": time_embeds = add_time_proj(time_ids.flatten()).reshape(B, -1);
+  // add_embeds = concat([text_embeds, time_embeds], -1); emb = emb + add_embedding(add_embeds).
+  const Tensor& text = added.text_embeds;
+  const Tensor& ids = added.time_ids;
+  const int64_t time_dim = config_.addition_time_embed_dim;
+  if (text.ndim() != 2 || text.dim(0) != batch || ids.ndim() != 2 || ids.dim(0) != batch ||
+      text.dim(1) + ids.dim(1) * time_dim != config_.projection_class_embeddings_input_dim)
+    throw InvalidArgument("unet: addition_embed_type \"text_time\" needs text_embeds [" + std::to_string(batch) +
+                          ", P] and time_ids [" + std::to_string(batch) + ", T] with P + T * " +
+                          std::to_string(time_dim) + " = projection_class_embeddings_input_dim " +
+                          std::to_string(config_.projection_class_embeddings_input_dim) + ", got " +
+                          shape_to_string(text.shape()) + " and " + shape_to_string(ids.shape()));
+  const int64_t text_dim = text.dim(1), id_count = ids.dim(1), width = config_.projection_class_embeddings_input_dim;
+  Tensor add_embeds({batch, width});
+  for (int64_t b = 0; b < batch; ++b) {
+    float* row = add_embeds.data() + b * width;
+    std::copy_n(text.data() + b * text_dim, text_dim, row);
+    for (int64_t k = 0; k < id_count; ++k) {
+      const float id = ids.data()[b * id_count + k];
+      if (!std::isfinite(id)) throw InvalidArgument("unet: a time id is not a finite number");
+      const Tensor proj = unet::timestep_embedding(id, 1, time_dim, config_.flip_sin_to_cos, config_.freq_shift);
+      std::copy_n(proj.data(), time_dim, row + text_dim + k * time_dim);
+    }
+  }
+  add_(emb, add_embedding_(add_embeds));
+  return emb;
+}
+
+Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                                     const AddedConditions& added) const {
+  return run(sample, timestep, encoder_hidden_states, added, PassKind::full, 0, nullptr);
 }
 
 Tensor UNet2DConditionModel::forward_and_cache(const Tensor& sample, float timestep,
-                                               const Tensor& encoder_hidden_states, UNetStepCache& cache) const {
-  return run(sample, timestep, encoder_hidden_states, PassKind::full_and_cache, cache.branch, &cache.deep_features);
+                                               const Tensor& encoder_hidden_states, UNetStepCache& cache,
+                                               const AddedConditions& added) const {
+  return run(sample, timestep, encoder_hidden_states, added, PassKind::full_and_cache, cache.branch,
+             &cache.deep_features);
 }
 
 Tensor UNet2DConditionModel::forward_shallow(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                                             const UNetStepCache& cache) const {
+                                             const UNetStepCache& cache, const AddedConditions& added) const {
   // The features are only read: the shallow pass's first layer concatenates them with a skip connection into a new
   // tensor.
   Tensor features = cache.deep_features;
-  return run(sample, timestep, encoder_hidden_states, PassKind::shallow, cache.branch, &features);
+  return run(sample, timestep, encoder_hidden_states, added, PassKind::shallow, cache.branch, &features);
 }
 
 int UNet2DConditionModel::deep_cache_branches() const {
@@ -115,7 +168,7 @@ int UNet2DConditionModel::deep_cache_branches() const {
 }
 
 Tensor UNet2DConditionModel::run(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                                 PassKind kind, int branch, Tensor* deep_features) const {
+                                 const AddedConditions& added, PassKind kind, int branch, Tensor* deep_features) const {
   if (sample.ndim() != 4 || sample.dim(0) <= 0 || sample.dim(1) != config_.in_channels || sample.dim(2) <= 0 ||
       sample.dim(3) <= 0)
     throw InvalidArgument("unet: sample must be [batch, " + std::to_string(config_.in_channels) +
@@ -149,9 +202,9 @@ Tensor UNet2DConditionModel::run(const Tensor& sample, float timestep, const Ten
   const int64_t overall_up_factor = int64_t{1} << (levels - 1);
   const bool forward_upsample_size = sample.dim(2) % overall_up_factor != 0 || sample.dim(3) % overall_up_factor != 0;
 
-  // 1. time: time_proj -> time_embedding. Every ResnetBlock2D applies SiLU to it before its own time_emb_proj.
-  const Tensor emb = time_embedding_(unet::timestep_embedding(timestep, batch, config_.block_out_channels[0],
-                                                              config_.flip_sin_to_cos, config_.freq_shift));
+  // 1. time: time_proj -> time_embedding (+ the added conditions). Every ResnetBlock2D applies SiLU to it before
+  // its own time_emb_proj.
+  const Tensor emb = time_embedding(timestep, batch, added);
 
   // 2. pre-process
   Tensor h = conv_in_(sample);

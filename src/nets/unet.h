@@ -42,30 +42,43 @@ class UNet2DConditionModel {
   // passes it), encoder_hidden_states [B, L, cross_attention_dim]. Returns [B, out_channels, h, w].
   Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const;
 
+  // SDXL's added_cond_kwargs, for a UNet with addition_embed_type "text_time" (UNetConfig::has_text_time).
+  struct AddedConditions {
+    Tensor text_embeds;  // [B, pooled dim]: the second text encoder's text_embeds
+    Tensor time_ids;     // [B, 6]: original_size + crops_coords_top_left + target_size
+  };
+  // The same with added conditions; they must be given exactly when the config has "text_time".
+  Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                 const AddedConditions& added) const;
+
   // A full pass that also keeps in `cache` the deep features at cache.branch (InvalidArgument for a branch past
   // deep_cache_branches()). The result equals forward()'s. The features may live in the caller's activation arena
   // (core/activation_arena.h): take them out of a pass with Pass::output before it ends.
   Tensor forward_and_cache(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                           UNetStepCache& cache) const;
+                           UNetStepCache& cache, const AddedConditions& added = {}) const;
   // A shallow pass at `cache.branch`, reusing cache.deep_features (InvalidArgument when they are missing or were
   // kept for another batch or size).
   Tensor forward_shallow(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                         const UNetStepCache& cache) const;
+                         const UNetStepCache& cache, const AddedConditions& added = {}) const;
   // The number of step-caching branches: levels * (layers_per_block + 1); 12 for SD 1.x.
   int deep_cache_branches() const;
 
   const UNetConfig& config() const { return config_; }
 
  private:
+  // time_embedding(time_proj(timestep)), plus add_embedding(concat(text_embeds, add_time_proj(time_ids))) with
+  // "text_time" (UNet2DConditionModel.get_time_embed + get_aug_embed): [B, time_embed_dim].
+  Tensor time_embedding(float timestep, int64_t batch, const AddedConditions& added) const;
   // Which passes run: every layer (full), or only those above the branch's cut (shallow).
   enum class PassKind { full, full_and_cache, shallow };
   // deep_features: where a full_and_cache pass keeps them, or what a shallow pass reuses (moved from).
-  Tensor run(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states, PassKind kind, int branch,
-             Tensor* deep_features) const;
+  Tensor run(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states, const AddedConditions& added,
+             PassKind kind, int branch, Tensor* deep_features) const;
 
   UNetConfig config_;
   int64_t time_embed_dim_ = 0;              // block_out_channels[0] * 4
   unet::TimestepEmbedding time_embedding_;  // time_proj (Timesteps) has no weights: unet::timestep_embedding
+  unet::TimestepEmbedding add_embedding_;   // "text_time" only; add_time_proj has no weights either
   Conv2d conv_in_;
   std::vector<unet::DownBlock> down_blocks_;
   unet::MidBlock mid_block_;

@@ -156,8 +156,13 @@ class PipelineImpl : public Pipeline {
       s << "prediction:   " << f.prediction_type << " (" << f.prediction_type_reason << ")\n";
     s << "text encoder: " << (f.architecture == "SD 2.x" ? "OpenCLIP" : "CLIP") << ", "
       << f.text_encoder_config.num_hidden_layers << " layers, hidden " << f.text_encoder_config.hidden_size << ", "
-      << f.text_encoder_config.num_attention_heads << " heads, " << f.text_encoder_config.hidden_act << "\n"
-      << "unet:         channels " << join(f.unet_config.block_out_channels) << ", heads "
+      << f.text_encoder_config.num_attention_heads << " heads, " << f.text_encoder_config.hidden_act << "\n";
+    if (f.text_encoder_2)
+      s << "text enc. 2:  CLIP with projection " << f.text_encoder_2_config.projection_dim << ", "
+        << f.text_encoder_2_config.num_hidden_layers << " layers, hidden " << f.text_encoder_2_config.hidden_size
+        << ", " << f.text_encoder_2_config.num_attention_heads << " heads, " << f.text_encoder_2_config.hidden_act
+        << "\n";
+    s << "unet:         channels " << join(f.unet_config.block_out_channels) << ", heads "
       << join(f.unet_config.num_attention_heads) << ", cross-attention " << f.unet_config.cross_attention_dim
       << (f.unet_config.use_linear_projection ? ", linear projections" : ", conv projections") << "\n"
       << "vae:          channels " << join(f.vae_config.block_out_channels) << ", latent channels "
@@ -169,22 +174,24 @@ class PipelineImpl : public Pipeline {
         << (txt2img_.taesd_decodes() ? "decodes the images instead of the VAE" : "decodes previews") << "\n";
     s << "tokenizer:    " << (f.tokenizer_dir.empty() ? "bundled CLIP vocabulary" : f.tokenizer_dir)
       << (f.tokenizer_pad_token.empty() ? "" : ", pad token \"" + f.tokenizer_pad_token + "\"") << "\n";
+    if (!f.tokenizer_2_dir.empty()) s << "tokenizer 2:  " << f.tokenizer_2_dir << "\n";
     for (const WeightCacheStatus& c : txt2img_.weight_cache_status())
       s << "weight cache: " << c.component << " " << c.outcome << " (was " << c.previous_state << "): " << c.path
         << "\n";
     std::vector<std::string> ignored = f.ignored_tensors;
     int vae_encoder_tensors = 0;
-    for (const auto* store : {f.text_encoder.get(), f.unet.get(), f.vae.get()})
-      for (const std::string& name : store->unused()) {
-        // The VAE encoder belongs to the model (img2img uses it); txt2img just does not load it. Nor the decoder
-        // when a TAESD replaces it.
-        if (store == f.vae.get() && (name.starts_with("encoder.") || name.starts_with("quant_conv."))) {
-          ++vae_encoder_tensors;
-          continue;
+    for (const auto* store : {f.text_encoder.get(), f.unet.get(), f.vae.get(), f.text_encoder_2.get()})
+      if (store)
+        for (const std::string& name : store->unused()) {
+          // The VAE encoder belongs to the model (img2img uses it); txt2img just does not load it. Nor the decoder
+          // when a TAESD replaces it.
+          if (store == f.vae.get() && (name.starts_with("encoder.") || name.starts_with("quant_conv."))) {
+            ++vae_encoder_tensors;
+            continue;
+          }
+          if (store == f.vae.get() && txt2img_.taesd_decodes()) continue;
+          ignored.push_back(store->component() + ": " + name);
         }
-        if (store == f.vae.get() && txt2img_.taesd_decodes()) continue;
-        ignored.push_back(store->component() + ": " + name);
-      }
     s << "vae encoder:  "
       << (vae_encoder_tensors ? std::to_string(vae_encoder_tensors) + " tensors (for img2img)" : "absent") << "\n";
     s << "ignored tensors (" << ignored.size() << ")" << (ignored.empty() ? "" : ":") << "\n";

@@ -28,19 +28,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// [p0, p1, ...] -> [p0 x n, p1 x n, ...]: prompt_embeds.repeat(1, n, 1).view(bs * n, seq, -1) in diffusers,
-// applied to [uncond, cond] at once, which gives its cat([negative x n, prompt x n]) order.
-Tensor repeat_each(const Tensor& embeddings, int n) {
-  if (n == 1) return embeddings;
-  std::vector<Tensor> parts;
-  for (int64_t i = 0; i < embeddings.dim(0); ++i)
-    for (int k = 0; k < n; ++k) parts.push_back(embeddings.slice0(i, i + 1));
-  return concat0(parts);
-}
-
-ClipTokenizer make_tokenizer(const ModelFiles& files) {
-  return files.tokenizer_dir.empty() ? ClipTokenizer::bundled(files.tokenizer_pad_token)
-                                     : ClipTokenizer::from_directory(files.tokenizer_dir);
+ClipTokenizer make_tokenizer(const std::string& dir, const std::string& pad_token) {
+  return dir.empty() ? ClipTokenizer::bundled(pad_token) : ClipTokenizer::from_directory(dir);
 }
 
 }  // namespace
@@ -97,7 +86,7 @@ namespace {
 
 // Sets every network's compute type on its weight store before the networks are built (they pack for it).
 ModelFiles with_compute_type(ModelFiles files, ComputeType compute) {
-  for (const auto& store : {files.text_encoder, files.unet, files.vae})
+  for (const auto& store : {files.text_encoder, files.unet, files.vae, files.text_encoder_2})
     if (store) store->set_compute_type(compute);
   return files;
 }
@@ -133,8 +122,9 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
       compute_(compute),
       memory_(std::move(memory)),
       arena_(std::make_unique<ActivationArena>()),
-      weight_cache_status_(3),
-      tokenizer_(make_tokenizer(files_)),
+      weight_cache_status_(4),
+      family_(conditioning_family_of(files_)),
+      tokenizer_(make_tokenizer(files_.tokenizer_dir, files_.tokenizer_pad_token)),
       text_encoder_(build_with_weight_cache<ClipTextModel>(files_.text_encoder_config, *files_.text_encoder, compute,
                                                            memory_.weight_cache_dir, text_encoder_weights_,
                                                            weight_cache_status_[0])),
@@ -148,6 +138,12 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
       scheduler_config_(parse_scheduler_config(files_.scheduler_config_json, files_.scheduler_config_path.empty()
                                                                                  ? SettingSource::single_file_default
                                                                                  : SettingSource::file)) {
+  if (files_.text_encoder_2) {
+    tokenizer_2_.emplace(make_tokenizer(files_.tokenizer_2_dir, "!"));
+    text_encoder_2_.emplace(build_with_weight_cache<ClipTextModel>(files_.text_encoder_2_config, *files_.text_encoder_2,
+                                                                   compute, memory_.weight_cache_dir,
+                                                                   text_encoder_2_weights_, weight_cache_status_[3]));
+  }
   if (memory_.weight_cache_dir.empty()) weight_cache_status_.clear();
   std::erase_if(weight_cache_status_, [](const WeightCacheStatus& s) { return s.component.empty(); });  // no VAE
   if (taesd.files) {
@@ -157,7 +153,7 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
     taesd_files_ = std::move(taesd.files);
   }
   // Built from the cache, the networks have not touched their weights' pages; a network maps them when it runs.
-  for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_}) {
+  for (const auto& cache : {text_encoder_weights_, unet_weights_, vae_weights_, text_encoder_2_weights_}) {
     if (cache) {
       cache->release_pages();
       cache->set_copy_in(memory_.low_memory, arena_.get());
@@ -175,11 +171,20 @@ void Txt2ImgPipeline::end_stage() const {
   // arena's front, or, should it be taken, to a heap buffer that the next stage may reuse; without, the heap's
   // free memory goes back to the system. (Inside the networks' passes kernels take their scratch from the
   // arena, so the thread slots released above are only those of kernels run outside a pass.)
-  const bool weights_copied_in = text_encoder_weights_ && unet_weights_ && (vae_weights_ || !vae_decoder_);
+  const bool weights_copied_in = text_encoder_weights_ && unet_weights_ && (vae_weights_ || !vae_decoder_) &&
+                                 (text_encoder_2_weights_ || !text_encoder_2_);
   if (!weights_copied_in) release_free_memory();
 }
 
 Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const {
+  if (family_.two_encoders_penultimate) {  // SDXL: both encoders' states (the size only matters for the time ids)
+    const PackedWeightCache::Use weights(text_encoder_weights_.get()), weights_2(text_encoder_2_weights_.get());
+    ActivationArena::Pass pass(arena_.get(), "text_encoders " + family_.name +
+                                                 " prompts=" + std::to_string(prompts.size()) +
+                                                 " clip_skip=" + std::to_string(clip_skip));
+    return pass.output(
+        encode_prompt_conditioning(family_, text_encoders(), prompts, clip_skip, 0, 0).encoder_hidden_states);
+  }
   std::vector<std::vector<int>> ids;
   for (const std::string& p : prompts)
     ids.push_back(tokenizer_.encode(p, files_.text_encoder_config.max_position_embeddings));
@@ -189,42 +194,63 @@ Tensor Txt2ImgPipeline::encode_prompts(const std::vector<std::string>& prompts, 
   return pass.output(text_encoder_.forward(ids, clip_skip));
 }
 
+TextEncoders Txt2ImgPipeline::text_encoders() const {
+  return {&tokenizer_, &text_encoder_, tokenizer_2_ ? &*tokenizer_2_ : nullptr,
+          text_encoder_2_ ? &*text_encoder_2_ : nullptr};
+}
+
+PromptConditioning Txt2ImgPipeline::encode_conditioning(const Txt2ImgRequest& r) const {
+  const bool guided = r.cfg_scale > 1.0f;
+  if (!family_.two_encoders_penultimate && !family_.text_time)  // SD 1.x/2.x: the one encoder, as before
+    return {
+        guided ? encode_prompts({r.negative_prompt, r.prompt}, r.clip_skip) : encode_prompts({r.prompt}, r.clip_skip),
+        Tensor(), Tensor()};
+  const PackedWeightCache::Use weights(text_encoder_weights_.get()), weights_2(text_encoder_2_weights_.get());
+  ActivationArena::Pass pass(arena_.get(), "text_encoders " + family_.name + " guided=" + std::to_string(guided) +
+                                               " negative=" + std::to_string(!r.negative_prompt.empty()) +
+                                               " clip_skip=" + std::to_string(r.clip_skip));
+  PromptConditioning c = encode_guidance_conditioning(family_, text_encoders(), r.negative_prompt, r.prompt, guided,
+                                                      r.clip_skip, r.height, r.width);
+  return {pass.output(c.encoder_hidden_states), c.text_embeds.empty() ? Tensor() : pass.output(c.text_embeds),
+          pass.output(c.time_ids)};
+}
+
 // One request's state in the denoising loop: its own scheduler (multistep samplers keep a history) and its own
 // generator (ancestral samplers draw their noise from it), so that batching it with others changes nothing it
 // computes but the UNet's batch.
 struct Txt2ImgPipeline::Denoising {
   Scheduler* scheduler;
-  TorchGenerator generator;  // copies share one state, like references to a torch.Generator
-  Tensor latents;            // [n, C, h, w]
-  Tensor embeddings;         // [uncond x n, cond x n] with guidance, else [cond x n]
+  TorchGenerator generator;       // copies share one state, like references to a torch.Generator
+  Tensor latents;                 // [n, C, h, w]
+  PromptConditioning embeddings;  // [uncond x n, cond x n] with guidance, else [cond x n]
   float cfg_scale = 1;
   int request = 0;  // its index in run_batch()'s requests
 };
 
 // The UNet's batch is [uncond of every member, cond of every member], as diffusers' cat([latents] * 2) is for one;
 // these are its embeddings, in that order. One member's are its own; a batch's change only when a member leaves.
-Tensor Txt2ImgPipeline::batch_embeddings(const std::vector<Denoising*>& batch) {
+PromptConditioning Txt2ImgPipeline::batch_embeddings(const std::vector<Denoising*>& batch) {
   if (batch.size() == 1) return batch.front()->embeddings;
-  const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
-  std::vector<Tensor> uncond, cond;
+  const bool guided = batch.front()->embeddings.encoder_hidden_states.dim(0) == 2 * batch.front()->latents.dim(0);
+  std::vector<PromptConditioning> uncond, cond;
   for (const Denoising* d : batch) {
     const int64_t n = d->latents.dim(0);
     if (guided) {
-      uncond.push_back(d->embeddings.slice0(0, n));
-      cond.push_back(d->embeddings.slice0(n, 2 * n));
+      uncond.push_back(d->embeddings.rows(0, n));
+      cond.push_back(d->embeddings.rows(n, 2 * n));
     } else {
       cond.push_back(d->embeddings);
     }
   }
   uncond.insert(uncond.end(), cond.begin(), cond.end());
-  return concat0(uncond);
+  return PromptConditioning::concat(uncond);
 }
 
 // A batch's rows are [uncond of every member, cond of every member] (batch_embeddings); these are the rows of
 // `kept`, a subset of `batch` in the same order.
 Tensor Txt2ImgPipeline::batch_rows(const Tensor& rows, const std::vector<Denoising*>& batch,
                                    const std::vector<Denoising*>& kept) {
-  const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
+  const bool guided = batch.front()->embeddings.encoder_hidden_states.dim(0) == 2 * batch.front()->latents.dim(0);
   int64_t images = 0;
   for (const Denoising* d : batch) images += d->latents.dim(0);
   std::vector<Tensor> parts;
@@ -243,10 +269,10 @@ Tensor Txt2ImgPipeline::batch_rows(const Tensor& rows, const std::vector<Denoisi
   return concat0(parts);
 }
 
-void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i,
-                                   UNetStepCache* step_cache, bool full_pass) const {
+void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const PromptConditioning& embeddings,
+                                   int i, UNetStepCache* step_cache, bool full_pass) const {
   const Scheduler& schedule = *batch.front()->scheduler;  // every member has the same timesteps
-  const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
+  const bool guided = batch.front()->embeddings.encoder_hidden_states.dim(0) == 2 * batch.front()->latents.dim(0);
   // The scaled latents of every member, twice with guidance (the order batch_embeddings() gives).
   std::vector<Tensor> inputs;
   int64_t images = 0;
@@ -262,20 +288,22 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const T
   const PackedWeightCache::Use weights(unet_weights_.get());  // run_batch() holds one across all steps
   const float t = static_cast<float>(schedule.timesteps()[i]);
   const Tensor noise_pred = [&] {
-    const std::string shapes = shape_to_string(scaled.shape()) + " " + shape_to_string(embeddings.shape());
+    const Tensor& states = embeddings.encoder_hidden_states;
+    const UNet2DConditionModel::AddedConditions added{embeddings.text_embeds, embeddings.time_ids};
+    const std::string shapes = shape_to_string(scaled.shape()) + " " + shape_to_string(states.shape());
     if (!step_cache) {
       ActivationArena::Pass pass(arena_.get(), "unet " + shapes);
-      return pass.output(unet_.forward(scaled, t, embeddings));
+      return pass.output(unet_.forward(scaled, t, states, added));
     }
     const std::string branch = " branch " + std::to_string(step_cache->branch);
     if (!full_pass) {
       ActivationArena::Pass pass(arena_.get(), "unet shallow " + shapes + branch);
-      return pass.output(unet_.forward_shallow(scaled, t, embeddings, *step_cache));
+      return pass.output(unet_.forward_shallow(scaled, t, states, *step_cache, added));
     }
     // The features outlive the pass: copied out of the arena, into the last full step's buffer when it fits.
     Tensor previous = std::move(step_cache->deep_features);
     ActivationArena::Pass pass(arena_.get(), "unet caching " + shapes + branch);
-    Tensor out = pass.output(unet_.forward_and_cache(scaled, t, embeddings, *step_cache));
+    Tensor out = pass.output(unet_.forward_and_cache(scaled, t, states, *step_cache, added));
     Tensor& features = step_cache->deep_features;
     if (previous.shape() == features.shape() && previous.storage_unique()) {
       std::copy(features.data(), features.data() + features.numel(), previous.data());
@@ -305,8 +333,8 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const T
 
 Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
                                      float cfg_scale, TorchGenerator& generator) const {
-  Denoising d{&scheduler, generator, latents, embeddings, cfg_scale, 0};
-  denoise_step({&d}, embeddings, i);
+  Denoising d{&scheduler, generator, latents, PromptConditioning{embeddings, Tensor(), Tensor()}, cfg_scale, 0};
+  denoise_step({&d}, d.embeddings, i);
   return d.latents;
 }
 
@@ -367,8 +395,11 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
     throw InvalidArgument("a batch holds at most " + std::to_string(kMaxBatch) + " images, got " +
                           std::to_string(total_images));
   const Txt2ImgRequest& shared = requests.front();
-  if (shared.clip_skip >= files_.text_encoder_config.num_hidden_layers)
-    throw InvalidArgument("clip skip exceeds the text encoder's layers");
+  // SD reads hidden_states[-(clip_skip + 1)] (clip_skip up to N - 1 here), SDXL hidden_states[-(clip_skip + 2)] of
+  // each encoder, which reaches the embeddings' output at clip_skip = N - 1.
+  if (shared.clip_skip >= files_.text_encoder_config.num_hidden_layers ||
+      (text_encoder_2_ && shared.clip_skip >= files_.text_encoder_2_config.num_hidden_layers))
+    throw InvalidArgument("clip skip exceeds the text encoder's layers", "clip_skip");
   const int64_t channels = files_.unet_config.in_channels;
   // The VAE downsamples by 2 per level except the last: 8x for the 4-level SD VAE.
   const int64_t factor = int64_t{1} << (files_.vae_config.block_out_channels.size() - 1);
@@ -395,16 +426,13 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   // Each request's prompts are encoded on their own, as run() alone would: the text encoder costs little, and
   // its embeddings then do not depend on the batch.
   auto t0 = std::chrono::steady_clock::now();
-  const bool guided = shared.cfg_scale > 1.0f;
   std::vector<Denoising> members;
   for (size_t r = 0; r < requests.size(); ++r) {
     const Txt2ImgRequest& request = requests[r];
-    members.push_back(
-        Denoising{schedulers[r].get(), TorchGenerator(request.seed), Tensor(),
-                  repeat_each(guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
-                                     : encode_prompts({request.prompt}, request.clip_skip),
-                              request.batch_size),
-                  request.cfg_scale, static_cast<int>(r)});
+    // repeat_each on [uncond, cond] gives diffusers' cat([negative x n, prompt x n]) order.
+    members.push_back(Denoising{schedulers[r].get(), TorchGenerator(request.seed), Tensor(),
+                                encode_conditioning(request).repeat_each(request.batch_size), request.cfg_scale,
+                                static_cast<int>(r)});
   }
   end_stage();
   const double text_encode_s = seconds_since(t0);
@@ -424,7 +452,7 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   // The UNet's weights stay in memory for the whole loop (each step's own Use is then only a count), and leave
   // before the VAE decoder takes its own.
   std::optional<PackedWeightCache::Use> unet_weights(unet_weights_.get());
-  Tensor embeddings = batch_embeddings(batch);
+  PromptConditioning embeddings = batch_embeddings(batch);
   std::vector<Denoising*> staying;  // the members still in the batch after a step
   staying.reserve(batch.size());
   std::optional<UNetStepCache> step_cache;

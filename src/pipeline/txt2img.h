@@ -31,6 +31,7 @@
 #include "nets/taesd.h"
 #include "nets/unet.h"
 #include "nets/vae.h"
+#include "pipeline/prompt_conditioning.h"
 #include "pipeline/weight_cache.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
@@ -135,7 +136,7 @@ class Txt2ImgPipeline {
 
   // One iteration of the denoising loop at scheduler step i: UNet on the guidance batch (when
   // embeddings hold [uncond x B, cond x B] for B latents), guidance mix, scheduler step. Returns the new
-  // latents.
+  // latents. Embeddings alone: a UNet that needs added conditions (SDXL) refuses them with InvalidArgument.
   Tensor denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings, float cfg_scale,
                       TorchGenerator& generator) const;
 
@@ -149,8 +150,12 @@ class Txt2ImgPipeline {
   const TaesdFiles* taesd() const { return taesd_files_ ? &*taesd_files_ : nullptr; }
   bool taesd_decodes() const { return !vae_decoder_.has_value(); }
 
-  // Prompt embeddings [batch, 77, hidden] for the given prompts.
+  // Prompt embeddings (encoder_hidden_states) [batch, 77, cross_attention_dim] for the given prompts.
   Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip) const;
+  // Everything the UNet is conditioned on for one request, as its family says (pipeline/prompt_conditioning.h):
+  // [uncond, cond] with guidance (cfg_scale > 1), else [cond]; not yet repeated for batch_size.
+  PromptConditioning encode_conditioning(const Txt2ImgRequest& request) const;
+  const PromptConditioningFamily& conditioning_family() const { return family_; }
 
   const ModelFiles& files() const { return files_; }
   // The scheduler config the model stores (a folder's file, or diffusers' single-file default).
@@ -165,8 +170,8 @@ class Txt2ImgPipeline {
 
  private:
   struct Denoising;
-  // The UNet's embeddings for a batch: [uncond of every member, cond of every member].
-  static Tensor batch_embeddings(const std::vector<Denoising*>& batch);
+  // The UNet's conditioning for a batch: [uncond of every member, cond of every member].
+  static PromptConditioning batch_embeddings(const std::vector<Denoising*>& batch);
   // The rows of `rows` (one per image of the UNet batch of `batch`) that belong to `kept`, which is `batch` less the
   // members that left; for the step cache's deep features.
   static Tensor batch_rows(const Tensor& rows, const std::vector<Denoising*>& batch,
@@ -174,8 +179,9 @@ class Txt2ImgPipeline {
   // One step of the loop for every member of a batch: one UNet call on `embeddings` (batch_embeddings(batch)),
   // then each member's guidance mix and scheduler step.
   // With a step cache, the UNet runs in full (keeping its deep features in it) when `full_pass`, else shallow.
-  void denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i,
+  void denoise_step(const std::vector<Denoising*>& batch, const PromptConditioning& embeddings, int i,
                     UNetStepCache* step_cache = nullptr, bool full_pass = true) const;
+  TextEncoders text_encoders() const;
 
   // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to
   // the system (MemoryOptions).
@@ -189,10 +195,13 @@ class Txt2ImgPipeline {
   // weights into its front.
   std::unique_ptr<ActivationArena> arena_;
   // Declared before the networks, which are built into them (null: the network holds its own packed weights).
-  std::shared_ptr<PackedWeightCache> text_encoder_weights_, unet_weights_, vae_weights_;
+  std::shared_ptr<PackedWeightCache> text_encoder_weights_, unet_weights_, vae_weights_, text_encoder_2_weights_;
   std::vector<WeightCacheStatus> weight_cache_status_;
+  PromptConditioningFamily family_;
   ClipTokenizer tokenizer_;
   ClipTextModel text_encoder_;
+  std::optional<ClipTokenizer> tokenizer_2_;     // SDXL
+  std::optional<ClipTextModel> text_encoder_2_;  // SDXL
   UNet2DConditionModel unet_;
   std::optional<VaeDecoder> vae_decoder_;  // absent when the TAESD decodes the images
   StoredSchedulerConfig scheduler_config_;
