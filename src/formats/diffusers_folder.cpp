@@ -168,11 +168,13 @@ ModelFiles open_diffusers_folder(const std::string& path, const std::string& var
   const fs::path index_file = root / "model_index.json";
   if (!fs::is_regular_file(index_file, ec))
     throw ModelError(path + " is not a diffusers pipeline folder: model_index.json is missing");
-  check_model_index(read_json_object(index_file, "pipeline index"), index_file);
+  const json index = read_json_object(index_file, "pipeline index");
+  check_model_index(index, index_file);
 
   ModelFiles m;
   m.path = path;
   m.layout = "diffusers folder";
+  m.pipeline_class = index.at("_class_name").get<std::string>();  // checked above
   m.unet_config = parse_config_file(root / "unet" / "config.json", parse_unet_config, "unet config");
   m.vae_config = parse_config_file(root / "vae" / "config.json", parse_vae_config, "vae config");
   m.text_encoder_config =

@@ -109,6 +109,8 @@ UNetConfig parse_unet_config(const std::string& text) {
   get_opt(j, "conv_out_kernel", c.conv_out_kernel, what);
   get_opt(j, "downsample_padding", c.downsample_padding, what);
   get_opt(j, "sample_size", c.sample_size, what);
+  get_opt(j, "time_cond_proj_dim", c.time_cond_proj_dim, what);
+  if (c.time_cond_proj_dim != 0) require_positive(c.time_cond_proj_dim, "time_cond_proj_dim", what);
   if (blocks == 0 || blocks > 8) throw ModelError("unet config.json: block_out_channels must have 1..8 entries");
   for (int ch : c.block_out_channels) require_positive(ch, "block_out_channels", what);
   if (c.down_block_types.size() != blocks || c.up_block_types.size() != blocks)

@@ -46,6 +46,9 @@ struct UNetConfig {
   int conv_out_kernel = 3;
   int downsample_padding = 1;
   int sample_size = 64;
+  // LCM-distilled UNets (Luo et al. 2023): the width of the guidance-scale embedding that TimestepEmbedding's
+  // cond_proj adds to the timestep embedding; 0 (config null or absent): no cond_proj.
+  int time_cond_proj_dim = 0;
 };
 
 // diffusers.AutoencoderKL

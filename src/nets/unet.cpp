@@ -46,7 +46,9 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
   const int levels = static_cast<int>(channels.size());
   // time_proj = Timesteps(block_out_channels[0], ...); time_embedding = TimestepEmbedding(c0, 4 c0).
   time_embed_dim_ = static_cast<int64_t>(channels[0]) * 4;
-  time_embedding_ = unet::TimestepEmbedding::load(w, "time_embedding", channels[0], time_embed_dim_);
+  // With time_cond_proj_dim (LCM): TimestepEmbedding(c0, 4 c0, cond_proj_dim=time_cond_proj_dim).
+  time_embedding_ =
+      unet::TimestepEmbedding::load(w, "time_embedding", channels[0], time_embed_dim_, config_.time_cond_proj_dim);
   // conv_in padding (conv_in_kernel - 1) // 2, as Conv2d::load's default for odd kernels.
   // The sample comes in NCHW and the prediction goes out NCHW; everything between is channels-last
   // (nets/layers.h).
@@ -93,7 +95,8 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
                            {ImageLayout::nhwc, ImageLayout::nchw});
 }
 
-Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const {
+Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                                     const Tensor& timestep_cond) const {
   if (sample.ndim() != 4 || sample.dim(0) <= 0 || sample.dim(1) != config_.in_channels || sample.dim(2) <= 0 ||
       sample.dim(3) <= 0)
     throw InvalidArgument("unet: sample must be [batch, " + std::to_string(config_.in_channels) +
@@ -113,7 +116,8 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const
 
   // 1. time: time_proj -> time_embedding. Every ResnetBlock2D applies SiLU to it before its own time_emb_proj.
   const Tensor emb = time_embedding_(unet::timestep_embedding(timestep, batch, config_.block_out_channels[0],
-                                                              config_.flip_sin_to_cos, config_.freq_shift));
+                                                              config_.flip_sin_to_cos, config_.freq_shift),
+                                     timestep_cond);
 
   // 2. pre-process
   Tensor h = conv_in_(sample);

@@ -22,7 +22,10 @@ class UNet2DConditionModel {
   // sample [B, in_channels, h, w] (any h, w >= 1: like diffusers, sizes not divisible by 2**levels are
   // upsampled to the skip connections' sizes), one timestep for the whole batch (a float, as diffusers
   // passes it), encoder_hidden_states [B, L, cross_attention_dim]. Returns [B, out_channels, h, w].
-  Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const;
+  // timestep_cond [B, time_cond_proj_dim]: an LCM-distilled UNet's guidance-scale embedding (diffusers'
+  // `timestep_cond`), added to the timestep embedding through time_embedding.cond_proj; empty: none.
+  Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                 const Tensor& timestep_cond = {}) const;
 
   const UNetConfig& config() const { return config_; }
 

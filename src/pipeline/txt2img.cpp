@@ -10,6 +10,7 @@
 #include "core/torch_rng.h"
 #include "kernels/scratch.h"
 #include "kernels/tensor_ops.h"
+#include "pipeline/guidance_embedding.h"
 #include "text/unicode_text.h"
 
 namespace sdcpu {
@@ -190,7 +191,19 @@ struct Txt2ImgPipeline::Denoising {
   Tensor embeddings;         // [uncond x n, cond x n] with guidance, else [cond x n]
   float cfg_scale = 1;
   int request = 0;  // its index in run_batch()'s requests
+  // An LCM-distilled UNet's guidance embedding [n, time_cond_proj_dim] (timestep_cond()); empty for other UNets.
+  Tensor timestep_cond;
 };
+
+bool Txt2ImgPipeline::classifier_free_guidance(float cfg_scale) const {
+  // StableDiffusionPipeline.do_classifier_free_guidance: guidance_scale > 1 and time_cond_proj_dim is None.
+  return cfg_scale > 1.0f && files_.unet_config.time_cond_proj_dim == 0;
+}
+
+Tensor Txt2ImgPipeline::timestep_cond(float cfg_scale, int64_t images) const {
+  if (files_.unet_config.time_cond_proj_dim == 0) return {};
+  return guidance_scale_embedding(cfg_scale, images, files_.unet_config.time_cond_proj_dim);
+}
 
 // The UNet's batch is [uncond of every member, cond of every member], as diffusers' cat([latents] * 2) is for one;
 // these are its embeddings, in that order. One member's are its own; a batch's change only when a member leaves.
@@ -226,11 +239,18 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const T
     inputs.insert(inputs.end(), once.begin(), once.end());
   }
   const Tensor scaled = inputs.size() == 1 ? inputs.front() : concat0(inputs);
+  // An LCM UNet's guidance embedding, one row per image (never with guidance: classifier_free_guidance()).
+  Tensor cond;
+  if (!batch.front()->timestep_cond.empty()) {
+    std::vector<Tensor> conds;
+    for (const Denoising* d : batch) conds.push_back(d->timestep_cond);
+    cond = conds.size() == 1 ? conds.front() : concat0(conds);
+  }
   const PackedWeightCache::Use weights(unet_weights_.get());  // run_batch() holds one across all steps
   const Tensor noise_pred = [&] {
     ActivationArena::Pass pass(arena_.get(),
                                "unet " + shape_to_string(scaled.shape()) + " " + shape_to_string(embeddings.shape()));
-    return pass.output(unet_.forward(scaled, static_cast<float>(schedule.timesteps()[i]), embeddings));
+    return pass.output(unet_.forward(scaled, static_cast<float>(schedule.timesteps()[i]), embeddings, cond));
   }();
   int64_t offset = 0;
   for (Denoising* d : batch) {
@@ -252,7 +272,7 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const T
 
 Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
                                      float cfg_scale, TorchGenerator& generator) const {
-  Denoising d{&scheduler, generator, latents, embeddings, cfg_scale, 0};
+  Denoising d{&scheduler, generator, latents, embeddings, cfg_scale, 0, timestep_cond(cfg_scale, latents.dim(0))};
   denoise_step({&d}, embeddings, i);
   return d.latents;
 }
@@ -338,7 +358,7 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   // Each request's prompts are encoded on their own, as run() alone would: the text encoder costs little, and
   // its embeddings then do not depend on the batch.
   auto t0 = std::chrono::steady_clock::now();
-  const bool guided = shared.cfg_scale > 1.0f;
+  const bool guided = classifier_free_guidance(shared.cfg_scale);
   std::vector<Denoising> members;
   for (size_t r = 0; r < requests.size(); ++r) {
     const Txt2ImgRequest& request = requests[r];
@@ -347,7 +367,7 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
                   repeat_each(guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
                                      : encode_prompts({request.prompt}, request.clip_skip),
                               request.batch_size),
-                  request.cfg_scale, static_cast<int>(r)});
+                  request.cfg_scale, static_cast<int>(r), timestep_cond(request.cfg_scale, request.batch_size)});
   }
   end_stage();
   const double text_encode_s = seconds_since(t0);

@@ -1,0 +1,44 @@
+// Model families (DESIGN.md principle 8: a family is a description, not a branch). The networks are built from their
+// configs whatever the family; what a family adds is how it is meant to be run: the defaults diffusers' pipeline or
+// the model's publisher use (size, steps, guidance, sampler), chosen once at load and applied by the callers to the
+// options a user did not give. How the pipeline runs a model follows from its files, never from the family name:
+// an LCM UNet (time_cond_proj_dim) takes its guidance embedding whichever family is chosen.
+//
+//   sd1       SD 1.x (CLIP ViT-L, 768-wide cross attention)        sample_size x 8, 20 steps, guidance 7.5, dpmpp_2m
+//   sd2       SD 2.x, epsilon prediction (stable-diffusion-2-base)  as sd1
+//   sd2-v     SD 2.x, v_prediction (stable-diffusion-2, 768x768)    as sd1
+//   sd-turbo  adversarially distilled SD 2.1 (stabilityai/sd-turbo) 1 step, guidance 0 (no unconditional pass), the
+//             folder's own sampler (Euler, timestep_spacing "trailing")
+//   lcm       LCM-distilled (SimianLuo/LCM_Dreamshaper_v7)          4 steps, guidance 8.5 (embedded, one pass), lcm
+#pragma once
+#include <string>
+#include <vector>
+
+#include "formats/model_files.h"
+#include "schedulers/scheduler_config.h"
+
+namespace sdcpu {
+
+struct ModelFamily {
+  std::string name;    // sd1 | sd2 | sd2-v | sd-turbo | lcm
+  std::string reason;  // one line: what in the files chose it, or that the user did
+  // Defaults for the options a user does not give. Size: diffusers' default, unet sample_size x the VAE's factor.
+  int width = 512;
+  int height = 512;
+  int steps = 20;
+  float cfg_scale = 7.5f;
+  std::string sampler = "dpmpp_2m";
+};
+
+// The family names, for options that take one.
+const std::vector<std::string>& model_family_names();
+
+// The family the files describe (see the top of this file for the rules; `scheduler` is the model's stored
+// scheduler config).
+ModelFamily detect_model_family(const ModelFiles& files, const StoredSchedulerConfig& scheduler);
+
+// Family `name` for these files, as the user chose it (`--family`). InvalidArgument for an unknown name.
+ModelFamily model_family_named(const std::string& name, const ModelFiles& files,
+                               const StoredSchedulerConfig& scheduler);
+
+}  // namespace sdcpu
