@@ -18,6 +18,7 @@ Command add_info_command(CLI::App& app) {
       ->capture_default_str();
   add_weight_cache_option(*cli, load->weight_cache_dir);
   add_vae_option(*cli, load->vae_path);
+  add_family_option(*cli, load->family);
   add_sampler_option(*cli, gen->sampler, "The sampler whose scheduler settings to show (AUTOMATIC1111's name)");
   add_timestep_spacing_option(*cli, gen->timestep_spacing);
   return {cli, [model, load, gen] {

@@ -41,10 +41,7 @@ ModelFamily family_defaults(const std::string& name, const ModelFiles& files, co
 
 }  // namespace
 
-const std::vector<std::string>& model_family_names() {
-  static const std::vector<std::string> kNames = {"sd1", "sd2", "sd2-v", "sd-turbo", "lcm"};
-  return kNames;
-}
+std::vector<std::string> model_family_names() { return {"sd1", "sd2", "sd2-v", "sd-turbo", "lcm"}; }
 
 ModelFamily detect_model_family(const ModelFiles& files, const StoredSchedulerConfig& scheduler) {
   const UNetConfig& unet = files.unet_config;
@@ -88,7 +85,7 @@ ModelFamily detect_model_family(const ModelFiles& files, const StoredSchedulerCo
 
 ModelFamily model_family_named(const std::string& name, const ModelFiles& files,
                                const StoredSchedulerConfig& scheduler) {
-  const auto& names = model_family_names();
+  const std::vector<std::string> names = model_family_names();
   if (std::find(names.begin(), names.end(), name) == names.end()) {
     std::string list;
     for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;

@@ -16,22 +16,9 @@
 
 #include "formats/model_files.h"
 #include "schedulers/scheduler_config.h"
+#include "sdcpu/sdcpu.h"  // struct ModelFamily, model_family_names()
 
 namespace sdcpu {
-
-struct ModelFamily {
-  std::string name;    // sd1 | sd2 | sd2-v | sd-turbo | lcm
-  std::string reason;  // one line: what in the files chose it, or that the user did
-  // Defaults for the options a user does not give. Size: diffusers' default, unet sample_size x the VAE's factor.
-  int width = 512;
-  int height = 512;
-  int steps = 20;
-  float cfg_scale = 7.5f;
-  std::string sampler = "dpmpp_2m";
-};
-
-// The family names, for options that take one.
-const std::vector<std::string>& model_family_names();
 
 // The family the files describe (see the top of this file for the rules; `scheduler` is the model's stored
 // scheduler config).
