@@ -104,6 +104,11 @@ int run_generate(GenerateArgs& a) {
   if (!a.quiet) std::fprintf(stderr, "loaded %s in %.2fs\n", a.model.c_str(), load_s);
   apply_family_defaults(a, pipe->family());
   validate(a.gen);
+  if (!a.quiet && !a.gen.negative_prompt.empty() && (pipe->family().embedded_guidance || a.gen.cfg_scale <= 1.0f))
+    std::fprintf(stderr, "the negative prompt is unused: %s\n",
+                 pipe->family().embedded_guidance
+                     ? "this UNet takes the guidance as an embedding (LCM), one pass per step"
+                     : "guidance <= 1 runs the conditional pass only");
   ProgressBar bar(!a.quiet);
   int current = 0;
   bar.restart();

@@ -235,12 +235,14 @@ TEST(ModelFamilies, AreDetectedFromTheFiles) {
   EXPECT_EQ(lcm_family.sampler, "lcm");
   EXPECT_EQ(lcm_family.width, 128);  // sample_size 16 x 8
   EXPECT_NE(lcm_family.reason.find("time_cond_proj_dim 32"), std::string::npos);
+  EXPECT_TRUE(lcm_family.embedded_guidance);
 
   // An LCMScheduler config without the UNet's embedding (an LCM-LoRA fused into an ordinary UNet).
   const ModelFamily lora =
       detect_model_family(files_with("SD 1.x", 768, 64), stored(R"({"_class_name": "LCMScheduler"})"));
   EXPECT_EQ(lora.name, "lcm");
   EXPECT_EQ(lora.cfg_scale, 1.0f);
+  EXPECT_FALSE(lora.embedded_guidance);
 }
 
 TEST(ModelFamilies, CanBeChosenByName) {

@@ -67,6 +67,9 @@ struct ModelFamily {
   int steps = 20;
   float cfg_scale = 7.5f;
   std::string sampler = "dpmpp_2m";
+  // An LCM-distilled UNet (time_cond_proj_dim): the guidance scale enters the UNet as an embedding, there is no
+  // unconditional pass and the negative prompt is unused, as in diffusers. Follows from the files, not the name.
+  bool embedded_guidance = false;
 };
 
 // The model families sdcpu knows, for LoadOptions::family.

@@ -22,6 +22,7 @@ ModelFamily family_defaults(const std::string& name, const ModelFiles& files, co
   const int vae_scale_factor = 1 << (std::max<size_t>(files.vae_config.block_out_channels.size(), 1) - 1);
   const int side = std::clamp(files.unet_config.sample_size * vae_scale_factor / 8 * 8, 64, 2048);
   f.width = f.height = side;
+  f.embedded_guidance = files.unet_config.time_cond_proj_dim > 0;
   if (name == "sd-turbo") {
     // sd-turbo's model card: pipe(prompt, num_inference_steps=1, guidance_scale=0.0), with the folder's scheduler
     // (EulerDiscreteScheduler, timestep_spacing "trailing"); sdxl-turbo publishes Euler ancestral.

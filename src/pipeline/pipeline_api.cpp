@@ -160,7 +160,7 @@ class PipelineImpl : public Pipeline {
       << "defaults:     " << family_.width << "x" << family_.height << ", " << family_.steps
       << (family_.steps == 1 ? " step" : " steps") << ", guidance " << family_.cfg_scale << ", sampler "
       << family_.sampler << "\n";
-    if (f.unet_config.time_cond_proj_dim > 0)
+    if (family_.embedded_guidance)
       s << "guidance:     embedded (time_cond_proj_dim " << f.unet_config.time_cond_proj_dim
         << "): one UNet pass per step, no negative prompt\n";
     s << "text encoder: CLIP, " << f.text_encoder_config.num_hidden_layers << " layers, hidden "
