@@ -34,7 +34,42 @@ struct GenerateArgs {
   int64_t seed = 0;  // -1: random
   std::string output = "sdcpu.png";
   bool quiet = false;
+  CLI::App* cli = nullptr;  // to tell which options the user gave
 };
+
+// The model family's defaults (Pipeline::family()) for the options the user did not give: size, steps, guidance,
+// sampler. Says on stderr what it took, unless quiet.
+void apply_family_defaults(GenerateArgs& a, const ModelFamily& family) {
+  auto given = [&](const char* option) { return a.cli->get_option(option)->count() > 0; };
+  std::string taken;
+  auto note = [&](const std::string& what) { taken += (taken.empty() ? "" : ", ") + what; };
+  // Each side on its own, as diffusers' `height = height or sample_size * vae_scale_factor`.
+  if (!given("--width")) {
+    a.gen.width = family.width;
+    note("width " + std::to_string(family.width));
+  }
+  if (!given("--height")) {
+    a.gen.height = family.height;
+    note("height " + std::to_string(family.height));
+  }
+  if (!given("--steps")) {
+    a.gen.steps = family.steps;
+    note(std::to_string(family.steps) + (family.steps == 1 ? " step" : " steps"));
+  }
+  if (!given("--cfg-scale")) {
+    a.gen.cfg_scale = family.cfg_scale;
+    char text[32];
+    std::snprintf(text, sizeof text, "guidance %g", static_cast<double>(family.cfg_scale));
+    note(text);
+  }
+  if (!given("--sampler")) {
+    a.gen.sampler = family.sampler;
+    note("sampler " + family.sampler);
+  }
+  if (!a.quiet && !taken.empty())
+    std::fprintf(stderr, "family %s: %s\nusing the family's defaults: %s\n", family.name.c_str(), family.reason.c_str(),
+                 taken.c_str());
+}
 
 // Refuses an output path that cannot be written before any work is done: its folder must exist and be
 // writable, and the path must not be a folder. (Nothing is created: a failed run leaves no file behind.)
@@ -67,6 +102,13 @@ int run_generate(GenerateArgs& a) {
   auto pipe = Pipeline::load(a.model, a.load);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet) std::fprintf(stderr, "loaded %s in %.2fs\n", a.model.c_str(), load_s);
+  apply_family_defaults(a, pipe->family());
+  validate(a.gen);
+  if (!a.quiet && !a.gen.negative_prompt.empty() && (pipe->family().embedded_guidance || a.gen.cfg_scale <= 1.0f))
+    std::fprintf(stderr, "the negative prompt is unused: %s\n",
+                 pipe->family().embedded_guidance
+                     ? "this UNet takes the guidance as an embedding (LCM), one pass per step"
+                     : "guidance <= 1 runs the conditional pass only");
   ProgressBar bar(!a.quiet);
   int current = 0;
   bar.restart();
@@ -91,17 +133,19 @@ Command add_generate_command(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   GenerateOptions& gen = a->gen;
   auto* cli = app.add_subcommand("generate", "Generate images from a prompt");
+  a->cli = cli;
   cli->add_option("--model,-m", a->model, "Diffusers folder or single-file .safetensors checkpoint")->required();
   cli->add_option("--prompt,-p", gen.prompt, "What to draw")->required();
   cli->add_option("--negative-prompt,-n", gen.negative_prompt, "What to avoid");
-  cli->add_option("--steps", gen.steps, "Denoising steps")->capture_default_str();
-  cli->add_option("--cfg-scale", gen.cfg_scale, "Classifier-free guidance scale (<= 1: no guidance)")
-      ->capture_default_str();
-  add_sampler_option(*cli, gen.sampler, "Sampler (AUTOMATIC1111's name)");
+  cli->add_option("--steps", gen.steps, "Denoising steps (default: the model family's, e.g. 20; sd-turbo 1, lcm 4)");
+  cli->add_option("--cfg-scale", gen.cfg_scale,
+                  "Guidance scale (<= 1: no unconditional pass; default: the model family's, e.g. 7.5; sd-turbo 0)");
+  add_sampler_option(*cli, gen.sampler, "Sampler (AUTOMATIC1111's name; default: the model family's)");
+  add_family_option(*cli, a->load.family);
   add_timestep_spacing_option(*cli, gen.timestep_spacing);
   cli->add_option("--seed", a->seed, "Seed (-1: random); image k of a batch uses seed + k")->capture_default_str();
-  cli->add_option("--width,-W", gen.width, "Image width, a multiple of 8")->capture_default_str();
-  cli->add_option("--height,-H", gen.height, "Image height, a multiple of 8")->capture_default_str();
+  cli->add_option("--width,-W", gen.width, "Image width, a multiple of 8 (default: the model's, e.g. 512)");
+  cli->add_option("--height,-H", gen.height, "Image height, a multiple of 8 (default: the model's, e.g. 512)");
   cli->add_option("--batch-count", gen.batch_count, "Images to generate, one after another")->capture_default_str();
   cli->add_option("--clip-skip", gen.clip_skip, "Text encoder layers to skip from the end")->capture_default_str();
   add_step_cache_options(*cli, gen.cache_interval, gen.cache_branch);

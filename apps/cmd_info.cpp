@@ -19,10 +19,13 @@ Command add_info_command(CLI::App& app) {
   add_weight_cache_option(*cli, load->weight_cache_dir);
   add_vae_option(*cli, load->vae_path);
   add_prediction_type_option(*cli, load->prediction_type);
+  add_family_option(*cli, load->family);
   add_sampler_option(*cli, gen->sampler, "The sampler whose scheduler settings to show (AUTOMATIC1111's name)");
   add_timestep_spacing_option(*cli, gen->timestep_spacing);
-  return {cli, [model, load, gen] {
+  return {cli, [cli, model, load, gen] {
             auto pipe = Pipeline::load(*model, *load);
+            // The sampler generate would run: the family's unless --sampler names one.
+            if (cli->get_option("--sampler")->count() == 0) gen->sampler = pipe->family().sampler;
             std::printf("%s%s", pipe->describe().c_str(), pipe->describe_scheduler(*gen).c_str());
             return 0;
           }};

@@ -56,6 +56,14 @@ inline void add_prediction_type_option(CLI::App& cli, std::string& type) {
       ->check(CLI::IsMember({"epsilon", "v_prediction"}));
 }
 
+// --family: the model family whose defaults apply (README, "Model families"); empty: detected.
+inline void add_family_option(CLI::App& cli, std::string& family) {
+  std::string list;
+  for (const std::string& f : model_family_names()) list += (list.empty() ? "" : ", ") + f;
+  cli.add_option("--family", family, "Model family whose defaults apply, instead of the detected one: " + list)
+      ->check(CLI::IsMember(model_family_names()));
+}
+
 // --timestep-spacing: overrides the model's scheduler config (README, "How the sampler's settings are chosen").
 inline void add_timestep_spacing_option(CLI::App& cli, std::string& spacing) {
   cli.add_option("--timestep-spacing", spacing,

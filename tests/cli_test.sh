@@ -39,6 +39,20 @@ expect 0 "b-2.png" -- "${gen[@]}" --batch-count 2 --output "$tmp/b.png"
 [ -f "$tmp/b.png" ] && [ -f "$tmp/b-2.png" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: batch files"; }
 expect 0 "single file" -- info --model "$fixtures/tiny-sd.safetensors"
 
+# Model families: info shows the detected one and its defaults; generate takes the defaults the user did not
+# override (and says so); --family picks another family's defaults.
+expect 0 "family:       sd1" -- info --model "$model"
+expect 0 "defaults:     128x128, 20 steps, guidance 7.5, sampler dpmpp_2m" -- info --model "$model"
+expect 0 "defaults:     128x128, 1 step, guidance 0, sampler euler" -- info --model "$model" --family sd-turbo
+expect 2 "family" -- info --model "$model" --family sdxl-lightning
+expect 0 "using the family's defaults: height 128, 1 step, guidance 0, sampler euler" -- \
+  generate --model "$model" --prompt "a red cube" --width 64 --family sd-turbo --seed 7 --output "$tmp/turbo.png"
+if grep -aq "Steps: 1, Sampler: Euler, CFG scale: 0, Seed: 7, Size: 64x128" "$tmp/turbo.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: the sd-turbo family's defaults were not applied"
+fi
+
 # Scheduler settings: info shows where each value comes from; --timestep-spacing overrides it and is recorded.
 expect 0 'timestep_spacing        "leading"  (file)' -- info --model "$model" --sampler euler
 expect 0 'timestep_spacing        "leading"  (single-file default)' -- info --model "$fixtures/tiny-sd.safetensors"

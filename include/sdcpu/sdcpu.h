@@ -55,7 +55,28 @@ struct LoadOptions {
   // A single-file checkpoint's prediction type, "epsilon" or "v_prediction", over what its .yaml says or diffusers'
   // rule gives (README, "SD 2.x single files"). Empty: as those say. Refused for diffusers folders.
   std::string prediction_type;
+  // The model family whose defaults apply (model_family_names(); README, "Model families"); empty: the one the files
+  // describe. It changes defaults only: how a model runs follows from its files (an LCM UNet is always run as one).
+  std::string family;
 };
+
+// What kind of model was loaded and how it is meant to be run (README, "Model families"): chosen at load from the
+// files, or by LoadOptions::family. Callers apply the defaults to the options their user did not give.
+struct ModelFamily {
+  std::string name;    // sd1 | sd2 | sd2-v | sd-turbo | lcm
+  std::string reason;  // one line: what in the files chose it, or that the user did
+  int width = 512;     // diffusers' default size: the UNet's sample_size times the VAE's scale factor
+  int height = 512;
+  int steps = 20;
+  float cfg_scale = 7.5f;
+  std::string sampler = "dpmpp_2m";
+  // An LCM-distilled UNet (time_cond_proj_dim): the guidance scale enters the UNet as an embedding, there is no
+  // unconditional pass and the negative prompt is unused, as in diffusers. Follows from the files, not the name.
+  bool embedded_guidance = false;
+};
+
+// The model families sdcpu knows, for LoadOptions::family.
+std::vector<std::string> model_family_names();
 
 // GenerateOptions::seed for "draw a random seed": -1 as an unsigned number, as AUTOMATIC1111 takes -1. The seed
 // drawn is in [0, 2^32 - 2], as A1111 draws them, and is returned in Image::seed and the PNG parameters.
@@ -141,8 +162,11 @@ class Pipeline {
   virtual std::vector<std::vector<Image>> generate_batch(const std::vector<GenerateOptions>& requests, int max_batch,
                                                          const BatchProgressCallback& progress = {}) = 0;
 
-  // What was detected: layout, architecture, configurations, tensors ignored.
+  // What was detected: layout, architecture, family and its defaults, configurations, tensors ignored.
   virtual std::string describe() const = 0;
+
+  // The model's family and its defaults (ModelFamily).
+  virtual const ModelFamily& family() const = 0;
 
   // The scheduler settings `options.sampler` would run with (its options.timestep_spacing included): every key
   // of its diffusers class, the value in effect and where it came from (the model's file, diffusers' single-file

@@ -220,6 +220,7 @@ ModelFiles open_diffusers_folder(const std::string& path, const std::string& var
   ModelFiles m;
   m.path = path;
   m.layout = "diffusers folder";
+  m.pipeline_class = index.at("_class_name").get<std::string>();  // checked above
   m.unet_config = parse_config_file(root / "unet" / "config.json", parse_unet_config, "unet config");
   m.vae_config = parse_config_file(root / "vae" / "config.json", parse_vae_config, "vae config");
   m.text_encoder_config =

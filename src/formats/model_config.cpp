@@ -125,6 +125,8 @@ UNetConfig parse_unet_config(const std::string& text) {
     require_positive(c.addition_time_embed_dim, "addition_time_embed_dim", what);
     require_positive(c.projection_class_embeddings_input_dim, "projection_class_embeddings_input_dim", what);
   }
+  get_opt(j, "time_cond_proj_dim", c.time_cond_proj_dim, what);
+  if (c.time_cond_proj_dim != 0) require_positive(c.time_cond_proj_dim, "time_cond_proj_dim", what);
   if (blocks == 0 || blocks > 8) throw ModelError("unet config.json: block_out_channels must have 1..8 entries");
   for (int ch : c.block_out_channels) require_positive(ch, "block_out_channels", what);
   if (c.down_block_types.size() != blocks || c.up_block_types.size() != blocks)

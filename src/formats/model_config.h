@@ -57,6 +57,9 @@ struct UNetConfig {
   int addition_time_embed_dim = 0;
   int projection_class_embeddings_input_dim = 0;
   bool has_text_time() const { return addition_embed_type == "text_time"; }
+  // LCM-distilled UNets (Luo et al. 2023): the width of the guidance-scale embedding that TimestepEmbedding's
+  // cond_proj adds to the timestep embedding; 0 (config null or absent): no cond_proj.
+  int time_cond_proj_dim = 0;
 };
 
 // diffusers.AutoencoderKL

@@ -14,8 +14,9 @@ namespace sdcpu {
 
 struct ModelFiles {
   std::string path;
-  std::string layout;        // "diffusers folder" | "single file"
-  std::string architecture;  // detected: "SD 1.x", "SD 1.x inpainting", "SD 2.x", "SDXL"
+  std::string layout;          // "diffusers folder" | "single file"
+  std::string architecture;    // detected: "SD 1.x", "SD 1.x inpainting", "SD 2.x", "SDXL"
+  std::string pipeline_class;  // a folder's model_index.json "_class_name"; "" for a single file
   ClipTextConfig text_encoder_config;
   // SDXL's second text encoder (CLIPTextModelWithProjection) and its tokenizer; text_encoder_2 null otherwise.
   ClipTextConfig text_encoder_2_config;

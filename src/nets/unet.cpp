@@ -53,7 +53,9 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
   const int levels = static_cast<int>(channels.size());
   // time_proj = Timesteps(block_out_channels[0], ...); time_embedding = TimestepEmbedding(c0, 4 c0).
   time_embed_dim_ = static_cast<int64_t>(channels[0]) * 4;
-  time_embedding_ = unet::TimestepEmbedding::load(w, "time_embedding", channels[0], time_embed_dim_);
+  // With time_cond_proj_dim (LCM): TimestepEmbedding(c0, 4 c0, cond_proj_dim=time_cond_proj_dim).
+  time_embedding_ =
+      unet::TimestepEmbedding::load(w, "time_embedding", channels[0], time_embed_dim_, config_.time_cond_proj_dim);
   if (config_.has_text_time())
     add_embedding_ = unet::TimestepEmbedding::load(w, "add_embedding", config_.projection_class_embeddings_input_dim,
                                                    time_embed_dim_);
@@ -109,7 +111,8 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const
 
 Tensor UNet2DConditionModel::time_embedding(float timestep, int64_t batch, const AddedConditions& added) const {
   Tensor emb = time_embedding_(unet::timestep_embedding(timestep, batch, config_.block_out_channels[0],
-                                                        config_.flip_sin_to_cos, config_.freq_shift));
+                                                        config_.flip_sin_to_cos, config_.freq_shift),
+                               added.timestep_cond);
   const bool given = !added.text_embeds.empty() || !added.time_ids.empty();
   if (!config_.has_text_time()) {
     if (given) throw InvalidArgument("unet: text_embeds/time_ids given to a UNet without addition_embed_type");

@@ -42,12 +42,17 @@ class UNet2DConditionModel {
   // passes it), encoder_hidden_states [B, L, cross_attention_dim]. Returns [B, out_channels, h, w].
   Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const;
 
-  // SDXL's added_cond_kwargs, for a UNet with addition_embed_type "text_time" (UNetConfig::has_text_time).
+  // What the UNet is conditioned on besides the timestep and the text: SDXL's added_cond_kwargs, for a UNet with
+  // addition_embed_type "text_time" (UNetConfig::has_text_time), and an LCM-distilled UNet's timestep_cond.
   struct AddedConditions {
     Tensor text_embeds;  // [B, pooled dim]: the second text encoder's text_embeds
     Tensor time_ids;     // [B, 6]: original_size + crops_coords_top_left + target_size
+    // [B, time_cond_proj_dim]: the guidance-scale embedding (diffusers' `timestep_cond`), added to the timestep
+    // embedding through time_embedding.cond_proj; empty: none.
+    Tensor timestep_cond;
   };
-  // The same with added conditions; they must be given exactly when the config has "text_time".
+  // The same with added conditions; text_embeds and time_ids must be given exactly when the config has
+  // "text_time".
   Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
                  const AddedConditions& added) const;
 

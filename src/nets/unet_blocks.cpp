@@ -57,12 +57,28 @@ Tensor timestep_embedding(float timestep, int64_t batch, int64_t dim, bool flip_
 }
 
 TimestepEmbedding TimestepEmbedding::load(const WeightStore& w, const std::string& prefix, int64_t in_channels,
-                                          int64_t time_embed_dim) {
-  return {Linear::load(w, prefix + ".linear_1", in_channels, time_embed_dim),
-          Linear::load(w, prefix + ".linear_2", time_embed_dim, time_embed_dim)};
+                                          int64_t time_embed_dim, int64_t cond_proj_dim) {
+  TimestepEmbedding e{Linear::load(w, prefix + ".linear_1", in_channels, time_embed_dim),
+                      Linear::load(w, prefix + ".linear_2", time_embed_dim, time_embed_dim), std::nullopt, 0};
+  if (cond_proj_dim > 0) {
+    e.cond_proj = Linear::load(w, prefix + ".cond_proj", cond_proj_dim, in_channels, /*bias=*/false);
+    e.cond_proj_dim = cond_proj_dim;
+  }
+  return e;
 }
 
-Tensor TimestepEmbedding::operator()(const Tensor& sample) const {
+Tensor TimestepEmbedding::operator()(const Tensor& sample, const Tensor& condition) const {
+  if (!condition.empty()) {
+    if (!cond_proj) throw InvalidArgument("unet: a timestep condition was given, but the UNet has no cond_proj");
+    if (condition.ndim() != 2 || condition.dim(0) != sample.dim(0) || condition.dim(1) != cond_proj_dim)
+      throw InvalidArgument("unet: timestep_cond must be [" + std::to_string(sample.dim(0)) + ", " +
+                            std::to_string(cond_proj_dim) + "], got " + shape_to_string(condition.shape()));
+    // sample = sample + self.cond_proj(condition)
+    const Tensor projected = (*cond_proj)(condition);
+    Tensor summed(sample.shape());
+    for (int64_t i = 0; i < sample.numel(); ++i) summed[i] = sample[i] + projected[i];
+    return (*this)(summed);
+  }
   Tensor h = linear_1(sample);
   silu_(h);  // act_fn "silu"
   return linear_2(h);

@@ -24,12 +24,18 @@ namespace sdcpu::unet {
 Tensor timestep_embedding(float timestep, int64_t batch, int64_t dim, bool flip_sin_to_cos, int freq_shift,
                           float max_period = 10000.0f);
 
-// diffusers.models.embeddings.TimestepEmbedding: linear_1 -> SiLU -> linear_2 (no cond_proj, no post_act).
+// diffusers.models.embeddings.TimestepEmbedding: [sample + cond_proj(condition)] -> linear_1 -> SiLU -> linear_2
+// (no post_act). cond_proj (Linear cond_proj_dim -> in_channels, no bias) exists only in LCM-distilled UNets
+// (time_cond_proj_dim), where the condition is the guidance-scale embedding.
 struct TimestepEmbedding {
   Linear linear_1, linear_2;
+  std::optional<Linear> cond_proj;
+  int64_t cond_proj_dim = 0;
+  // cond_proj_dim 0: no cond_proj.
   static TimestepEmbedding load(const WeightStore& w, const std::string& prefix, int64_t in_channels,
-                                int64_t time_embed_dim);
-  Tensor operator()(const Tensor& sample) const;
+                                int64_t time_embed_dim, int64_t cond_proj_dim = 0);
+  // condition [batch, cond_proj_dim], or empty for none.
+  Tensor operator()(const Tensor& sample, const Tensor& condition = {}) const;
 };
 
 // diffusers.models.attention_processor.Attention with AttnProcessor2_0: to_q/to_k/to_v without bias,

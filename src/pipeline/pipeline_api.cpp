@@ -8,6 +8,7 @@
 #include "core/image_png.h"
 #include "core/threads.h"
 #include "pipeline/generation_parameters.h"
+#include "pipeline/model_family.h"
 #include "pipeline/precision.h"
 #include "pipeline/txt2img.h"
 #include "sdcpu/sdcpu.h"
@@ -59,8 +60,13 @@ Image to_image(const Tensor& decoded) {
 
 class PipelineImpl : public Pipeline {
  public:
-  PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory, TaesdOptions taesd)
-      : txt2img_(std::move(files), compute, std::move(memory), std::move(taesd)) {}
+  PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory, TaesdOptions taesd,
+               const std::string& family)
+      : txt2img_(std::move(files), compute, std::move(memory), std::move(taesd)),
+        family_(family.empty() ? detect_model_family(txt2img_.files(), txt2img_.scheduler_config())
+                               : model_family_named(family, txt2img_.files(), txt2img_.scheduler_config())) {}
+
+  const ModelFamily& family() const override { return family_; }
 
   std::vector<Image> generate(const GenerateOptions& o, const ProgressCallback& progress) override {
     // Images one after another: a batch of one per UNet call, so that each is what diffusers gives for its seed.
@@ -154,6 +160,13 @@ class PipelineImpl : public Pipeline {
       << "architecture: " << f.architecture << "\n";
     if (!f.prediction_type.empty())
       s << "prediction:   " << f.prediction_type << " (" << f.prediction_type_reason << ")\n";
+    s << "family:       " << family_.name << ": " << family_.reason << "\n"
+      << "defaults:     " << family_.width << "x" << family_.height << ", " << family_.steps
+      << (family_.steps == 1 ? " step" : " steps") << ", guidance " << family_.cfg_scale << ", sampler "
+      << family_.sampler << "\n";
+    if (family_.embedded_guidance)
+      s << "guidance:     embedded (time_cond_proj_dim " << f.unet_config.time_cond_proj_dim
+        << "): one UNet pass per step, no negative prompt\n";
     s << "text encoder: " << (f.architecture == "SD 2.x" ? "OpenCLIP" : "CLIP") << ", "
       << f.text_encoder_config.num_hidden_layers << " layers, hidden " << f.text_encoder_config.hidden_size << ", "
       << f.text_encoder_config.num_attention_heads << " heads, " << f.text_encoder_config.hidden_act << "\n";
@@ -226,6 +239,7 @@ class PipelineImpl : public Pipeline {
   }
 
   Txt2ImgPipeline txt2img_;
+  ModelFamily family_;
 };
 
 }  // namespace
@@ -255,12 +269,21 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const Lo
   const ComputeType compute = resolve_precision(options.precision);  // refuses bad names before any loading
   if (!options.vae_path.empty() && !options.preview_vae_path.empty())
     throw InvalidArgument("give a preview VAE only without --vae: the --vae TAESD makes the previews too");
+  if (!options.family.empty()) {
+    const std::vector<std::string> families = model_family_names();
+    if (std::find(families.begin(), families.end(), options.family) == families.end()) {
+      std::string list;
+      for (const std::string& n : families) list += (list.empty() ? "" : ", ") + n;
+      throw InvalidArgument("unknown model family \"" + options.family + "\"; valid families: " + list);
+    }
+  }
   setup_threads(options.threads, options.pin_threads);
   TaesdOptions taesd;
   if (!options.vae_path.empty()) taesd = {open_taesd(options.vae_path), /*replaces_vae=*/true};
   if (!options.preview_vae_path.empty()) taesd = {open_taesd(options.preview_vae_path), /*replaces_vae=*/false};
   return std::make_unique<PipelineImpl>(open_model(model_path, options.variant, options.prediction_type), compute,
-                                        MemoryOptions{options.weight_cache_dir, options.low_memory}, std::move(taesd));
+                                        MemoryOptions{options.weight_cache_dir, options.low_memory}, std::move(taesd),
+                                        options.family);
 }
 
 void Image::save_png(const std::string& path) const {

@@ -10,6 +10,7 @@
 #include "core/torch_rng.h"
 #include "kernels/scratch.h"
 #include "kernels/tensor_ops.h"
+#include "pipeline/guidance_embedding.h"
 #include "text/unicode_text.h"
 
 namespace sdcpu {
@@ -200,7 +201,7 @@ TextEncoders Txt2ImgPipeline::text_encoders() const {
 }
 
 PromptConditioning Txt2ImgPipeline::encode_conditioning(const Txt2ImgRequest& r) const {
-  const bool guided = r.cfg_scale > 1.0f;
+  const bool guided = classifier_free_guidance(r.cfg_scale);
   if (!family_.two_encoders_penultimate && !family_.text_time)  // SD 1.x/2.x: the one encoder, as before
     return {
         guided ? encode_prompts({r.negative_prompt, r.prompt}, r.clip_skip) : encode_prompts({r.prompt}, r.clip_skip),
@@ -225,7 +226,19 @@ struct Txt2ImgPipeline::Denoising {
   PromptConditioning embeddings;  // [uncond x n, cond x n] with guidance, else [cond x n]
   float cfg_scale = 1;
   int request = 0;  // its index in run_batch()'s requests
+  // An LCM-distilled UNet's guidance embedding [n, time_cond_proj_dim] (timestep_cond()); empty for other UNets.
+  Tensor timestep_cond;
 };
+
+bool Txt2ImgPipeline::classifier_free_guidance(float cfg_scale) const {
+  // StableDiffusionPipeline.do_classifier_free_guidance: guidance_scale > 1 and time_cond_proj_dim is None.
+  return cfg_scale > 1.0f && files_.unet_config.time_cond_proj_dim == 0;
+}
+
+Tensor Txt2ImgPipeline::timestep_cond(float cfg_scale, int64_t images) const {
+  if (files_.unet_config.time_cond_proj_dim == 0) return {};
+  return guidance_scale_embedding(cfg_scale, images, files_.unet_config.time_cond_proj_dim);
+}
 
 // The UNet's batch is [uncond of every member, cond of every member], as diffusers' cat([latents] * 2) is for one;
 // these are its embeddings, in that order. One member's are its own; a batch's change only when a member leaves.
@@ -269,8 +282,8 @@ Tensor Txt2ImgPipeline::batch_rows(const Tensor& rows, const std::vector<Denoisi
   return concat0(parts);
 }
 
-void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const PromptConditioning& embeddings,
-                                   int i, UNetStepCache* step_cache, bool full_pass) const {
+void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const PromptConditioning& embeddings, int i,
+                                   UNetStepCache* step_cache, bool full_pass) const {
   const Scheduler& schedule = *batch.front()->scheduler;  // every member has the same timesteps
   const bool guided = batch.front()->embeddings.encoder_hidden_states.dim(0) == 2 * batch.front()->latents.dim(0);
   // The scaled latents of every member, twice with guidance (the order batch_embeddings() gives).
@@ -285,11 +298,18 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const P
     inputs.insert(inputs.end(), once.begin(), once.end());
   }
   const Tensor scaled = inputs.size() == 1 ? inputs.front() : concat0(inputs);
+  // An LCM UNet's guidance embedding, one row per image (never with guidance: classifier_free_guidance()).
+  Tensor cond;
+  if (!batch.front()->timestep_cond.empty()) {
+    std::vector<Tensor> conds;
+    for (const Denoising* d : batch) conds.push_back(d->timestep_cond);
+    cond = conds.size() == 1 ? conds.front() : concat0(conds);
+  }
   const PackedWeightCache::Use weights(unet_weights_.get());  // run_batch() holds one across all steps
   const float t = static_cast<float>(schedule.timesteps()[i]);
   const Tensor noise_pred = [&] {
     const Tensor& states = embeddings.encoder_hidden_states;
-    const UNet2DConditionModel::AddedConditions added{embeddings.text_embeds, embeddings.time_ids};
+    const UNet2DConditionModel::AddedConditions added{embeddings.text_embeds, embeddings.time_ids, cond};
     const std::string shapes = shape_to_string(scaled.shape()) + " " + shape_to_string(states.shape());
     if (!step_cache) {
       ActivationArena::Pass pass(arena_.get(), "unet " + shapes);
@@ -333,7 +353,13 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const P
 
 Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
                                      float cfg_scale, TorchGenerator& generator) const {
-  Denoising d{&scheduler, generator, latents, PromptConditioning{embeddings, Tensor(), Tensor()}, cfg_scale, 0};
+  Denoising d{&scheduler,
+              generator,
+              latents,
+              PromptConditioning{embeddings, Tensor(), Tensor()},
+              cfg_scale,
+              0,
+              timestep_cond(cfg_scale, latents.dim(0))};
   denoise_step({&d}, d.embeddings, i);
   return d.latents;
 }
@@ -432,7 +458,7 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
     // repeat_each on [uncond, cond] gives diffusers' cat([negative x n, prompt x n]) order.
     members.push_back(Denoising{schedulers[r].get(), TorchGenerator(request.seed), Tensor(),
                                 encode_conditioning(request).repeat_each(request.batch_size), request.cfg_scale,
-                                static_cast<int>(r)});
+                                static_cast<int>(r), timestep_cond(request.cfg_scale, request.batch_size)});
   }
   end_stage();
   const double text_encode_s = seconds_since(t0);

@@ -11,6 +11,13 @@
 // With cfg_scale <= 1 diffusers skips the unconditional half (do_classifier_free_guidance is false),
 // and so do we: the UNet runs on batch 1.
 //
+// An LCM-distilled UNet (unet config time_cond_proj_dim) is never run with classifier-free guidance: the guidance
+// scale enters the UNet instead, as the embedding guidance_scale_embedding(cfg_scale) (pipeline/guidance_embedding.h)
+// passed as its timestep_cond, one UNet pass on the prompt per step, the negative prompt unused. That is
+// StableDiffusionPipeline's loop with such a UNet, and, with the lcm sampler, LatentConsistencyModelPipeline's step
+// for step: same initial latents (init_noise_sigma 1), LCMScheduler.scale_model_input is the identity, and the
+// last LCMScheduler.step returns its denoised sample, which that pipeline decodes.
+//
 // B = batch_size is diffusers' num_images_per_prompt: one generator for the whole batch, each prompt
 // embedding repeated B times, one UNet call on the guidance batch 2B per step, one scheduler step and one
 // VAE decode over the whole batch. (GenerateOptions::batch_count, images one after another with seeds
@@ -139,6 +146,12 @@ class Txt2ImgPipeline {
   // latents. Embeddings alone: a UNet that needs added conditions (SDXL) refuses them with InvalidArgument.
   Tensor denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings, float cfg_scale,
                       TorchGenerator& generator) const;
+
+  // diffusers' do_classifier_free_guidance: cfg_scale > 1, and the UNet is not LCM-distilled.
+  bool classifier_free_guidance(float cfg_scale) const;
+  // An LCM-distilled UNet's timestep_cond for `images` latents: guidance_scale_embedding(cfg_scale) [images,
+  // time_cond_proj_dim]. Empty for other UNets.
+  Tensor timestep_cond(float cfg_scale, int64_t images) const;
 
   // VAE decode of final latents (divided by the scaling factor first): [B, 3, H, W] in about [-1, 1]. By the
   // TAESD when it replaces the VAE (TaesdOptions::replaces_vae).
