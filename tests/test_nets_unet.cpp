@@ -177,7 +177,7 @@ TEST(NetsUnet, SdxlTextTimeMatchesDiffusers) {
 
   SafetensorsFile& g = testing::repo_golden("sdxl/unet.safetensors");
   const Tensor sample = g.read_f32("sample"), ehs = g.read_f32("encoder_hidden_states");
-  const UNet2DConditionModel::AddedConditions added{g.read_f32("text_embeds"), g.read_f32("time_ids")};
+  const UNet2DConditionModel::AddedConditions added{g.read_f32("text_embeds"), g.read_f32("time_ids"), Tensor()};
   const float timestep = static_cast<float>(g.read_i64("timestep")[0]);
   const Tensor out = model.forward(sample, timestep, ehs, added);
   EXPECT_TENSOR_NEAR(out, g.read_f32("out"), 1e-4);
@@ -187,7 +187,7 @@ TEST(NetsUnet, SdxlTextTimeMatchesDiffusers) {
   // The added conditions are not optional for this UNet, and must fit projection_class_embeddings_input_dim.
   EXPECT_THROW(model.forward(sample, timestep, ehs), InvalidArgument);
   const Tensor short_ids({2, 5});
-  EXPECT_THROW(model.forward(sample, timestep, ehs, {added.text_embeds, short_ids}), InvalidArgument);
+  EXPECT_THROW(model.forward(sample, timestep, ehs, {added.text_embeds, short_ids, Tensor()}), InvalidArgument);
 }
 
 TEST(NetsUnet, SdxlMissingAddEmbeddingOrUnknownAdditionTypeIsModelError) {

@@ -142,17 +142,18 @@ TEST(FewStep, LcmUNetAddsTheConditionThroughCondProj) {
   const SafetensorsFile& g = testing::repo_golden("few_step/unet_lcm_timestep_cond.safetensors");
   const Tensor sample = g.read_f32("sample"), states = g.read_f32("encoder_hidden_states");
   const float t = g.read_f32("timestep")[0];
-  EXPECT_TENSOR_NEAR(unet.forward(sample, t, states, {.timestep_cond = g.read_f32("timestep_cond")}), g.read_f32("out"),
-                     1e-4);
+  EXPECT_TENSOR_NEAR(unet.forward(sample, t, states, {Tensor(), Tensor(), g.read_f32("timestep_cond")}),
+                     g.read_f32("out"), 1e-4);
   EXPECT_TENSOR_NEAR(unet.forward(sample, t, states), g.read_f32("out_no_cond"), 1e-4);
   // The golden's condition moves the output by 0.1 (of 1.4): a missing cond_proj could not pass.
   EXPECT_GT(testing::compare(g.read_f32("out"), g.read_f32("out_no_cond")).max_abs, 0.05);
-  EXPECT_THROW(unet.forward(sample, t, states, {.timestep_cond = Tensor({2, 31})}), InvalidArgument);
+  EXPECT_THROW(unet.forward(sample, t, states, {Tensor(), Tensor(), Tensor({2, 31})}), InvalidArgument);
 
   const ModelFiles plain = open_model(testing::fixture("tiny-sd"));
   const UNet2DConditionModel plain_unet(plain.unet_config, *plain.unet);
-  EXPECT_THROW(plain_unet.forward(Tensor({1, 4, 8, 8}), 1.0f, Tensor({1, 77, 64}), {.timestep_cond = Tensor({1, 32})}),
-               InvalidArgument);
+  EXPECT_THROW(
+      plain_unet.forward(Tensor({1, 4, 8, 8}), 1.0f, Tensor({1, 77, 64}), {Tensor(), Tensor(), Tensor({1, 32})}),
+      InvalidArgument);
 }
 
 TEST(FewStep, LcmUNetRunsAsLatentConsistencyModelPipeline) {
@@ -228,6 +229,20 @@ TEST(ModelFamilies, AreDetectedFromTheFiles) {
   EXPECT_EQ(turbo.cfg_scale, 0.0f);
   EXPECT_EQ(turbo.sampler, "euler");
   EXPECT_NE(turbo.reason.find("trailing"), std::string::npos);
+
+  // SDXL base (sample_size 128) and stabilityai/sdxl-turbo (sample_size 64, Euler a, trailing).
+  const ModelFamily sdxl = detect_model_family(files_with("SDXL", 2048, 128), stored("{}"));
+  EXPECT_EQ(sdxl.name, "sdxl");
+  EXPECT_EQ(sdxl.width, 1024);
+  EXPECT_EQ(sdxl.cfg_scale, 5.0f);
+  const ModelFamily xl_turbo = detect_model_family(
+      files_with("SDXL", 2048, 64),
+      stored(R"({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"})"));
+  EXPECT_EQ(xl_turbo.name, "sdxl-turbo");
+  EXPECT_EQ(xl_turbo.width, 512);
+  EXPECT_EQ(xl_turbo.steps, 1);
+  EXPECT_EQ(xl_turbo.cfg_scale, 0.0f);
+  EXPECT_EQ(xl_turbo.sampler, "euler_a");
 
   const ModelFiles lcm = open_model(lcm_folder());
   const ModelFamily lcm_family = detect_model_family(lcm, lcm_pipeline().scheduler_config());

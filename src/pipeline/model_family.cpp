@@ -23,9 +23,13 @@ ModelFamily family_defaults(const std::string& name, const ModelFiles& files, co
   const int side = std::clamp(files.unet_config.sample_size * vae_scale_factor / 8 * 8, 64, 2048);
   f.width = f.height = side;
   f.embedded_guidance = files.unet_config.time_cond_proj_dim > 0;
-  if (name == "sd-turbo") {
-    // sd-turbo's model card: pipe(prompt, num_inference_steps=1, guidance_scale=0.0), with the folder's scheduler
-    // (EulerDiscreteScheduler, timestep_spacing "trailing"); sdxl-turbo publishes Euler ancestral.
+  if (name == "sdxl") {
+    // StableDiffusionXLPipeline.__call__'s guidance_scale default (5.0); 1024x1024 comes from sample_size 128.
+    f.cfg_scale = 5.0f;
+  } else if (name == "sd-turbo" || name == "sdxl-turbo") {
+    // sd-turbo's and sdxl-turbo's model cards: pipe(prompt, num_inference_steps=1, guidance_scale=0.0), with the
+    // folder's scheduler (EulerDiscreteScheduler, timestep_spacing "trailing"); sdxl-turbo publishes Euler ancestral.
+    // sdxl-turbo's UNet has sample_size 64: 512x512, the size it was distilled at.
     f.steps = 1;
     f.cfg_scale = 0.0f;
     f.sampler = scheduler.class_name == "EulerAncestralDiscreteScheduler" ? "euler_a" : "euler";
@@ -42,7 +46,9 @@ ModelFamily family_defaults(const std::string& name, const ModelFiles& files, co
 
 }  // namespace
 
-std::vector<std::string> model_family_names() { return {"sd1", "sd2", "sd2-v", "sd-turbo", "lcm"}; }
+std::vector<std::string> model_family_names() {
+  return {"sd1", "sd2", "sd2-v", "sd-turbo", "sdxl", "sdxl-turbo", "lcm"};
+}
 
 ModelFamily detect_model_family(const ModelFiles& files, const StoredSchedulerConfig& scheduler) {
   const UNetConfig& unet = files.unet_config;
@@ -56,6 +62,20 @@ ModelFamily detect_model_family(const ModelFiles& files, const StoredSchedulerCo
     ModelFamily f = family_defaults("lcm", files, scheduler);
     f.reason = scheduler.class_name == "LCMScheduler" ? "the scheduler config is an LCMScheduler's"
                                                       : "model_index.json names LatentConsistencyModelPipeline";
+    return f;
+  }
+  if (files.architecture == "SDXL") {
+    const std::string arch_reason = "SDXL: two text encoders and a text_time UNet";
+    if (stored_string(scheduler, "timestep_spacing") == "trailing") {
+      // As for sd-turbo: sdxl-turbo's published scheduler config is what tells it from SDXL base's.
+      ModelFamily f = family_defaults("sdxl-turbo", files, scheduler);
+      f.reason = arch_reason +
+                 ", timestep_spacing \"trailing\": stabilityai/sdxl-turbo's published config (no file names the "
+                 "model; --family overrides)";
+      return f;
+    }
+    ModelFamily f = family_defaults("sdxl", files, scheduler);
+    f.reason = arch_reason;
     return f;
   }
   if (files.architecture.starts_with("SD 2.x")) {

@@ -9,6 +9,9 @@
 //   sd2-v     SD 2.x, v_prediction (stable-diffusion-2, 768x768)    as sd1
 //   sd-turbo  adversarially distilled SD 2.1 (stabilityai/sd-turbo) 1 step, guidance 0 (no unconditional pass), the
 //             folder's own sampler (Euler, timestep_spacing "trailing")
+//   sdxl      SDXL base 1.0 (two text encoders, text_time UNet)     1024x1024 (sample_size 128), guidance 5 (diffusers'
+//             StableDiffusionXLPipeline default), 20 steps, dpmpp_2m
+//   sdxl-turbo  SDXL with timestep_spacing "trailing" (stabilityai/sdxl-turbo) as sd-turbo, 512x512 (sample_size 64)
 //   lcm       LCM-distilled (SimianLuo/LCM_Dreamshaper_v7)          4 steps, guidance 8.5 (embedded, one pass), lcm
 #pragma once
 #include <string>
