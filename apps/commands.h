@@ -72,7 +72,8 @@ inline void add_timestep_spacing_option(CLI::App& cli, std::string& spacing) {
 }
 
 // --cache-interval N, --cache-branch B: step caching (README, "Step caching").
-inline void add_step_cache_options(CLI::App& cli, int& interval, int& branch) {
+inline void add_step_cache_options(CLI::App& cli, int& interval, int& branch, std::string& schedule, int& center,
+                                   double& power) {
   cli.add_option("--cache-interval", interval,
                  "Step caching (DeepCache): the UNet runs in full every N steps and only its shallow layers in "
                  "between (1: off; 3 to 5 is about 2-3x faster, at a quality cost bench --quality measures)")
@@ -80,6 +81,16 @@ inline void add_step_cache_options(CLI::App& cli, int& interval, int& branch) {
   cli.add_option("--cache-branch", branch,
                  "With --cache-interval: how deep the cached steps run (0: shallowest and fastest; up to 11 for SD "
                  "1.x, deeper is slower and closer to the uncached image)")
+      ->capture_default_str();
+  cli.add_option("--cache-schedule", schedule,
+                 "With --cache-interval: which steps run in full: uniform (0, N, 2N, ...) or quadratic (DeepCache's "
+                 "non-uniform schedule, densest around --cache-center)")
+      ->check(CLI::IsMember({"uniform", "quadratic"}))
+      ->capture_default_str();
+  cli.add_option("--cache-center", center,
+                 "With --cache-schedule quadratic: the step where full steps are densest (-1: the middle)")
+      ->capture_default_str();
+  cli.add_option("--cache-power", power, "With --cache-schedule quadratic: the spacing's power (> 1)")
       ->capture_default_str();
 }
 

@@ -111,7 +111,7 @@ TEST(QualityBench, RefusesBadOptionsBeforeLoading) {
   o.modes = {"fp16"};
   EXPECT_THROW(bench_quality(o), InvalidArgument);
   for (const char* bad : {"fp32+cache0", "fp32+cache", "fp32+branch1", "fp32+cache3+cache3", "fp32+tome",
-                          "fp32+cache3+branch-1", "fp32+"}) {
+                          "fp32+quadratic", "fp32+cache3+branch-1", "fp32+"}) {
     o.modes = {bad};
     EXPECT_THROW(bench_quality(o), InvalidArgument) << bad;
   }

@@ -138,7 +138,8 @@ TEST_P(DeepCacheGolden, MatchesDeepCacheSDHelperAroundTheRealPipeline) {
   const Tensor expected = g.read_f32("latents_per_step");
   const Tensor full_step = g.read_f32("full_step");
   ASSERT_EQ(full_step.numel(), request.steps);
-  for (int i = 0; i < request.steps; ++i) EXPECT_EQ(full_unet_pass(request, i), full_step[i] == 1.0f) << "step " << i;
+  const std::vector<bool> full = full_unet_passes(step_cache_schedule(request), request.steps);
+  for (int i = 0; i < request.steps; ++i) EXPECT_EQ(full[i], full_step[i] == 1.0f) << "step " << i;
 
   int steps_seen = 0;
   const auto result = tiny_pipeline().run(request, [&](int step, int, const Tensor& latents) {
@@ -175,6 +176,28 @@ TEST(StepCache, IntervalOneIsThePlainPipeline) {
   const SafetensorsFile& g = testing::golden("tiny-sd/pipeline_dpmpp_2m_10steps_cfg7.5_folder_scheduler.safetensors");
   const Tensor golden_last = g.read_f32("latents_per_step").slice0(9, 10).reshape(plain.shape());
   EXPECT_TENSOR_NEAR(plain, golden_last, 1e-4);
+}
+
+// The quadratic schedule changes which steps run in full, nothing else: two schedules with the same full steps give
+// the same latents, and the quadratic one differs from the uniform one when its full steps do.
+TEST(StepCache, QuadraticScheduleRunsItsFullSteps) {
+  Txt2ImgRequest r;
+  r.prompt = "a red fox";
+  r.width = r.height = 64;
+  r.steps = 10;
+  r.cache_interval = 3;
+  r.cache_branch = 1;
+  r.cache_schedule = "quadratic";
+  r.cache_center = 0;  // 10 steps, 4 full: sample_from_quad_center(10, 4, 0, 1.4) = 0, 1, 3, 6 -- not 0, 3, 6, 9
+  const std::vector<bool> full = full_unet_passes(step_cache_schedule(r), 10);
+  EXPECT_EQ(full, (std::vector<bool>{true, true, false, true, false, false, true, false, false, false}));
+  const Tensor quadratic = tiny_pipeline().run(r).latents;
+  Txt2ImgRequest uniform = r;
+  uniform.cache_schedule = "uniform";
+  EXPECT_GT(testing::compare(tiny_pipeline().run(uniform).latents, quadratic).max_abs, 1e-3);
+  r.cache_interval = 2;  // 10 steps, 5 full around the middle: no power fits
+  r.cache_center = 5;
+  EXPECT_THROW(tiny_pipeline().run(r), InvalidArgument);
 }
 
 // Batched requests share one step cache; each must come out as it does alone, also when one leaves mid-loop and

@@ -193,7 +193,9 @@ TEST(SqliteJobQueue, BatchKeysDifferInEverySettingThatSharesTheUNet) {
            [](JobRequest& r) { r.options.height = 512; }, [](JobRequest& r) { r.options.steps = 20; },
            [](JobRequest& r) { r.options.sampler = "lms"; }, [](JobRequest& r) { r.options.timestep_spacing = ""; },
            [](JobRequest& r) { r.options.cfg_scale = 5.5000005f; }, [](JobRequest& r) { r.options.clip_skip = 0; },
-           [](JobRequest& r) { r.options.cache_interval = 3; }, [](JobRequest& r) { r.options.cache_branch = 1; }}) {
+           [](JobRequest& r) { r.options.cache_interval = 3; }, [](JobRequest& r) { r.options.cache_branch = 1; },
+           [](JobRequest& r) { r.options.cache_schedule = "quadratic"; },
+           [](JobRequest& r) { r.options.cache_center = 3; }, [](JobRequest& r) { r.options.cache_power = 1.5; }}) {
     JobRequest r = request();
     change(r);
     EXPECT_NE(batch_key(r), key) << job_request_to_json(r);

@@ -107,6 +107,11 @@ struct GenerateOptions {
   // `sdcpu bench --quality` measures what it costs.
   int cache_interval = 1;
   int cache_branch = 0;
+  // Which steps run in full: "uniform" (0, N, 2N, ...) or "quadratic" (DeepCache's non-uniform schedule: as many,
+  // densest around step `cache_center`, -1 = the middle, spaced by `cache_power` > 1).
+  std::string cache_schedule = "uniform";
+  int cache_center = -1;
+  double cache_power = 1.4;
   // Every `preview_every` denoising steps (0: never; the last step is left out, the image follows it), the latents
   // so far decoded by the TAESD (LoadOptions::vae_path or preview_vae_path; InvalidArgument without one) are
   // handed to on_preview with the image's index in the batch and the steps done: a rough picture for a few
@@ -185,8 +190,11 @@ struct BenchOptions {
   int steps = 20;
   std::string sampler = "dpmpp_2m";
   float cfg_scale = 7.5f;
-  int cache_interval = 1;  // step caching, as GenerateOptions::cache_interval and cache_branch
+  int cache_interval = 1;  // step caching, as GenerateOptions::cache_interval, cache_branch, cache_schedule...
   int cache_branch = 0;
+  std::string cache_schedule = "uniform";
+  int cache_center = -1;
+  double cache_power = 1.4;
   std::string precision = "fp32";      // fp32 | bf16 | auto (as LoadOptions::precision)
   std::vector<int> batch_sizes = {1};  // images per UNet call; the first also gives the per-stage figures
   int runs = 3;                        // timed runs per batch size, after a warm-up run

@@ -56,6 +56,9 @@ Txt2ImgRequest make_request(const BenchOptions& o, int batch_size) {
   r.batch_size = batch_size;
   r.cache_interval = o.cache_interval;
   r.cache_branch = o.cache_branch;
+  r.cache_schedule = o.cache_schedule;
+  r.cache_center = o.cache_center;
+  r.cache_power = o.cache_power;
   return r;
 }
 
@@ -184,8 +187,10 @@ BenchReport run_benchmark(const BenchOptions& o) {
       totals.push_back(t.total_s);
       encodes.push_back(t.text_encode_s);
       // With step caching, full and shallow UNet passes apart: the efficiency is the full passes'.
+      const std::vector<bool> full =
+          full_unet_passes(step_cache_schedule(request), static_cast<int>(t.denoise_step_s.size()));
       for (size_t i = 0; i < t.denoise_step_s.size(); ++i)
-        (full_unet_pass(request, static_cast<int>(i)) ? steps : shallow_steps).push_back(t.denoise_step_s[i]);
+        (full[i] ? steps : shallow_steps).push_back(t.denoise_step_s[i]);
       decodes.push_back(t.vae_decode_s);
       log("batch " + std::to_string(batch) + " run " + std::to_string(run + 1) + "/" + std::to_string(o.runs) + ": " +
           fixed(t.total_s, 2) + " s (step " + fixed(median(t.denoise_step_s), 3) + " s, decode " +

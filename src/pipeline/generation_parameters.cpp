@@ -39,9 +39,16 @@ std::string format_a1111_parameters(const GenerationParameters& p) {
   if (!p.vae.empty()) s += ", VAE: " + p.vae;
   if (!p.timestep_spacing.empty()) s += ", Timestep spacing: " + p.timestep_spacing;
   if (p.clip_skip > 0) s += ", Clip skip: " + std::to_string(p.clip_skip + 1);  // A1111 counts the last layer as 1
-  if (p.cache_interval > 1)
+  if (p.cache_interval > 1) {
     s += ", DeepCache interval: " + std::to_string(p.cache_interval) +
          ", DeepCache branch: " + std::to_string(p.cache_branch);
+    if (p.cache_schedule != "uniform") {
+      char power[32];
+      std::snprintf(power, sizeof power, "%g", p.cache_power);
+      s += ", DeepCache schedule: " + p.cache_schedule + " (center " +
+           (p.cache_center < 0 ? std::string("middle") : std::to_string(p.cache_center)) + ", power " + power + ")";
+    }
+  }
   s += std::string(", Version: sdcpu ") + kVersion;
   return s;
 }

@@ -21,6 +21,9 @@ struct GenerationParameters {
   std::string vae;               // a VAE other than the model's (--vae), as A1111 writes "VAE: name"
   int steps = 0, width = 0, height = 0, clip_skip = 0;
   int cache_interval = 1, cache_branch = 0;  // step caching, written when on (interval > 1)
+  std::string cache_schedule = "uniform";
+  int cache_center = -1;
+  double cache_power = 1.4;
   float cfg_scale = 0;
   uint64_t seed = 0;
 };

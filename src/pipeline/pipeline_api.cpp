@@ -46,6 +46,9 @@ Txt2ImgRequest request_for(const GenerateOptions& o, uint64_t seed) {
   r.clip_skip = o.clip_skip;
   r.cache_interval = o.cache_interval;
   r.cache_branch = o.cache_branch;
+  r.cache_schedule = o.cache_schedule;
+  r.cache_center = o.cache_center;
+  r.cache_power = o.cache_power;
   return r;
 }
 
@@ -231,6 +234,9 @@ class PipelineImpl : public Pipeline {
     p.clip_skip = o.clip_skip;
     p.cache_interval = o.cache_interval;
     p.cache_branch = o.cache_branch;
+    p.cache_schedule = o.cache_schedule;
+    p.cache_center = o.cache_center;
+    p.cache_power = o.cache_power;
     p.cfg_scale = o.cfg_scale;
     if (txt2img_.taesd_decodes()) p.vae = model_name(txt2img_.taesd()->path);
     p.seed = seed;

@@ -46,12 +46,14 @@ constexpr QualityPrompt kPrompts[] = {
 constexpr int kPromptCount = static_cast<int>(sizeof kPrompts / sizeof kPrompts[0]);
 
 // A mode under test, as named on the command line: a precision, then the approximations it adds, each "+name":
-// "bf16", "bf16+cache3" (step caching every 3 steps, branch 0), "fp32+cache5+branch2". Token merging and int8 join
-// here as they land, each judged by the same reference.
+// "bf16", "bf16+cache3" (step caching every 3 steps, branch 0), "fp32+cache5+branch2", "bf16+cache3+quadratic" (the
+// non-uniform schedule, centered, power 1.4). Token merging and int8 join here as they land, each judged by the same
+// reference.
 struct QualityMode {
   std::string name;
   ComputeType compute;
   int cache_interval = 1, cache_branch = 0;
+  std::string cache_schedule = "uniform";
 };
 
 // A number after `prefix` in `part` ("cache3" -> 3), or -1 when `part` is not that.
@@ -66,7 +68,7 @@ QualityMode parse_mode(const std::string& name) {
   const auto bad = [&] {
     return InvalidArgument("unknown quality mode '" + name +
                            "'; modes: fp32, bf16 or auto, optionally followed by +cacheN (step caching every N steps) "
-                           "and +branchB, e.g. bf16+cache3");
+                           ", +branchB and +quadratic, e.g. bf16+cache3");
   };
   std::vector<std::string> parts;
   for (size_t begin = 0;;) {
@@ -79,7 +81,9 @@ QualityMode parse_mode(const std::string& name) {
   QualityMode m{name, resolve_precision(parts[0])};  // refuses bf16 on a CPU without it, before any work
   bool branch = false;
   for (size_t i = 1; i < parts.size(); ++i) {
-    if (const int n = number_after(parts[i], "cache"); n >= 1 && m.cache_interval == 1) {
+    if (parts[i] == "quadratic" && m.cache_schedule == "uniform") {
+      m.cache_schedule = "quadratic";
+    } else if (const int n = number_after(parts[i], "cache"); n >= 1 && m.cache_interval == 1) {
       m.cache_interval = n;
     } else if (const int b = number_after(parts[i], "branch"); b >= 0 && !branch) {
       m.cache_branch = b;
@@ -88,7 +92,8 @@ QualityMode parse_mode(const std::string& name) {
       throw bad();
     }
   }
-  if (branch && m.cache_interval == 1) throw InvalidArgument("quality mode '" + name + "': +branch needs +cacheN");
+  if ((branch || m.cache_schedule != "uniform") && m.cache_interval == 1)
+    throw InvalidArgument("quality mode '" + name + "': +branch and +quadratic need +cacheN");
   return m;
 }
 
@@ -104,6 +109,7 @@ Txt2ImgRequest request_for(const QualityBenchOptions& o, const QualityPrompt& p,
   r.height = o.height;
   r.cache_interval = mode.cache_interval;
   r.cache_branch = mode.cache_branch;
+  r.cache_schedule = mode.cache_schedule;
   return r;
 }
 

@@ -70,10 +70,7 @@ void validate(const Txt2ImgRequest& r) {
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(std::string("negative ") + e.what(), "negative_prompt");
   }
-  if (r.cache_interval < 1 || r.cache_interval > kMaxSteps)
-    throw InvalidArgument("cache interval must be between 1 (off) and " + std::to_string(kMaxSteps) + ", got " +
-                              std::to_string(r.cache_interval),
-                          "cache_interval");
+  validate(step_cache_schedule(r));
   if (r.cache_branch < 0)  // its upper bound depends on the UNet: run_batch() checks it
     throw InvalidArgument("cache branch must not be negative, got " + std::to_string(r.cache_branch), "cache_branch");
   if (r.batch_size < 1 || r.batch_size > kMaxBatch)
@@ -81,7 +78,9 @@ void validate(const Txt2ImgRequest& r) {
                           std::to_string(r.batch_size));
 }
 
-bool full_unet_pass(const Txt2ImgRequest& r, int i) { return r.cache_interval <= 1 || i % r.cache_interval == 0; }
+StepCacheSchedule step_cache_schedule(const Txt2ImgRequest& r) {
+  return {r.cache_interval, r.cache_schedule, r.cache_center, r.cache_power};
+}
 
 namespace {
 
@@ -395,7 +394,8 @@ ResolvedSchedulerConfig Txt2ImgPipeline::scheduler_settings(const Txt2ImgRequest
 bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b) {
   return a.steps == b.steps && a.cfg_scale == b.cfg_scale && a.sampler == b.sampler &&
          a.timestep_spacing == b.timestep_spacing && a.width == b.width && a.height == b.height &&
-         a.clip_skip == b.clip_skip && a.cache_interval == b.cache_interval && a.cache_branch == b.cache_branch;
+         a.clip_skip == b.clip_skip && a.cache_interval == b.cache_interval && a.cache_branch == b.cache_branch &&
+         a.cache_schedule == b.cache_schedule && a.cache_center == b.cache_center && a.cache_power == b.cache_power;
 }
 
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
@@ -447,6 +447,8 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
     schedulers.push_back(make_scheduler(shared.sampler, config));
     schedulers.back()->set_timesteps(shared.steps);
   }
+  // Which UNet calls run in full, before any work: a quadratic schedule may find no fit for these calls.
+  const std::vector<bool> full_passes = full_unet_passes(step_cache_schedule(shared), schedulers.front()->num_steps());
   std::vector<Result> results(requests.size());
 
   // Each request's prompts are encoded on their own, as run() alone would: the text encoder costs little, and
@@ -485,7 +487,7 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   if (shared.cache_interval > 1) step_cache = UNetStepCache{shared.cache_branch, Tensor()};
   for (int i = 0; i < steps && !batch.empty(); ++i) {
     t0 = std::chrono::steady_clock::now();
-    denoise_step(batch, embeddings, i, step_cache ? &*step_cache : nullptr, full_unet_pass(shared, i));
+    denoise_step(batch, embeddings, i, step_cache ? &*step_cache : nullptr, full_passes[i]);
     step_times.push_back(seconds_since(t0));
     // A member the callback lets go leaves the batch: the next step's UNet runs without it.
     if (!on_step) continue;

@@ -39,6 +39,7 @@
 #include "nets/unet.h"
 #include "nets/vae.h"
 #include "pipeline/prompt_conditioning.h"
+#include "pipeline/step_cache_schedule.h"
 #include "pipeline/weight_cache.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
@@ -60,11 +61,15 @@ struct Txt2ImgRequest {
   int clip_skip = 0;
   // Images per UNet call (num_images_per_prompt); the guidance batch is 2 * batch_size.
   int batch_size = 1;
-  // Step caching (DeepCache; nets/unet.h UNetStepCache): every `cache_interval`-th UNet call (0, N, 2N, ...) runs in
-  // full and keeps the deep features at branch `cache_branch`, and the calls between run only the shallow layers
-  // above it, as DeepCacheSDHelper's "uniform" mode. 1 = every call in full (off).
+  // Step caching (DeepCache; nets/unet.h UNetStepCache): 1 of every `cache_interval` UNet calls runs in full and
+  // keeps the deep features at branch `cache_branch`, and the calls between run only the shallow layers above it.
+  // Which calls run in full: pipeline/step_cache_schedule.h (`cache_schedule` uniform: 0, N, 2N, ...; quadratic:
+  // around `cache_center`, -1 = the middle, with `cache_power`). Interval 1 = every call in full (off).
   int cache_interval = 1;
   int cache_branch = 0;
+  std::string cache_schedule = "uniform";
+  int cache_center = -1;
+  double cache_power = 1.4;
   // diffusers' `latents` argument: when not empty, the initial noise [batch_size, C, H/8, W/8] used instead
   // of randn from the seed (the generator is still seeded, for ancestral samplers' noise). It is scaled by
   // the scheduler's init_noise_sigma as diffusers does.
@@ -82,8 +87,9 @@ struct StageTimes {
 // Throws InvalidArgument naming the first invalid field; called before any work is done.
 void validate(const Txt2ImgRequest& request);
 
-// Whether UNet call `i` of the loop runs in full under the request's step caching (always, with interval 1).
-bool full_unet_pass(const Txt2ImgRequest& request, int i);
+// The request's step-caching schedule (pipeline/step_cache_schedule.h full_unet_passes says which calls run in
+// full).
+StepCacheSchedule step_cache_schedule(const Txt2ImgRequest& request);
 
 // Whether two requests can share one denoising loop in run_batch(): the same size, steps, sampler, timestep
 // spacing, guidance, clip skip and step caching. Prompts, seeds, given latents and batch sizes may differ.

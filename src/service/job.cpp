@@ -97,6 +97,13 @@ JobRequest parse_job_request(std::string_view body) {
       o.cache_interval = integer_field(value, key);
     } else if (key == "cache_branch") {
       o.cache_branch = integer_field(value, key);
+    } else if (key == "cache_schedule") {
+      o.cache_schedule = string_field(value, key);
+    } else if (key == "cache_center") {
+      o.cache_center = integer_field(value, key);
+    } else if (key == "cache_power") {
+      if (!value.is_number() || !std::isfinite(value.get<double>())) bad_field(key, "must be a number above 1");
+      o.cache_power = value.get<double>();
     } else if (key == "cfg_scale") {
       if (!value.is_number() || !std::isfinite(value.get<double>()) || std::fabs(value.get<double>()) > 1e6)
         bad_field(key, "must be a number between 0 and 100");
@@ -139,7 +146,10 @@ std::string job_request_to_json(const JobRequest& request) {
             {"batch_count", o.batch_count},
             {"clip_skip", o.clip_skip},
             {"cache_interval", o.cache_interval},
-            {"cache_branch", o.cache_branch}};
+            {"cache_branch", o.cache_branch},
+            {"cache_schedule", o.cache_schedule},
+            {"cache_center", o.cache_center},
+            {"cache_power", o.cache_power}};
   j["seed"] = o.seed == kRandomSeed ? json(-1) : json(o.seed);
   return j.dump();
 }
@@ -150,7 +160,7 @@ std::string batch_key(const JobRequest& request) {
   char cfg[32];
   std::snprintf(cfg, sizeof cfg, "%.9g", static_cast<double>(o.cfg_scale));
   return json::array({request.model, o.width, o.height, o.steps, o.sampler, o.timestep_spacing, cfg, o.clip_skip,
-                      o.cache_interval, o.cache_branch})
+                      o.cache_interval, o.cache_branch, o.cache_schedule, o.cache_center, o.cache_power})
       .dump();
 }
 
