@@ -32,16 +32,17 @@ inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
 
 // --memory lean|fast (and --low-memory, the old name of lean). `low_memory` arrives holding the default (lean).
 inline void add_memory_option(CLI::App& cli, bool& low_memory) {
-  auto* option = cli.add_option_function<std::string>(
-                        "--memory", [&low_memory](const std::string& mode) { low_memory = mode == "lean"; },
-                        "lean: one network's weights and activations in memory at a time, the lowest peak (bf16 "
-                        "512x512: about 2 GB); fast: every network's weights stay in memory once used, for a "
-                        "little more speed when memory is plentiful")
-                     ->check(CLI::IsMember({"lean", "fast"}))
-                     ->default_str(low_memory ? "lean" : "fast");
-  (void)option;
-  cli.add_flag_callback("--low-memory", [&low_memory] { low_memory = true; }, "The same as --memory lean")
-      ->group("");  // hidden: kept for scripts written before lean became the default
+  cli.add_option_function<std::string>(
+         "--memory", [&low_memory](const std::string& mode) { low_memory = mode == "lean"; },
+         "lean: one network's weights and activations in memory at a time, the lowest peak (bf16 512x512: about "
+         "2 GB); fast: every network's weights stay in memory once used, for a little more speed when memory is "
+         "plentiful")
+      ->check(CLI::IsMember({"lean", "fast"}))
+      ->default_str(low_memory ? "lean" : "fast");
+  // Hidden: the switch from before lean became the default, kept for the scripts that use it.
+  cli.add_flag_callback(
+         "--low-memory", [&low_memory] { low_memory = true; }, "The same as --memory lean")
+      ->group("");
 }
 
 // Prints what loading had to do otherwise than asked (a weight cache that cannot be written) on stderr.

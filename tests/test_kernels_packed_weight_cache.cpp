@@ -3,7 +3,6 @@
 // reading the weight; a damaged, truncated or foreign file is refused, never trusted; and Use maps and drops the
 // file's pages in this process.
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 

@@ -156,7 +156,7 @@ class PackedWeightCache {
   std::string write_error_;                         // why streaming stopped
   bool dropped_weights_ = false;
   bool keep_mapped_ = false;
-  bool mapped_ = false;  // keep_mapped_: the pages were mapped by a Use and stay
+  bool mapped_ = false;   // keep_mapped_: the pages were mapped by a Use and stay
   std::mutex use_mutex_;  // guards users_, attached_, copy_
   int users_ = 0;
   bool copy_in_ = false;

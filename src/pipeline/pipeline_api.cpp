@@ -263,9 +263,9 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const Lo
   TaesdOptions taesd;
   if (!options.vae_path.empty()) taesd = {open_taesd(options.vae_path), /*replaces_vae=*/true};
   if (!options.preview_vae_path.empty()) taesd = {open_taesd(options.preview_vae_path), /*replaces_vae=*/false};
-  auto pipeline = std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute,
-                                                 MemoryOptions{options.weight_cache_dir, options.low_memory},
-                                                 std::move(taesd));
+  auto pipeline =
+      std::make_unique<PipelineImpl>(open_model(model_path, options.variant), compute,
+                                     MemoryOptions{options.weight_cache_dir, options.low_memory}, std::move(taesd));
   if (options.on_notice) {
     const std::string notice = weight_cache_notice(pipeline->weight_cache_status());
     if (!notice.empty()) options.on_notice(notice);
