@@ -54,7 +54,8 @@ void remove_abandoned_temporaries(const std::string& path) {
     const std::string name = it->path().filename().string();
     if (name.rfind(prefix, 0) != 0) continue;
     const std::string pid_text = name.substr(prefix.size());
-    if (pid_text.empty() || !std::all_of(pid_text.begin(), pid_text.end(), ::isdigit) || pid_text.size() > 9) continue;
+    const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    if (pid_text.empty() || pid_text.size() > 9 || !std::all_of(pid_text.begin(), pid_text.end(), digit)) continue;
     const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
     if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(it->path().c_str());
   }
