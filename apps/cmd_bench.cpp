@@ -107,7 +107,7 @@ Command add_bench_command(CLI::App& app) {
   cli->add_option("--threads", o.threads, "Compute threads (0: one per physical core)")->capture_default_str();
   cli->add_flag("--pin", o.pin_threads, "Bind compute thread i to core i");
   add_weight_cache_option(*cli, o.weight_cache_dir);
-  add_low_memory_option(*cli, o.low_memory);
+  add_memory_option(*cli, o.low_memory);
   add_vae_option(*cli, o.vae_path);
   add_prediction_type_option(*cli, o.prediction_type);
   cli->add_flag("--quality", a->quality,

@@ -157,7 +157,8 @@ Command add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cli->add_option("--variant", a->load.variant, "Weights variant of a diffusers folder, e.g. fp16");
   add_weight_cache_option(*cli, a->load.weight_cache_dir);
-  add_low_memory_option(*cli, a->load.low_memory);
+  add_memory_option(*cli, a->load.low_memory);
+  print_load_notices(a->load);
   add_vae_option(*cli, a->load.vae_path);
   add_prediction_type_option(*cli, a->load.prediction_type);
   cli->add_option("--preview-every", gen.preview_every,

@@ -17,6 +17,7 @@ Command add_info_command(CLI::App& app) {
   cli->add_option("--precision", load->precision, "fp32, bf16 or auto: the precision it would run in")
       ->capture_default_str();
   add_weight_cache_option(*cli, load->weight_cache_dir);
+  print_load_notices(*load);
   add_vae_option(*cli, load->vae_path);
   add_prediction_type_option(*cli, load->prediction_type);
   add_family_option(*cli, load->family);

@@ -2,6 +2,7 @@
 // the function sdcpu_main.cpp runs when that subcommand was chosen.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -15,19 +16,38 @@ struct Command {
   std::function<int()> run;  // returns the exit code; may throw (main maps the error to an exit code)
 };
 
-// --weight-cache DIR, by default $SDCPU_WEIGHT_CACHE (README, "Weight cache and memory").
+// --weight-cache DIR and --no-weight-cache. `dir` arrives holding the default, LoadOptions' (README, "Weight cache
+// and memory"): $SDCPU_WEIGHT_CACHE, else $XDG_CACHE_HOME/sdcpu/weights, else ~/.cache/sdcpu/weights.
 inline void add_weight_cache_option(CLI::App& cli, std::string& dir) {
-  if (const char* env = std::getenv("SDCPU_WEIGHT_CACHE")) dir = env;
-  cli.add_option("--weight-cache", dir,
-                 "Directory for prepacked weights: written on the first start, mapped on later ones "
-                 "(default: $SDCPU_WEIGHT_CACHE; empty: none)")
-      ->capture_default_str();
+  auto* option = cli.add_option("--weight-cache", dir,
+                                "Directory for prepacked weights: written on the first start, mapped on later ones "
+                                "(default: $SDCPU_WEIGHT_CACHE, else $XDG_CACHE_HOME/sdcpu/weights, else "
+                                "~/.cache/sdcpu/weights; empty: none)")
+                     ->capture_default_str();
+  cli.add_flag_callback(
+         "--no-weight-cache", [&dir] { dir.clear(); },
+         "No weight cache: convert the checkpoint's weights in memory at every start")
+      ->excludes(option);
 }
 
-inline void add_low_memory_option(CLI::App& cli, bool& low_memory) {
-  cli.add_flag("--low-memory", low_memory,
-               "One network's weights and activations in memory at a time (with --weight-cache: weights read in "
-               "per stage); a lower peak");
+// --memory lean|fast (and --low-memory, the old name of lean). `low_memory` arrives holding the default (lean).
+inline void add_memory_option(CLI::App& cli, bool& low_memory) {
+  cli.add_option_function<std::string>(
+         "--memory", [&low_memory](const std::string& mode) { low_memory = mode == "lean"; },
+         "lean: one network's weights and activations in memory at a time, the lowest peak (bf16 512x512: about "
+         "2 GB); fast: every network's weights stay in memory once used, for a little more speed when memory is "
+         "plentiful")
+      ->check(CLI::IsMember({"lean", "fast"}))
+      ->default_str(low_memory ? "lean" : "fast");
+  // Hidden: the switch from before lean became the default, kept for the scripts that use it.
+  cli.add_flag_callback(
+         "--low-memory", [&low_memory] { low_memory = true; }, "The same as --memory lean")
+      ->group("");
+}
+
+// Prints what loading had to do otherwise than asked (a weight cache that cannot be written) on stderr.
+inline void print_load_notices(LoadOptions& load) {
+  load.on_notice = [](const std::string& notice) { std::fprintf(stderr, "sdcpu: %s\n", notice.c_str()); };
 }
 
 // --sampler: one of sampler_names(); the help lists each with the AUTOMATIC1111 name it stands for.

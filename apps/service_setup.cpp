@@ -59,7 +59,8 @@ void add_service_options(CLI::App& cli, ServiceArgs& a) {
   cli.add_flag("--pin", a.load.pin_threads, "Bind compute thread i to core i");
   cli.add_option("--precision", a.load.precision, "fp32, bf16 or auto")->capture_default_str();
   add_weight_cache_option(cli, a.load.weight_cache_dir);
-  add_low_memory_option(cli, a.load.low_memory);
+  add_memory_option(cli, a.load.low_memory);
+  print_load_notices(a.load);
   add_vae_option(cli, a.load.vae_path);
   add_prediction_type_option(cli, a.load.prediction_type);
 }

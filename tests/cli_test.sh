@@ -4,8 +4,9 @@
 # Usage: cli_test.sh SDCPU_BINARY SOURCE_DIR FIXTURES_DIR
 set -uo pipefail
 sdcpu=$1 src=$2 fixtures=$3
-unset SDCPU_WEIGHT_CACHE  # the checks below choose their own
+unset SDCPU_WEIGHT_CACHE  # the default weight cache is then $XDG_CACHE_HOME/sdcpu/weights: in $tmp, never ~/.cache
 tmp=$(mktemp -d)
+export XDG_CACHE_HOME="$tmp/xdg"
 trap 'rm -rf "$tmp"' EXIT
 passed=0 failed=0
 
@@ -98,6 +99,33 @@ else
 fi
 [ "$(ls "$tmp/cache" | wc -l)" -eq 3 ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: cache files"; }
 expect 0 "not written" -- info --model "$model" --weight-cache "$tmp/a.png"
+# The defaults: the first generate above wrote the cache into $XDG_CACHE_HOME/sdcpu/weights; lean memory. --memory
+# fast, --no-weight-cache and --weight-cache '' give the same image.
+ls "$tmp/xdg/sdcpu/weights" | grep -q '^unet-fp32-.*\.sdcw$' && ! ls "$tmp/xdg/sdcpu/weights" | grep -q '\.tmp\.' &&
+  passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: no default cache files in \$XDG_CACHE_HOME/sdcpu/weights"; }
+expect 0 "unet loaded (was valid): $tmp/xdg/sdcpu/weights/unet-fp32-" -- info --model "$model"
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --memory fast --output "$tmp/fast.png"
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --memory fast --no-weight-cache --output "$tmp/fast-nocache.png"
+expect 0 "seed 7" -- "${gen[@]}" --seed 7 --weight-cache '' --output "$tmp/lean-nocache.png"
+if cmp -s "$tmp/a.png" "$tmp/fast.png" && cmp -s "$tmp/a.png" "$tmp/fast-nocache.png" &&
+  cmp -s "$tmp/a.png" "$tmp/lean-nocache.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: --memory fast or no weight cache changed the image"
+fi
+expect 0 "lean: one network's weights" -- generate --help
+expect 0 "--no-weight-cache" -- serve --help
+expect 2 "--memory: tiny not in {lean,fast}" -- "${gen[@]}" --memory tiny --output "$tmp/x.png"
+expect 2 "excludes" -- "${gen[@]}" --no-weight-cache --weight-cache "$tmp/cache" --output "$tmp/x.png"
+# A default directory that cannot be written: the image is made all the same, and a single line says why.
+out=$(SDCPU_WEIGHT_CACHE="$tmp/a.png/weights" "$sdcpu" "${gen[@]}" --seed 7 --output "$tmp/unwritable.png" 2>&1)
+rc=$?
+if [ "$rc" -eq 0 ] && [ "$(grep -c "weight cache not written" <<<"$out")" -eq 1 ] &&
+  cmp -s "$tmp/a.png" "$tmp/unwritable.png"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: an unwritable default weight cache (exit $rc):"; echo "$out" | tail -5
+fi
 
 bench=(bench --model "$model" --width 64 --height 64 --steps 2 --runs 1 --quiet)
 expect 0 "unet step" -- "${bench[@]}" --batch-sizes 1,2 --json "$tmp/bench.json"

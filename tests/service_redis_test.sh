@@ -12,6 +12,7 @@ model="$src/models/tiny-sd"
 py=/usr/bin/python3
 command -v redis-server >/dev/null || { echo "redis-server is not installed (scripts/setup.sh installs it)"; exit 1; }
 tmp=$(mktemp -d)
+export SDCPU_WEIGHT_CACHE="$tmp/weights"  # the default weight cache, shared by the workers below; never ~/.cache
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done

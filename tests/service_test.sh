@@ -7,8 +7,8 @@ set -uo pipefail
 sdcpu=$1 src=$2 build=${3:-}
 py=/usr/bin/python3
 model="$src/models/tiny-sd"
-unset SDCPU_WEIGHT_CACHE
 tmp=$(mktemp -d)
+export SDCPU_WEIGHT_CACHE="$tmp/weights"  # the default weight cache, shared by the servers below; never ~/.cache
 passed=0 failed=0
 started=()  # every process this script started in the background
 

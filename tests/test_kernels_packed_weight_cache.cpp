@@ -3,9 +3,12 @@
 // reading the weight; a damaged, truncated or foreign file is refused, never trusted; and Use maps and drops the
 // file's pages in this process.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -298,6 +301,114 @@ TEST(PackedWeightCache, CopyInModeComputesFromACopyAndReturnsToTheMapping) {
   { PreparedLinear gone(counted(l.lin_w, cache, "lin.weights", reads), l.lin_b); }
   const PackedWeightCache::Use again(cache.get());
   EXPECT_EQ(testing::compare(linear(l.rows, lin), y_lin).max_abs, 0.0);
+}
+
+// Streaming (a first start): each weight goes to the file as it is packed and leaves the layer, which then cannot
+// run; the finished file gives layers the same results as plain packing.
+TEST(PackedWeightCache, StreamingWritesEachWeightAndKeepsNoCopy) {
+  const Layers l;
+  const std::string dir = testing::temp_dir(), path = dir + "/net.sdcw";
+  {
+    auto cache = std::make_shared<PackedWeightCache>(path, "fp");
+    cache->stream_misses({"conv.weight", "lin.weights"});
+    int reads = 0;
+    PreparedConv2d conv(counted(l.conv_w, cache, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+    PreparedLinear lin(counted(l.lin_w, cache, "lin.weights", reads), l.lin_b);
+    EXPECT_EQ(reads, 2);
+    EXPECT_TRUE(cache->dropped_weights());
+    EXPECT_THROW(conv2d(l.x, conv), std::logic_error) << "a streamed layer holds no weight";
+    EXPECT_FALSE(std::filesystem::exists(path)) << "nothing at the path before save()";
+    cache->save();
+  }
+  auto cache = std::make_shared<PackedWeightCache>(path, "fp");
+  ASSERT_EQ(cache->state(), "valid");
+  EXPECT_EQ(cache->entries(), 2u);
+  int reads = 0;
+  PreparedConv2d conv(counted(l.conv_w, cache, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+  PreparedLinear lin(counted(l.lin_w, cache, "lin.weights", reads), l.lin_b);
+  EXPECT_EQ(reads, 0);
+  EXPECT_TRUE(cache->complete());
+  EXPECT_EQ(testing::compare(conv2d(l.x, conv), conv2d(l.x, PreparedConv2d(l.conv_w, l.conv_b, 1, 1))).max_abs, 0.0);
+  EXPECT_EQ(testing::compare(linear(l.rows, lin), linear(l.rows, PreparedLinear(l.lin_w, l.lin_b))).max_abs, 0.0);
+  // The same bytes as the file written all at once.
+  const std::string whole = dir + "/whole.sdcw";
+  write_cache(whole, "fp", l);
+  EXPECT_EQ(read_file(whole), read_file(path));
+}
+
+// A streamed file that was never finished (the process died, or the disk refused) is never taken for a cache:
+// it has another name, no header until save(), and a writer that gives up removes it.
+TEST(PackedWeightCache, AnUnfinishedStreamedFileIsNeverValid) {
+  const Layers l;
+  const std::string dir = testing::temp_dir(), path = dir + "/net.sdcw";
+  const std::string temp = path + ".tmp." + std::to_string(::getpid());
+  {
+    auto cache = std::make_shared<PackedWeightCache>(path, "fp");
+    cache->stream_misses({"conv.weight", "lin.weights"});
+    int reads = 0;
+    PreparedConv2d conv(counted(l.conv_w, cache, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+    ASSERT_TRUE(std::filesystem::exists(temp));
+    // What a crash at this point leaves, put where a cache would be read: refused.
+    std::filesystem::copy_file(temp, path);
+    PackedWeightCache partial(path, "fp");
+    EXPECT_FALSE(partial.valid());
+    EXPECT_EQ(partial.state().rfind("damaged", 0), 0u) << partial.state();
+    std::filesystem::remove(path);
+  }  // never saved
+  EXPECT_FALSE(std::filesystem::exists(temp)) << "an abandoned stream removes its temporary file";
+  EXPECT_FALSE(std::filesystem::exists(path));
+
+  // A temporary file left by a process that died is removed by the next writer of the same path.
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  ::waitpid(child, nullptr, 0);
+  const std::string orphan = path + ".tmp." + std::to_string(child);
+  write_file(orphan, {1, 2, 3});
+  const std::string other = dir + "/other.sdcw.tmp." + std::to_string(child);  // another file's: left alone
+  write_file(other, {1, 2, 3});
+  write_cache(path, "fp", l);
+  EXPECT_FALSE(std::filesystem::exists(orphan));
+  EXPECT_TRUE(std::filesystem::exists(other));
+  EXPECT_EQ(PackedWeightCache(path, "fp").state(), "valid");
+}
+
+// Streaming into a place that cannot be written: the layers keep their weights (they run), save() says why.
+TEST(PackedWeightCache, StreamingThatCannotStartKeepsTheWeights) {
+  const Layers l;
+  auto cache = std::make_shared<PackedWeightCache>(testing::temp_dir() + "/no/such/dir/net.sdcw", "fp");
+  cache->stream_misses({"lin.weight"});
+  int reads = 0;
+  PreparedLinear lin(counted(l.lin_w, cache, "lin.weight", reads), l.lin_b);
+  EXPECT_FALSE(cache->dropped_weights());
+  EXPECT_EQ(testing::compare(linear(l.rows, lin), linear(l.rows, PreparedLinear(l.lin_w, l.lin_b))).max_abs, 0.0);
+  EXPECT_THROW(cache->save(), IoError);
+}
+
+// Rewriting a file that has some weights: those found are copied over from the old file, the others streamed.
+TEST(PackedWeightCache, StreamingARewriteKeepsTheWeightsFoundInTheOldFile) {
+  const Layers l;
+  const std::string dir = testing::temp_dir(), path = dir + "/net.sdcw";
+  {
+    auto cache = std::make_shared<PackedWeightCache>(path, "fp");
+    int reads = 0;
+    PreparedConv2d conv(counted(l.conv_w, cache, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+    cache->save();
+  }
+  {
+    auto cache = std::make_shared<PackedWeightCache>(path, "fp");
+    ASSERT_EQ(cache->state(), "valid");
+    cache->stream_misses({"conv.weight", "lin.weights"});
+    int reads = 0;
+    PreparedConv2d conv(counted(l.conv_w, cache, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+    PreparedLinear lin(counted(l.lin_w, cache, "lin.weights", reads), l.lin_b);
+    EXPECT_EQ(reads, 1);
+    EXPECT_FALSE(cache->complete());
+    cache->save();
+  }
+  const std::string whole = dir + "/whole.sdcw";
+  write_cache(whole, "fp", l);
+  EXPECT_EQ(read_file(whole), read_file(path));
 }
 
 }  // namespace

@@ -114,9 +114,17 @@ TEST(BatchAcrossRequests, RefusesRequestsThatCannotShareAStep) {
   EXPECT_THROW(pipe.run_batch(too_many), InvalidArgument);
 }
 
+// Explicit, whatever LoadOptions' defaults: no weight cache, every network's weights in memory.
+LoadOptions in_memory() {
+  LoadOptions o;
+  o.weight_cache_dir = "";
+  o.low_memory = false;
+  return o;
+}
+
 // The public API: images of every request, max_batch at a time, each the one generate() gives.
 TEST(GenerateBatch, ImagesAreThoseOfGenerate) {
-  auto pipe = Pipeline::load(testing::fixture("tiny-sd"));
+  auto pipe = Pipeline::load(testing::fixture("tiny-sd"), in_memory());
   std::vector<GenerateOptions> requests(3);
   const char* prompts[] = {"a red fox", "a lighthouse", ""};
   for (int j = 0; j < 3; ++j) {
@@ -153,7 +161,7 @@ TEST(GenerateBatch, ImagesAreThoseOfGenerate) {
 }
 
 TEST(GenerateBatch, AStoppedRequestReturnsNoImagesAndTheOthersGoOn) {
-  auto pipe = Pipeline::load(testing::fixture("tiny-sd"));
+  auto pipe = Pipeline::load(testing::fixture("tiny-sd"), in_memory());
   std::vector<GenerateOptions> requests(2);
   for (GenerateOptions& o : requests) {
     o.prompt = "x";

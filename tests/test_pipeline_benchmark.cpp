@@ -98,6 +98,8 @@ TEST(BenchFlops, FmaPeakIsMeasured) {
 TEST(Bench, TinyModelReportHasEveryField) {
   BenchOptions o;
   o.model_path = testing::fixture("tiny-sd");
+  o.weight_cache_dir = "";  // explicit, whatever the defaults: no cache, all weights in memory
+  o.low_memory = false;
   o.width = o.height = 64;
   o.steps = 2;
   o.runs = 1;
@@ -169,6 +171,8 @@ TEST(Bench, Bf16ReportsQualityAgainstFp32) {
   if (!cpu_has_native_bf16()) GTEST_SKIP() << "no AVX512_BF16 / AMX on this CPU";
   BenchOptions o;
   o.model_path = testing::fixture("tiny-sd");
+  o.weight_cache_dir = "";  // explicit, whatever the defaults: no cache, all weights in memory
+  o.low_memory = false;
   o.width = o.height = 64;
   o.steps = 2;
   o.runs = 1;

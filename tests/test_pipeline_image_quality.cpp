@@ -72,6 +72,8 @@ TEST(ImageQuality, LatentErrorIsRelativeToTheReference) {
 TEST(QualityBench, ComparesEveryModeWithTheFp32Reference) {
   QualityBenchOptions o;
   o.model_path = testing::fixture("tiny-sd");
+  o.weight_cache_dir = "";  // explicit, whatever the defaults: no cache, all weights in memory
+  o.low_memory = false;
   o.width = 64;
   o.height = 64;
   o.steps = 3;

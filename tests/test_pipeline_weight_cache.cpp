@@ -3,13 +3,17 @@
 // written at all.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "formats/model_files.h"
 #include "kernels/cpu_features.h"
 #include "pipeline/txt2img.h"
 #include "pipeline/weight_cache.h"
+#include "sdcpu/sdcpu.h"
 #include "test_support.h"
 
 namespace sdcpu {
@@ -121,6 +125,137 @@ TEST(WeightCacheFiles, TheFileNameFollowsTheModelFileAndThePrecision) {
 TEST(LowMemory, GivesTheSameLatents) {
   const Tensor expected = latents_of("tiny-sd", ComputeType::f32);
   EXPECT_EQ(testing::compare(latents_of("tiny-sd", ComputeType::f32, {"", true}), expected).max_abs, 0.0);
+}
+
+// A cache file that can be streamed but not put in place (a directory stands at its path, so the rename fails):
+// the weights that went only to the unfinished file are packed again, and the images stay the same.
+TEST(WeightCacheFiles, AStreamThatCannotBeFinishedLeavesTheNetworksWorking) {
+  const std::string dir = testing::temp_dir() + "/cache";
+  const Tensor expected = latents_of("tiny-sd", ComputeType::f32);
+  const ModelFiles files = open_model(testing::fixture("tiny-sd"));
+  for (const WeightStore* store : {files.text_encoder.get(), files.unet.get(), files.vae.get()})
+    fs::create_directories(
+        fs::path(weight_cache_path(dir, *store, ComputeType::f32, weight_cache_fingerprint(*store, ComputeType::f32))) /
+        "occupied");
+  std::vector<WeightCacheStatus> status;
+  EXPECT_EQ(testing::compare(latents_of("tiny-sd", ComputeType::f32, {dir, true}, &status), expected).max_abs, 0.0);
+  ASSERT_EQ(status.size(), 3u);
+  for (const auto& s : status) EXPECT_EQ(s.outcome.rfind("not written: cannot rename", 0), 0u) << s.outcome;
+  for (const auto& entry : fs::directory_iterator(dir))
+    EXPECT_TRUE(entry.is_directory()) << "left behind: " << entry.path();
+}
+
+// Sets an environment variable (or unsets it: nullptr) for the life of this object.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value)
+      ::setenv(name, value, 1);
+    else
+      ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_)
+      ::setenv(name_.c_str(), old_->c_str(), 1);
+    else
+      ::unsetenv(name_.c_str());
+  }
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
+TEST(DefaultWeightCacheDir, FollowsTheEnvironment) {
+  ScopedEnv home("HOME", "/home/someone");
+  {
+    ScopedEnv sdcpu("SDCPU_WEIGHT_CACHE", "/data/weights");
+    ScopedEnv xdg("XDG_CACHE_HOME", "/xdg");
+    EXPECT_EQ(default_weight_cache_dir(), "/data/weights");
+    EXPECT_EQ(LoadOptions().weight_cache_dir, "/data/weights");
+    EXPECT_EQ(BenchOptions().weight_cache_dir, "/data/weights");
+  }
+  {
+    ScopedEnv sdcpu("SDCPU_WEIGHT_CACHE", "");  // set but empty: no cache
+    EXPECT_EQ(default_weight_cache_dir(), "");
+  }
+  ScopedEnv sdcpu("SDCPU_WEIGHT_CACHE", nullptr);
+  {
+    ScopedEnv xdg("XDG_CACHE_HOME", "/xdg");
+    EXPECT_EQ(default_weight_cache_dir(), "/xdg/sdcpu/weights");
+  }
+  for (const char* ignored : {"", "relative/path"}) {  // the XDG spec: only an absolute path counts
+    ScopedEnv xdg("XDG_CACHE_HOME", ignored);
+    EXPECT_EQ(default_weight_cache_dir(), "/home/someone/.cache/sdcpu/weights");
+  }
+  ScopedEnv xdg("XDG_CACHE_HOME", nullptr);
+  EXPECT_EQ(default_weight_cache_dir(), "/home/someone/.cache/sdcpu/weights");
+  ScopedEnv no_home("HOME", nullptr);
+  EXPECT_EQ(default_weight_cache_dir(), "");
+  EXPECT_TRUE(LoadOptions().low_memory) << "lean is the default";
+  EXPECT_TRUE(BenchOptions().low_memory);
+}
+
+// The public API with its defaults (a weight cache in the default directory, lean memory): the first load writes
+// the cache, the second maps it, and both give diffusers' image (tests/oracle/make_pipeline_goldens.py: the real
+// StableDiffusionPipeline call) within 1/255.
+TEST(DefaultWeightCacheDir, TheDefaultsWriteThenLoadTheCacheAndMatchTheGolden) {
+  const std::string xdg_dir = testing::temp_dir() + "/xdg";
+  ScopedEnv sdcpu("SDCPU_WEIGHT_CACHE", nullptr);
+  ScopedEnv xdg("XDG_CACHE_HOME", xdg_dir.c_str());
+  const std::string cache_dir = xdg_dir + "/sdcpu/weights";
+  SafetensorsFile& g =
+      testing::repo_golden("tiny-sd/pipeline_euler_a_10steps_cfg7.5_folder_scheduler_pipeline_call.safetensors");
+  const Tensor golden_image = g.read_f32("image");  // [1, H, W, 3] in [0, 1]
+  GenerateOptions o;
+  o.prompt = g.metadata().at("prompt");
+  o.sampler = "euler_a";
+  o.steps = 10;
+  o.cfg_scale = 7.5f;
+  o.seed = 42;
+  o.width = o.height = 128;
+  for (const char* start : {"first", "second"}) {
+    SCOPED_TRACE(start);
+    std::vector<std::string> notices;
+    LoadOptions load;
+    EXPECT_EQ(load.weight_cache_dir, cache_dir);
+    load.on_notice = [&](const std::string& n) { notices.push_back(n); };
+    auto pipe = Pipeline::load(testing::fixture("tiny-sd"), load);
+    EXPECT_TRUE(notices.empty());
+    const std::string described = pipe->describe();
+    EXPECT_NE(described.find(std::string("weight cache: unet ") + (start[0] == 'f' ? "written" : "loaded")),
+              std::string::npos)
+        << described;
+    const std::vector<Image> images = pipe->generate(o);
+    ASSERT_EQ(images.size(), 1u);
+    ASSERT_EQ(static_cast<int64_t>(images[0].rgb.size()), golden_image.numel());
+    int64_t worst = 0;
+    for (int64_t i = 0; i < golden_image.numel(); ++i)
+      worst = std::max<int64_t>(
+          worst, std::llabs(static_cast<int64_t>(std::nearbyint(golden_image[i] * 255.0f)) - images[0].rgb[i]));
+    EXPECT_LE(worst, 1);
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(cache_dir), fs::directory_iterator()), 3);
+}
+
+// A default directory that cannot be written: generation goes on without a cache, and says so once.
+TEST(DefaultWeightCacheDir, AnUnwritableDefaultFallsBackAndSaysSoOnce) {
+  const std::string not_a_dir = testing::temp_dir() + "/file";
+  std::ofstream(not_a_dir) << "x";
+  ScopedEnv sdcpu("SDCPU_WEIGHT_CACHE", (not_a_dir + "/weights").c_str());
+  std::vector<std::string> notices;
+  LoadOptions load;
+  load.on_notice = [&](const std::string& n) { notices.push_back(n); };
+  auto pipe = Pipeline::load(testing::fixture("tiny-sd"), load);
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_NE(notices[0].find("weight cache not written"), std::string::npos) << notices[0];
+  EXPECT_NE(notices[0].find("text_encoder, unet, vae"), std::string::npos) << notices[0];
+  GenerateOptions o;
+  o.prompt = "a red cube";
+  o.steps = 2;
+  o.width = o.height = 64;
+  EXPECT_EQ(pipe->generate(o).size(), 1u);
 }
 
 }  // namespace

@@ -25,6 +25,11 @@ std::vector<std::string> sampler_names();
 // write it.
 std::string a1111_sampler_name(const std::string& sampler);
 
+// Where the weight cache goes unless told otherwise (README, "Weight cache and memory"): $SDCPU_WEIGHT_CACHE
+// when that is set (set but empty: "" = no cache), else $XDG_CACHE_HOME/sdcpu/weights (an absolute
+// $XDG_CACHE_HOME, as the XDG spec asks), else $HOME/.cache/sdcpu/weights, else "" (no cache).
+std::string default_weight_cache_dir();
+
 struct LoadOptions {
   // "fp16" selects *.fp16.safetensors weights in a diffusers folder when present.
   std::string variant;
@@ -36,15 +41,21 @@ struct LoadOptions {
   // fast and half the weight memory on CPUs with AVX512_BF16 or AMX; refused on others), or "auto" (bf16 where
   // the CPU has it natively, else fp32).
   std::string precision = "fp32";
-  // A directory for prepacked weights (README, "Weight cache and memory"): the first load writes each network's weights
-  // there in the layout the kernels use, later loads map them instead of converting the checkpoint again, and
-  // only the network that is running keeps its weights in the process's memory. Empty: no cache.
-  std::string weight_cache_dir;
-  // One stage's weights and activations in memory at a time (README, "Weight cache and memory"). With a weight
-  // cache each network's weights are read in from the page cache when it runs and their memory is reused by
-  // the next stage: the peak is then the UNet's weights plus its activations (bf16 512x512: 2.0 GB instead of
-  // 3.0). Without a cache it only hands each stage's freed memory back to the system.
-  bool low_memory = false;
+  // A directory for prepacked weights (README, "Weight cache and memory"): the first load writes each network's
+  // weights there in the layout the kernels use (streamed, so it needs no more memory than later loads), later
+  // loads map them instead of converting the checkpoint again. By default default_weight_cache_dir(): the user's
+  // cache folder. Empty: no cache. A directory that cannot be written leaves the weights in memory, as without
+  // one, and on_notice says so.
+  std::string weight_cache_dir = default_weight_cache_dir();
+  // One stage's weights and activations in memory at a time (README, "Weight cache and memory"), the default
+  // ("lean"). With a weight cache each network's weights are read in from the page cache when it runs and their
+  // memory is reused by the next stage: the peak is then the UNet's weights plus its activations (bf16 512x512:
+  // about 2.0 GB instead of 3.0). Without a cache it only hands each stage's freed memory back to the system.
+  // false ("fast", `--memory fast`): every network's weights stay in memory once used; a little faster per image.
+  bool low_memory = true;
+  // Receives one line when loading could not do what the options asked and did something else (a weight cache
+  // directory that cannot be written: the weights are then packed in memory). May be empty.
+  std::function<void(const std::string&)> on_notice;
   // A TAESD (madebyollin's Tiny AutoEncoder: a diffusers AutoencoderTiny folder such as madebyollin/taesd, or its
   // taesd_decoder.safetensors) that decodes the images instead of the model's VAE: ~30x less work, slightly
   // softer pictures (README, "TAESD"). Refused when its latent space is not the model's. Empty: the model's VAE.
@@ -200,8 +211,9 @@ struct BenchOptions {
   int runs = 3;                        // timed runs per batch size, after a warm-up run
   int threads = 0;                     // 0: one per physical core
   bool pin_threads = false;            // bind compute thread i to core i
-  std::string weight_cache_dir;        // as LoadOptions::weight_cache_dir; the fp32 reference never uses it
-  bool low_memory = false;             // as LoadOptions::low_memory
+  // As LoadOptions (the same defaults); the fp32 reference never uses the cache.
+  std::string weight_cache_dir = default_weight_cache_dir();
+  bool low_memory = true;
   // As LoadOptions::vae_path: the TAESD decodes; the report adds its FLOPs, the full VAE's decode time on the
   // same latents and the TAESD image's PSNR against the full VAE's.
   std::string vae_path;
@@ -236,8 +248,9 @@ struct QualityBenchOptions {
   int prompts = 8;  // the first N (1..16) of the fixed prompt set
   int threads = 0;
   bool pin_threads = false;
-  std::string weight_cache_dir;  // for the modes under test; the fp32 reference never uses it
-  bool low_memory = false;
+  // For the modes under test, as LoadOptions (the same defaults); the fp32 reference never uses the cache.
+  std::string weight_cache_dir = default_weight_cache_dir();
+  bool low_memory = true;
   std::function<void(const std::string&)> log;
 };
 

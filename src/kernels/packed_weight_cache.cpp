@@ -13,20 +13,17 @@
 
 #include "core/error.h"
 #include "core/memory.h"
+#include "kernels/packed_weight_file.h"
 
 namespace sdcpu {
+
+using namespace packed_weight_file;
+
 namespace {
 
-constexpr char kMagic[8] = {'S', 'D', 'C', 'P', 'U', 'P', 'W', '1'};
-constexpr uint32_t kVersion = 1;
-constexpr size_t kHeaderBytes = 64;
-constexpr uint64_t kDataAlign = uint64_t{2} << 20;  // huge-page boundary
-constexpr uint64_t kEntryAlign = 4096;
 // Bounds that keep a damaged index from asking for absurd allocations: SD's UNet has about 700 packed weights.
 constexpr uint32_t kMaxEntries = 1u << 16;
 constexpr uint32_t kMaxNameBytes = 1024;
-
-uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // Bounds-checked little-endian reads over the file's bytes.
 class Reader {
@@ -51,72 +48,10 @@ class Reader {
   size_t size_, pos_ = 0;
 };
 
-void append_bytes(std::vector<uint8_t>& out, const void* p, size_t n) {
-  if (n == 0) return;
-  const size_t at = out.size();
-  out.resize(at + n);
-  std::memcpy(out.data() + at, p, n);
-}
-
-template <typename T>
-void append(std::vector<uint8_t>& out, T v) {
-  append_bytes(out, &v, sizeof(T));
-}
-
 std::vector<uint8_t> desc_bytes(const dnnl::memory::desc& desc) {
-  std::vector<uint8_t> out;
-  append_bytes(out, &desc.data, sizeof(desc.data));
-  return out;
+  const auto* p = reinterpret_cast<const uint8_t*>(&desc.data);
+  return {p, p + sizeof(desc.data)};
 }
-
-void write_all(int fd, const uint8_t* b, size_t n, uint64_t offset, const std::string& path) {
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, b, n, static_cast<off_t>(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) throw IoError("cannot write " + path + ": " + std::strerror(errno));
-    b += w;
-    n -= static_cast<size_t>(w);
-    offset += static_cast<uint64_t>(w);
-  }
-}
-
-// Writes a file front to back in whole 32 MiB chunks (gaps are zeros). Why not one write per weight: the page
-// cache sizes its folios by the writes that create them, and a write that starts or ends off a 2 MiB boundary
-// leaves small folios there, which later map with 4 KiB pages instead of huge ones. Written per weight, a fifth
-// of the UNet's file mapped that way and the fp32 UNet step ran 8-12% slower than on our own huge-page buffers.
-class ChunkedWriter {
- public:
-  ChunkedWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)), chunk_(kChunk) {}
-  // `at` must not go backwards.
-  void put(uint64_t at, const void* data, size_t n) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    while (n > 0) {
-      if (at >= base_ + kChunk) {
-        flush();
-        base_ = at / kChunk * kChunk;
-      }
-      const size_t into = static_cast<size_t>(at - base_), take = std::min<size_t>(n, kChunk - into);
-      std::memcpy(chunk_.data() + into, p, take);
-      used_ = std::max(used_, into + take);
-      at += take;
-      p += take;
-      n -= take;
-    }
-  }
-  void flush() {
-    if (used_ > 0) write_all(fd_, chunk_.data(), used_, base_, path_);
-    std::fill(chunk_.begin(), chunk_.begin() + static_cast<std::ptrdiff_t>(used_), 0);
-    used_ = 0;
-  }
-
- private:
-  static constexpr size_t kChunk = size_t{32} << 20;
-  int fd_;
-  std::string path_;
-  std::vector<uint8_t> chunk_;
-  uint64_t base_ = 0;
-  size_t used_ = 0;
-};
 
 }  // namespace
 
@@ -225,76 +160,78 @@ const void* PackedWeightCache::find(const std::string& name, const dnnl::memory:
     // Compared as bytes: a descriptor from the file is never interpreted, only matched against the one the
     // primitive asks for now (oneDNN zero-fills descriptors, so equal layouts have equal bytes).
     if (e.name != name || e.desc != wanted || e.bytes != desc.get_size()) continue;
-    const void* data = static_cast<const uint8_t*>(map_) + index_.data_offset + e.offset;
-    asked_.push_back({name, data, desc, nullptr});
-    return data;
+    const void* at = data() + e.offset;
+    ++asked_total_;
+    if (!writer_ || !stream_write(name, desc, at)) asked_.push_back({name, at, desc, nullptr});
+    return at;
   }
   ++misses_;
   return nullptr;
 }
 
-void PackedWeightCache::record(const std::string& name, const dnnl::memory& packed, std::shared_ptr<const void> keep) {
+bool PackedWeightCache::record(const std::string& name, const dnnl::memory& packed, std::shared_ptr<const void> keep) {
+  ++asked_total_;
+  if (stream_ && !writer_ && write_error_.empty()) start_streaming();
+  if (writer_ && stream_write(name, packed.get_desc(), packed.get_data_handle())) {
+    dropped_weights_ = true;
+    return true;
+  }
   asked_.push_back({name, packed.get_data_handle(), packed.get_desc(), std::move(keep)});
+  return false;
 }
 
-void PackedWeightCache::save() const {
-  // Layout first: each entry's offset, then the index that names them.
-  std::vector<uint8_t> index;
-  std::vector<uint64_t> offsets;
-  uint64_t data_bytes = 0;
-  std::set<std::string> names;
-  std::vector<const Asked*> entries;
-  for (const Asked& a : asked_) {
-    if (!names.insert(a.name).second) continue;  // a weight asked for in two layouts keeps its first
-    entries.push_back(&a);
-    offsets.push_back(data_bytes);
-    const uint64_t bytes = a.desc.get_size();
-    append(index, static_cast<uint32_t>(a.name.size()));
-    append_bytes(index, a.name.data(), a.name.size());
-    append(index, static_cast<uint32_t>(sizeof(a.desc.data)));
-    append_bytes(index, &a.desc.data, sizeof(a.desc.data));
-    append(index, data_bytes);
-    append(index, bytes);
-    data_bytes = align_up(data_bytes + bytes, kEntryAlign);
-  }
-  const uint64_t data_offset = align_up(kHeaderBytes + fingerprint_.size() + index.size(), kDataAlign);
-  const uint64_t file_bytes = data_offset + data_bytes;
-  std::vector<uint8_t> head;
-  append_bytes(head, kMagic, sizeof(kMagic));
-  append(head, kVersion);
-  append(head, static_cast<uint32_t>(entries.size()));
-  append(head, static_cast<uint64_t>(fingerprint_.size()));
-  append(head, static_cast<uint64_t>(index.size()));
-  append(head, data_offset);
-  append(head, file_bytes);
-  head.resize(kHeaderBytes, 0);
-  append_bytes(head, fingerprint_.data(), fingerprint_.size());
-  append_bytes(head, index.data(), index.size());
+void PackedWeightCache::stream_misses(const std::vector<std::string>& names) {
+  stream_index_bytes_ = 0;
+  for (const std::string& n : names) stream_index_bytes_ += index_entry_bytes(n);
+  stream_ = true;
+}
 
-  const std::string tmp = path_ + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw IoError("cannot create " + tmp + ": " + std::strerror(errno));
+bool PackedWeightCache::inside_mapping(const void* p) const {
+  const auto* b = static_cast<const uint8_t*>(p);
+  const auto* base = static_cast<const uint8_t*>(map_);
+  return map_ && b >= base && b < base + map_size_;
+}
+
+void PackedWeightCache::start_streaming() {
   try {
-    if (::ftruncate(fd, static_cast<off_t>(file_bytes)) != 0)
-      throw IoError("cannot size " + tmp + ": " + std::strerror(errno));
-    ChunkedWriter out(fd, tmp);
-    out.put(0, head.data(), head.size());
-    for (size_t i = 0; i < entries.size(); ++i)
-      out.put(data_offset + offsets[i], entries[i]->data, entries[i]->desc.get_size());
-    out.flush();
-    // On disk before it is renamed into place: after a crash there is either no file or a whole one.
-    if (::fdatasync(fd) != 0) throw IoError("cannot sync " + tmp + ": " + std::strerror(errno));
-    if (::close(fd) != 0) throw IoError("cannot close " + tmp + ": " + std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
+    writer_ = std::make_unique<PackedWeightFileWriter>(path_, fingerprint_, stream_index_bytes_);
+    // What was found in the old file before the first miss goes first, in the order it was asked for.
+    for (const Asked& a : asked_) {
+      writer_->add(a.name, a.desc, a.data);
+      if (inside_mapping(a.data)) drop_mapped(a.data, a.desc.get_size());
+    }
+    asked_.clear();
+  } catch (const IoError& e) {
+    write_error_ = e.what();
+    writer_.reset();  // removes the temporary file
   }
-  if (::rename(tmp.c_str(), path_.c_str()) != 0) {
-    const std::string reason = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    throw IoError("cannot rename " + tmp + " to " + path_ + ": " + reason);
+}
+
+bool PackedWeightCache::stream_write(const std::string& name, const dnnl::memory::desc& desc, const void* bytes) {
+  try {
+    writer_->add(name, desc, bytes);
+    // A weight found in the old file was read to be copied: its pages leave the process again.
+    if (inside_mapping(bytes)) drop_mapped(bytes, desc.get_size());
+    return true;
+  } catch (const IoError& e) {
+    write_error_ = e.what();
+    writer_.reset();
+    return false;
   }
+}
+
+void PackedWeightCache::save() {
+  if (writer_) {
+    const std::unique_ptr<PackedWeightFileWriter> writer = std::move(writer_);
+    writer->commit();
+    return;
+  }
+  if (!write_error_.empty()) throw IoError(write_error_);
+  uint64_t index_bytes = 0;
+  for (const Asked& a : asked_) index_bytes += index_entry_bytes(a.name);
+  PackedWeightFileWriter out(path_, fingerprint_, index_bytes);
+  for (const Asked& a : asked_) out.add(a.name, a.desc, a.data);  // a weight asked for in two layouts keeps its first
+  out.commit();
 }
 
 void PackedWeightCache::prefault_pages() {
@@ -358,10 +295,12 @@ PackedWeightCache::Use::Use(PackedWeightCache* cache) : cache_(cache) {
   if (!cache_ || !cache_->map_) return;
   std::lock_guard<std::mutex> lock(cache_->use_mutex_);
   if (cache_->users_++ > 0) return;
-  if (cache_->copy_in_)
+  if (cache_->copy_in_) {
     cache_->copy_in();
-  else
+  } else if (!cache_->mapped_) {
     cache_->prefault_pages();
+    cache_->mapped_ = cache_->keep_mapped_;
+  }
 }
 
 PackedWeightCache::Use::~Use() {
@@ -369,7 +308,7 @@ PackedWeightCache::Use::~Use() {
   std::lock_guard<std::mutex> lock(cache_->use_mutex_);
   if (--cache_->users_ > 0) return;
   if (cache_->copy_) cache_->copy_out();
-  cache_->release_pages();
+  if (!cache_->mapped_) cache_->release_pages();
 }
 
 }  // namespace sdcpu

@@ -49,6 +49,8 @@ struct PackedWeightIndex {
 // ModelError naming the problem.
 PackedWeightIndex parse_packed_weight_index(const uint8_t* bytes, size_t size);
 
+class PackedWeightFileWriter;
+
 class PackedWeightCache {
  public:
   // Opens the cache file `path` for weights described by `fingerprint`. A missing file, one with another
@@ -66,16 +68,29 @@ class PackedWeightCache {
   // The bytes of weight `name` packed in layout `desc`, inside the mapped file (valid as long as this object),
   // or nullptr when the file has no such weight in that layout. A miss is counted.
   const void* find(const std::string& name, const dnnl::memory::desc& desc);
-  // Remembers a weight packed because find() missed, for save(); `keep` holds its memory until then.
-  void record(const std::string& name, const dnnl::memory& packed, std::shared_ptr<const void> keep);
+  // Takes a weight packed because find() missed. Normally it is remembered for save(), `keep` holding its memory
+  // until then, and record returns false. While streaming (stream_misses) its bytes go to the new file at once
+  // and record returns true: the caller may free them (the layer that packed them can then not run).
+  bool record(const std::string& name, const dnnl::memory& packed, std::shared_ptr<const void> keep);
   // True when every weight asked for was found: the file needs no rewrite.
-  bool complete() const { return misses_ == 0 && !asked_.empty(); }
+  bool complete() const { return misses_ == 0 && asked_total_ > 0; }
   size_t misses() const { return misses_; }
   size_t entries() const { return index_.entries.size(); }
 
-  // Writes every weight found or recorded to the path (a temporary file renamed over it, so a reader never sees
-  // half a file). Throws IoError when the disk refuses.
-  void save() const;
+  // Streaming, for a first start (kernels/packed_weight_file.h): from the first weight find() misses on, the new
+  // file is written while the network is built, each weight as it comes, those found before first; so no
+  // network's packed weights are held in memory beside the file. `names`: every name a weight may have (room
+  // for the index is reserved from them). When the temporary file cannot be made, or a write fails, streaming
+  // stops, record() keeps the weights again, and save() throws the reason.
+  void stream_misses(const std::vector<std::string>& names);
+  // Some weight went only to the file being written (record() returned true): the layers built meanwhile can
+  // not run, so if save() fails the network must be packed again from the checkpoint.
+  bool dropped_weights() const { return dropped_weights_; }
+
+  // Writes every weight found or recorded to the path, or, while streaming, finishes the file being written (a
+  // temporary file, synced, then renamed over the path, so a reader never sees half a file). Throws IoError when
+  // the disk refuses.
+  void save();
 
   // While a Use lives, the network's weights are in this process's memory; when the last one ends they leave it.
   // Thread-safe. Two ways:
@@ -99,6 +114,9 @@ class PackedWeightCache {
   };
   // Drops the mapped pages now (no Use may be alive); the pipeline calls it after loading.
   void release_pages();
+  // Keeps the pages mapped after the last Use ends (MemoryOptions::low_memory off: memory is plentiful, and the
+  // next Use then finds them in place).
+  void set_keep_mapped(bool keep) { keep_mapped_ = keep; }
   void set_copy_in(bool copy_in, ActivationArena* arena = nullptr) {
     copy_in_ = copy_in;
     copy_arena_ = arena;
@@ -116,6 +134,10 @@ class PackedWeightCache {
     std::shared_ptr<const void> keep;
   };
   void prefault_pages();
+  bool inside_mapping(const void* p) const;
+  void start_streaming();
+  // Appends a weight to the file being streamed; false (and streaming stopped) when the disk refuses.
+  bool stream_write(const std::string& name, const dnnl::memory::desc& desc, const void* bytes);
   void copy_in();
   void copy_out();
   void free_copy();
@@ -125,8 +147,16 @@ class PackedWeightCache {
   void* map_ = nullptr;
   size_t map_size_ = 0;
   PackedWeightIndex index_;
-  std::vector<Asked> asked_;  // every weight found or recorded, in order, for save()
+  std::vector<Asked> asked_;  // every weight found or recorded and not streamed, in order, for save()
+  size_t asked_total_ = 0;    // found or recorded, streamed or not
   size_t misses_ = 0;
+  bool stream_ = false;  // stream_misses() was called
+  uint64_t stream_index_bytes_ = 0;
+  std::unique_ptr<PackedWeightFileWriter> writer_;  // the file being streamed
+  std::string write_error_;                         // why streaming stopped
+  bool dropped_weights_ = false;
+  bool keep_mapped_ = false;
+  bool mapped_ = false;   // keep_mapped_: the pages were mapped by a Use and stay
   std::mutex use_mutex_;  // guards users_, attached_, copy_
   int users_ = 0;
   bool copy_in_ = false;

@@ -1,5 +1,7 @@
 #include "kernels/packed_weights.h"
 
+#include <stdexcept>
+
 #include "core/error.h"
 #include "core/memory.h"
 #include "kernels/dnnl_context.h"
@@ -44,10 +46,14 @@ void PackedWeights::pack(const WeightSource& source, const dnnl::memory::desc& p
     throw InvalidArgument("packed weight '" + source.name + "': read " + shape_to_string(values.shape()) +
                           ", expected " + shape_to_string(source.shape));
   add(dnnl::memory(plain, dnnl_engine(), const_cast<float*>(values.data())), desc);
-  if (source.cache) source.cache->record(source.name, copies_.front()->mem, copies_.front());
+  // While the cache streams a new file (a first start) it has written the bytes: this network is only being
+  // built to write it, and holding its packed weights would double the memory the load needs.
+  if (source.cache && source.cache->record(source.name, copies_.front()->mem, copies_.front())) copies_.clear();
 }
 
 const dnnl::memory* PackedWeights::in(const dnnl::memory::desc& desc) {
+  if (copies_.empty())
+    throw std::logic_error("a layer whose packed weight was streamed to the weight cache file cannot run");
   for (const auto& c : copies_)
     if (c->mem.get_desc() == desc) return &c->mem;
   return add(copies_.front()->mem, desc);

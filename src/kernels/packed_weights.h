@@ -33,7 +33,8 @@ class PackedWeights {
  public:
   // Packs the weight into `desc`, its first layout: takes the cache's copy when it has one in that layout, else
   // reads `source` (whose values oneDNN sees as `plain`, a descriptor without data) and reorders it, and
-  // records the result in the cache, if any.
+  // records the result in the cache, if any (which, while streaming a new cache file, takes the bytes and leaves
+  // this object empty: see PackedWeightCache::record).
   void pack(const WeightSource& source, const dnnl::memory::desc& plain, const dnnl::memory::desc& desc);
   // The weight in layout `desc`: the existing copy, or a new one reordered from the first. Pointers stay valid
   // as long as this object.

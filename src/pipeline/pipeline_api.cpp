@@ -61,8 +61,26 @@ Image to_image(const Tensor& decoded) {
   return img;
 }
 
+// One line for all the networks whose cache file could not be written (the first one's reason), or "".
+std::string weight_cache_notice(const std::vector<WeightCacheStatus>& status) {
+  std::vector<std::string> components;
+  std::string reason;
+  for (const WeightCacheStatus& s : status) {
+    if (!s.outcome.starts_with("not written: ")) continue;
+    components.push_back(s.component);
+    if (reason.empty()) reason = s.outcome.substr(std::string("not written: ").size());
+  }
+  if (components.empty()) return "";
+  std::string names;
+  for (const std::string& c : components) names += (names.empty() ? "" : ", ") + c;
+  return "weight cache not written (" + reason + "); the " + names +
+         " weights are packed in memory instead, a higher peak (--weight-cache DIR picks another directory, "
+         "--no-weight-cache none)";
+}
+
 class PipelineImpl : public Pipeline {
  public:
+  const std::vector<WeightCacheStatus>& weight_cache_status() const { return txt2img_.weight_cache_status(); }
   PipelineImpl(ModelFiles files, ComputeType compute, MemoryOptions memory, TaesdOptions taesd,
                const std::string& family)
       : txt2img_(std::move(files), compute, std::move(memory), std::move(taesd)),
@@ -287,9 +305,14 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_path, const Lo
   TaesdOptions taesd;
   if (!options.vae_path.empty()) taesd = {open_taesd(options.vae_path), /*replaces_vae=*/true};
   if (!options.preview_vae_path.empty()) taesd = {open_taesd(options.preview_vae_path), /*replaces_vae=*/false};
-  return std::make_unique<PipelineImpl>(open_model(model_path, options.variant, options.prediction_type), compute,
-                                        MemoryOptions{options.weight_cache_dir, options.low_memory}, std::move(taesd),
-                                        options.family);
+  auto pipeline = std::make_unique<PipelineImpl>(open_model(model_path, options.variant, options.prediction_type),
+                                                 compute, MemoryOptions{options.weight_cache_dir, options.low_memory},
+                                                 std::move(taesd), options.family);
+  if (options.on_notice) {
+    const std::string notice = weight_cache_notice(pipeline->weight_cache_status());
+    if (!notice.empty()) options.on_notice(notice);
+  }
+  return pipeline;
 }
 
 void Image::save_png(const std::string& path) const {

@@ -157,6 +157,7 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
     if (cache) {
       cache->release_pages();
       cache->set_copy_in(memory_.low_memory, arena_.get());
+      cache->set_keep_mapped(!memory_.low_memory);  // the fast mode: mapped at first use, then kept
     }
   }
 }

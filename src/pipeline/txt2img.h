@@ -99,8 +99,10 @@ bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b);
 // memory").
 struct MemoryOptions {
   // With a directory, each network's packed weights come from a cache file there (pipeline/weight_cache.h),
-  // written on the first start; they live in the page cache, and only the running network keeps them mapped
-  // in this process (kernels/packed_weight_cache.h). Remapping costs about 20 ms per image for SD 1.5's UNet.
+  // written on the first start (streamed: no second copy of the weights in memory); they live in the page
+  // cache, and this process maps them when a network first runs (kernels/packed_weight_cache.h). Without
+  // low_memory they then stay mapped; with it see below. The defaults here are the explicit "none": the
+  // public API's LoadOptions resolves the user-facing defaults (include/sdcpu/sdcpu.h).
   std::string weight_cache_dir;
   // One stage's weights and activations in memory at a time, so that the peak is the largest stage's and not
   // the sum of them. With a weight cache each network's weights are copied in while it runs and their memory

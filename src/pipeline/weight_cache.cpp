@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <dnnl.hpp>
 #include <filesystem>
 
 #include "core/error.h"
+#include "sdcpu/sdcpu.h"
 
 namespace sdcpu {
 namespace {
@@ -51,13 +53,25 @@ std::string weight_cache_path(const std::string& dir, const WeightStore& store, 
       .string();
 }
 
-bool save_weight_cache(const PackedWeightCache& cache, WeightCacheStatus& status) {
+std::string default_weight_cache_dir() {
+  if (const char* dir = std::getenv("SDCPU_WEIGHT_CACHE")) return dir;  // set but empty: no cache
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg && xdg[0] == '/') return (std::filesystem::path(xdg) / "sdcpu" / "weights").string();
+  const char* home = std::getenv("HOME");
+  if (home && home[0] != '\0') return (std::filesystem::path(home) / ".cache" / "sdcpu" / "weights").string();
+  return "";
+}
+
+bool prepare_weight_cache_dir(const std::string& dir, WeightCacheStatus& status) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (!ec) return true;
+  status.outcome = "not written: cannot create " + dir + ": " + ec.message();
+  return false;
+}
+
+bool save_weight_cache(PackedWeightCache& cache, WeightCacheStatus& status) {
   try {
-    std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(cache.path()).parent_path(), ec);
-    if (ec)
-      throw IoError("cannot create " + std::filesystem::path(cache.path()).parent_path().string() + ": " +
-                    ec.message());
     cache.save();
     status.outcome = "written";
     return true;

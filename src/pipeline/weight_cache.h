@@ -8,9 +8,11 @@
 // new name, so an old file is never trusted; each layer's layout is checked on top of that when it is looked up.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/compute_type.h"
+#include "core/memory.h"
 #include "formats/weight_store.h"
 #include "kernels/packed_weight_cache.h"
 
@@ -31,12 +33,20 @@ struct WeightCacheStatus {
   std::string previous_state;  // the file's state before: missing, stale, damaged: ..., valid
 };
 
+// Creates `dir` (and its parents) for a cache file; when it cannot, says why in `status` and returns false.
+bool prepare_weight_cache_dir(const std::string& dir, WeightCacheStatus& status);
 // Saves `cache` (written = true) or, when the disk refuses, says why in `status` and returns false.
-bool save_weight_cache(const PackedWeightCache& cache, WeightCacheStatus& status);
+bool save_weight_cache(PackedWeightCache& cache, WeightCacheStatus& status);
 
 // Builds `Net(config, store)` with its packed weights from the cache file in `dir` (created when it is missing,
 // stale, damaged or incomplete). `cache` receives the open cache the network's weights live in (null when they
 // are the network's own), `status` what happened. With `dir` empty: just the network.
+//
+// A file to write is streamed (PackedWeightCache::stream_misses): the first network is built only to write it,
+// each weight going to the file as it is packed and leaving memory at once (and the checkpoint's pages it was
+// read from, SafetensorsFile::view_f32), so the first start needs no more memory than the later ones; the network
+// that runs is then built from the finished file. When the file cannot be written the network packs its own
+// weights, as without a cache.
 template <typename Net, typename Config>
 Net build_with_weight_cache(const Config& config, WeightStore& store, ComputeType compute, const std::string& dir,
                             std::shared_ptr<PackedWeightCache>& cache, WeightCacheStatus& status) {
@@ -48,16 +58,27 @@ Net build_with_weight_cache(const Config& config, WeightStore& store, ComputeTyp
   {
     auto first = std::make_shared<PackedWeightCache>(status.path, fingerprint);
     status.previous_state = first->state();
+    const bool can_write = prepare_weight_cache_dir(dir, status);
+    if (!can_write && !first->valid()) return Net(config, store);
+    if (can_write) first->stream_misses(store.names());
     store.set_pack_cache(first);
-    Net net(config, store);
+    std::optional<Net> net(std::in_place, config, store);
     store.set_pack_cache(nullptr);
     if (first->complete()) {
       status.outcome = "loaded";
       cache = std::move(first);
-      return net;
+      return std::move(*net);
     }
-    if (!save_weight_cache(*first, status)) return net;
-  }  // the network packed from the checkpoint is freed before the one mapped from the file is built
+    if (!can_write || !save_weight_cache(*first, status)) {
+      if (!first->dropped_weights()) return std::move(*net);
+      // Some weights went only to the file that could not be finished: pack them again, without a cache.
+      net.reset();
+      first.reset();
+      release_free_memory();
+      return Net(config, store);
+    }
+  }  // the network built to write the file is freed before the one mapped from it is built
+  release_free_memory();
   cache = std::make_shared<PackedWeightCache>(status.path, fingerprint);
   store.set_pack_cache(cache);
   Net net(config, store);
