@@ -1,0 +1,95 @@
+"""Goldens for token merging (ToMe for Stable Diffusion, Bolya & Hoffman 2023) made by tomesd's own code.
+
+Runs tomesd's merge.bipartite_soft_matching_random2d (github.com/dbolya/tomesd, commit 27a14a3, the file
+tomesd/merge.py read unchanged from a git mirror) on small random [B, N, C] token tensors and writes, per case,
+tests/goldens/tome/<case>.safetensors with:
+  metric      [B, N, C]  what tomesd matches on (ToMeBlock passes the block's input hidden_states)
+  x           [B, N, C]  what is merged (ToMeBlock merges norm1(hidden_states))
+  merged      [B, N - r, C]  merge(x, mode="mean")
+  y           [B, N - r, C]  a random tensor in the merged shape (stands in for attn1's output)
+  unmerged    [B, N, C]  unmerge(y)
+  rand_idx    [hsy * wsx]  (as F32: write_golden writes floats) the destination choice torch.randint drew, or zeros for no_rand
+and, for cases drawing twice from one generator (two transformer blocks), rand_idx_2 / merged_2 / unmerged_2.
+The generator is torch.Generator("cpu").manual_seed(seed), as sdcpu seeds its ToMe generator (see
+src/nets/token_merging.h for why).
+
+Run: . /work/oracle-env/env.sh && /usr/bin/python3 tests/oracle/make_tome_goldens.py [OUT_DIR]
+TOMESD_GIT (default /work/.mirror/dbolya+tomesd/repo) is a git directory holding that commit.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_pipeline_goldens import write_golden  # noqa: E402
+
+TOMESD_COMMIT = "27a14a372beecaa85c101fb588631643f379b8ce"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_tomesd_merge():
+    git_dir = os.environ.get("TOMESD_GIT", "/work/.mirror/dbolya+tomesd/repo")
+    source = subprocess.run(["git", "--git-dir", git_dir, "show", TOMESD_COMMIT + ":tomesd/merge.py"],
+                            check=True, capture_output=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), "tomesd_merge.py")
+    with open(path, "wb") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("tomesd_merge", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# name, batch, h, w, channels, sx, sy, ratio, no_rand, seed, draws
+CASES = [
+    ("b2_8x8_r0.5", 2, 8, 8, 16, 2, 2, 0.5, False, 0, 2),
+    ("b2_7x9_r0.3", 2, 7, 9, 12, 2, 2, 0.3, False, 1, 1),
+    ("b1_8x8_norand_r0.5", 1, 8, 8, 16, 2, 2, 0.5, True, 2, 1),
+    ("b2_6x6_sx3_r0.95_clipped", 2, 6, 6, 8, 3, 3, 0.95, False, 3, 1),
+    ("b4_16x16_r0.5", 4, 16, 16, 8, 2, 2, 0.5, False, 4, 1),
+]
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "tests", "goldens", "tome")
+    os.makedirs(out_dir, exist_ok=True)
+    merge = load_tomesd_merge()
+    for name, b, h, w, c, sx, sy, ratio, no_rand, seed, draws in CASES:
+        data = torch.Generator().manual_seed(1000 + seed)  # the test tensors' own stream
+        metric = torch.randn(b, h * w, c, generator=data)
+        x = torch.randn(b, h * w, c, generator=data)
+        r = int(h * w * ratio)  # compute_merge: r = int(x.shape[1] * ratio)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        tensors = {"metric": metric.numpy(), "x": x.numpy()}
+        for draw in range(draws):
+            suffix = "" if draw == 0 else "_%d" % (draw + 1)
+            # The draw tomesd makes inside bipartite_soft_matching_random2d, replayed on a copy of the generator.
+            hsy, wsx = h // sy, w // sx
+            if no_rand:
+                rand_idx = torch.zeros(hsy * wsx, dtype=torch.int64)
+            else:
+                replay = torch.Generator("cpu").set_state(generator.get_state())
+                rand_idx = torch.randint(sy * sx, size=(hsy, wsx, 1), generator=replay).flatten()
+            m, u = merge.bipartite_soft_matching_random2d(metric, w, h, sx, sy, r, no_rand=no_rand,
+                                                          generator=generator)
+            merged = m(x, mode="mean")
+            y = torch.randn(merged.shape, generator=data)
+            unmerged = u(y)
+            tensors.update({"rand_idx" + suffix: rand_idx.numpy().astype(np.float32), "merged" + suffix: merged.numpy(),
+                            "y" + suffix: y.numpy(), "unmerged" + suffix: unmerged.numpy()})
+        meta = {"made_by": "tests/oracle/make_tome_goldens.py (tomesd %s merge.py, torch %s)"
+                % (TOMESD_COMMIT[:7], torch.__version__),
+                "batch": str(b), "h": str(h), "w": str(w), "sx": str(sx), "sy": str(sy), "r": str(r),
+                "no_rand": str(int(no_rand)), "seed": str(seed), "draws": str(draws)}
+        path = os.path.join(out_dir, name + ".safetensors")
+        write_golden(path, tensors, meta)
+        print("%-28s N=%4d r=%4d merged %s  %6d bytes" % (name, h * w, r, tuple(merged.shape), os.path.getsize(path)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+// Token merging (ToMe; nets/token_merging.h) against tomesd's own bipartite_soft_matching_random2d
+// (tests/oracle/make_tome_goldens.py): the destinations torch.randint draws, merge(x) and unmerge(y).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/torch_rng.h"
+#include "nets/token_merging.h"
+#include "test_support.h"
+
+namespace sdcpu {
+namespace {
+
+const char* const kCases[] = {"b2_8x8_r0.5", "b2_7x9_r0.3", "b1_8x8_norand_r0.5", "b2_6x6_sx3_r0.95_clipped",
+                              "b4_16x16_r0.5"};
+
+struct Case {
+  const SafetensorsFile* file;
+  int64_t h, w, r;
+  int sx, sy, seed, draws;
+  bool no_rand;
+};
+
+Case load_case(const std::string& name) {
+  const SafetensorsFile& g = testing::repo_golden("tome/" + name + ".safetensors");
+  const auto& m = g.metadata();
+  return {&g,
+          std::stoll(m.at("h")),
+          std::stoll(m.at("w")),
+          std::stoll(m.at("r")),
+          std::stoi(m.at("sx")),
+          std::stoi(m.at("sy")),
+          std::stoi(m.at("seed")),
+          std::stoi(m.at("draws")),
+          m.at("no_rand") == "1"};
+}
+
+std::vector<int64_t> golden_destinations(const SafetensorsFile& g, const std::string& name) {
+  std::vector<int64_t> out;
+  for (float v : g.read_f32(name).to_vector()) out.push_back(static_cast<int64_t>(v));
+  return out;
+}
+
+// The golden's tensor `base` of draw `draw`: "merged", "merged_2", ...
+std::string key(const char* base, int draw) {
+  std::string name = base;
+  if (draw > 0) name.append("_").append(std::to_string(draw + 1));
+  return name;
+}
+
+// The draws themselves: torch.randint(sy * sx, (h / sy, w / sx, 1), generator) from manual_seed(seed), one per block.
+TEST(TokenMerging, DestinationsAreTorchRandint) {
+  for (const char* name : kCases) {
+    SCOPED_TRACE(name);
+    const Case c = load_case(name);
+    if (c.no_rand) continue;
+    TorchGenerator generator(static_cast<uint64_t>(c.seed));
+    const int64_t cells = (c.h / c.sy) * (c.w / c.sx);
+    for (int draw = 0; draw < c.draws; ++draw)
+      EXPECT_EQ(generator.randint(int64_t{c.sx} * c.sy, cells), golden_destinations(*c.file, key("rand_idx", draw)));
+  }
+}
+
+// The merge and unmerge of tomesd's plan, given its destinations.
+TEST(TokenMerging, MergeAndUnmergeMatchTomesd) {
+  for (const char* name : kCases) {
+    SCOPED_TRACE(name);
+    const Case c = load_case(name);
+    const Tensor metric = c.file->read_f32("metric"), x = c.file->read_f32("x");
+    for (int draw = 0; draw < c.draws; ++draw) {
+      const TokenMerge tome(metric, c.w, c.h, c.sx, c.sy, c.r, golden_destinations(*c.file, key("rand_idx", draw)));
+      EXPECT_TENSOR_NEAR(tome.merge(x), c.file->read_f32(key("merged", draw)), 1e-6);
+      const Tensor y = c.file->read_f32(key("y", draw));
+      EXPECT_TENSOR_NEAR(tome.unmerge(y), c.file->read_f32(key("unmerged", draw)), 0.0);
+      // residual + unmerge(y), as the transformer block adds it
+      Tensor sum = tome.unmerge(y);
+      const Tensor& ref = sum;
+      Tensor residual = x.clone();
+      const Tensor fused = tome.unmerge_add(y, residual);
+      for (int64_t i = 0; i < x.numel(); ++i) sum[i] += x[i];
+      EXPECT_TENSOR_NEAR(fused, ref, 0.0);
+    }
+  }
+}
+
+// compute_merge's part: the level (downsample) test, r = int(N * ratio), the draw (or none for an odd batch).
+TEST(TokenMerging, ContextPlansAsComputeMerge) {
+  const double ratios[] = {0.5, 0.3, 0.5, 0.95, 0.5};
+  for (size_t i = 0; i < std::size(kCases); ++i) {
+    SCOPED_TRACE(kCases[i]);
+    const Case c = load_case(kCases[i]);
+    TokenMergeContext context{{ratios[i], 1, c.sx, c.sy}, c.h, c.w, {TorchGenerator(static_cast<uint64_t>(c.seed))}};
+    const Tensor metric = c.file->read_f32("metric"), x = c.file->read_f32("x");
+    for (int draw = 0; draw < c.draws; ++draw)
+      EXPECT_TENSOR_NEAR(context.plan(metric).merge(x), c.file->read_f32(key("merged", draw)), 1e-6);
+  }
+}
+
+TEST(TokenMerging, OnlyBlocksUpToMaxDownsampleMerge) {
+  const Case c = load_case("b2_8x8_r0.5");
+  const Tensor metric = c.file->read_f32("metric");
+  // The same tokens as the second level of a latent twice the size: downsample 2 > max_downsample 1.
+  TokenMergeContext context{{0.5, 1, 2, 2}, 2 * c.h, 2 * c.w, {TorchGenerator(0)}};
+  EXPECT_FALSE(context.plan(metric).merges());
+  context.options.max_downsample = 2;
+  EXPECT_TRUE(context.plan(metric).merges());
+  context.options.ratio = 0.0;
+  EXPECT_FALSE(context.plan(metric).merges());
+}
+
+// sdcpu draws per image: with one generator per group of rows, each group is planned as if it were alone.
+TEST(TokenMerging, GroupsArePlannedIndependently) {
+  const Case c = load_case("b4_16x16_r0.5");
+  const Tensor metric = c.file->read_f32("metric"), x = c.file->read_f32("x");
+  TokenMergeContext both{{0.5, 1, 2, 2}, c.h, c.w, {TorchGenerator(7), TorchGenerator(8)}};
+  const Tensor merged = both.plan(metric).merge(x);
+  for (int group = 0; group < 2; ++group) {
+    TokenMergeContext alone{{0.5, 1, 2, 2}, c.h, c.w, {TorchGenerator(7 + group)}};
+    const Tensor expected =
+        alone.plan(metric.slice0(2 * group, 2 * group + 2)).merge(x.slice0(2 * group, 2 * group + 2));
+    EXPECT_TENSOR_NEAR(merged.slice0(2 * group, 2 * group + 2), expected, 0.0);
+  }
+}
+
+TEST(TokenMerging, RejectsBadInput) {
+  const Tensor metric = Tensor::zeros({2, 64, 4});
+  EXPECT_THROW(TokenMerge(metric, 9, 8, 2, 2, 8, std::vector<int64_t>(16, 0)), InvalidArgument);  // 72 != 64 tokens
+  EXPECT_THROW(TokenMerge(metric, 8, 8, 2, 2, 8, std::vector<int64_t>(15, 0)), InvalidArgument);  // not per cell
+  EXPECT_THROW(TokenMerge(metric, 8, 8, 2, 2, 8, std::vector<int64_t>(16, 4)), InvalidArgument);  // outside a cell
+  const TokenMerge tome(Tensor::full({2, 64, 4}, 1.0f), 8, 8, 2, 2, 8, std::vector<int64_t>(16, 0));
+  EXPECT_THROW(tome.merge(Tensor::zeros({2, 63, 4})), InvalidArgument);
+  EXPECT_THROW(tome.unmerge(Tensor::zeros({2, 64, 4})), InvalidArgument);
+  EXPECT_THROW((TokenMergeOptions{1.0, 1, 2, 2}.validate()), InvalidArgument);
+  EXPECT_THROW((TokenMergeOptions{0.5, 0, 2, 2}.validate()), InvalidArgument);
+  EXPECT_NO_THROW((TokenMergeOptions{0.5, 1, 2, 2}.validate()));
+}
+
+}  // namespace
+}  // namespace sdcpu
