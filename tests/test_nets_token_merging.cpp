@@ -2,6 +2,7 @@
 // (tests/oracle/make_tome_goldens.py): the destinations torch.randint draws, merge(x) and unmerge(y).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,14 @@ std::vector<int64_t> golden_destinations(const SafetensorsFile& g, const std::st
 }
 
 // The golden's tensor `base` of draw `draw`: "merged", "merged_2", ...
+// [a; b] along the batch.
+Tensor concat_rows(const Tensor& a, const Tensor& b) {
+  Tensor out({a.dim(0) + b.dim(0), a.dim(1), a.dim(2)});
+  std::copy_n(a.data(), a.numel(), out.data());
+  std::copy_n(b.data(), b.numel(), out.data() + a.numel());
+  return out;
+}
+
 std::string key(const char* base, int draw) {
   std::string name = base;
   if (draw > 0) name.append("_").append(std::to_string(draw + 1));
@@ -91,7 +100,8 @@ TEST(TokenMerging, ContextPlansAsComputeMerge) {
   for (size_t i = 0; i < std::size(kCases); ++i) {
     SCOPED_TRACE(kCases[i]);
     const Case c = load_case(kCases[i]);
-    TokenMergeContext context{{ratios[i], 1, c.sx, c.sy}, c.h, c.w, {TorchGenerator(static_cast<uint64_t>(c.seed))}};
+    TokenMergeContext context{
+        {ratios[i], 1, c.sx, c.sy}, c.h, c.w, {TorchGenerator(static_cast<uint64_t>(c.seed))}, {}};
     const Tensor metric = c.file->read_f32("metric"), x = c.file->read_f32("x");
     for (int draw = 0; draw < c.draws; ++draw)
       EXPECT_TENSOR_NEAR(context.plan(metric).merge(x), c.file->read_f32(key("merged", draw)), 1e-6);
@@ -102,7 +112,7 @@ TEST(TokenMerging, OnlyBlocksUpToMaxDownsampleMerge) {
   const Case c = load_case("b2_8x8_r0.5");
   const Tensor metric = c.file->read_f32("metric");
   // The same tokens as the second level of a latent twice the size: downsample 2 > max_downsample 1.
-  TokenMergeContext context{{0.5, 1, 2, 2}, 2 * c.h, 2 * c.w, {TorchGenerator(0)}};
+  TokenMergeContext context{{0.5, 1, 2, 2}, 2 * c.h, 2 * c.w, {TorchGenerator(0)}, {}};
   EXPECT_FALSE(context.plan(metric).merges());
   context.options.max_downsample = 2;
   EXPECT_TRUE(context.plan(metric).merges());
@@ -110,17 +120,19 @@ TEST(TokenMerging, OnlyBlocksUpToMaxDownsampleMerge) {
   EXPECT_FALSE(context.plan(metric).merges());
 }
 
-// sdcpu draws per image: with one generator per group of rows, each group is planned as if it were alone.
-TEST(TokenMerging, GroupsArePlannedIndependently) {
+// sdcpu draws per request: each batch row merges as its request's rows would alone, whatever the rows' order.
+TEST(TokenMerging, RequestsArePlannedIndependently) {
   const Case c = load_case("b4_16x16_r0.5");
   const Tensor metric = c.file->read_f32("metric"), x = c.file->read_f32("x");
-  TokenMergeContext both{{0.5, 1, 2, 2}, c.h, c.w, {TorchGenerator(7), TorchGenerator(8)}};
+  // Rows [uncond A, uncond B, cond A, cond B], as the pipeline lays out two requests.
+  TokenMergeContext both{{0.5, 1, 2, 2}, c.h, c.w, {TorchGenerator(7), TorchGenerator(8)}, {0, 1, 0, 1}};
   const Tensor merged = both.plan(metric).merge(x);
-  for (int group = 0; group < 2; ++group) {
-    TokenMergeContext alone{{0.5, 1, 2, 2}, c.h, c.w, {TorchGenerator(7 + group)}};
-    const Tensor expected =
-        alone.plan(metric.slice0(2 * group, 2 * group + 2)).merge(x.slice0(2 * group, 2 * group + 2));
-    EXPECT_TENSOR_NEAR(merged.slice0(2 * group, 2 * group + 2), expected, 0.0);
+  for (int request = 0; request < 2; ++request) {
+    const auto rows = [&](const Tensor& t) {
+      return concat_rows(t.slice0(request, request + 1), t.slice0(request + 2, request + 3));
+    };
+    TokenMergeContext alone{{0.5, 1, 2, 2}, c.h, c.w, {TorchGenerator(7 + request)}, {}};
+    EXPECT_TENSOR_NEAR(rows(merged), alone.plan(rows(metric)).merge(rows(x)), 0.0);
   }
 }
 
@@ -129,6 +141,7 @@ TEST(TokenMerging, RejectsBadInput) {
   EXPECT_THROW(TokenMerge(metric, 9, 8, 2, 2, 8, std::vector<int64_t>(16, 0)), InvalidArgument);  // 72 != 64 tokens
   EXPECT_THROW(TokenMerge(metric, 8, 8, 2, 2, 8, std::vector<int64_t>(15, 0)), InvalidArgument);  // not per cell
   EXPECT_THROW(TokenMerge(metric, 8, 8, 2, 2, 8, std::vector<int64_t>(16, 4)), InvalidArgument);  // outside a cell
+  EXPECT_THROW(TokenMerge(metric, 8, 8, 2, 2, 8, std::vector<int64_t>(16, 0), {0, 1}), InvalidArgument);  // 1 list
   const TokenMerge tome(Tensor::full({2, 64, 4}, 1.0f), 8, 8, 2, 2, 8, std::vector<int64_t>(16, 0));
   EXPECT_THROW(tome.merge(Tensor::zeros({2, 63, 4})), InvalidArgument);
   EXPECT_THROW(tome.unmerge(Tensor::zeros({2, 64, 4})), InvalidArgument);

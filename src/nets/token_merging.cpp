@@ -60,7 +60,7 @@ void TokenMergeOptions::validate() const {
 }
 
 TokenMerge::TokenMerge(const Tensor& metric, int64_t w, int64_t h, int sx, int sy, int64_t r,
-                       const std::vector<int64_t>& destinations) {
+                       const std::vector<int64_t>& destinations, const std::vector<int>& row_lists) {
   if (metric.ndim() != 3 || metric.dim(0) <= 0 || w <= 0 || h <= 0 || metric.dim(1) != w * h)
     throw InvalidArgument("token merging: metric must be [batch, " + std::to_string(h) + " * " + std::to_string(w) +
                           ", channels], got " + shape_to_string(metric.shape()));
@@ -71,21 +71,27 @@ TokenMerge::TokenMerge(const Tensor& metric, int64_t w, int64_t h, int sx, int s
   const int64_t num_dst = (h / sy) * (w / sx);
   // tomesd returns do_nothing for r <= 0; an image smaller than one cell has no destinations to merge into.
   if (r <= 0 || num_dst == 0) return;
-  if (destinations.empty() || destinations.size() % num_dst != 0 ||
-      batch_ % static_cast<int64_t>(destinations.size() / num_dst) != 0)
+  const auto lists = static_cast<int64_t>(destinations.size()) / num_dst;
+  if (lists == 0 || static_cast<int64_t>(destinations.size()) % num_dst != 0)
     throw InvalidArgument("token merging: " + std::to_string(destinations.size()) + " destination choices for " +
-                          std::to_string(num_dst) + " cells and a batch of " + std::to_string(batch_));
+                          std::to_string(num_dst) + " cells");
+  if (!row_lists.empty() && static_cast<int64_t>(row_lists.size()) != batch_)
+    throw InvalidArgument("token merging: a destination list for each of the " + std::to_string(batch_) +
+                          " rows is needed, got " + std::to_string(row_lists.size()));
+  for (int list : row_lists)
+    if (list < 0 || list >= lists) throw InvalidArgument("token merging: a row names a missing destination list");
   for (int64_t d : destinations)
     if (d < 0 || d >= int64_t{sx} * sy) throw InvalidArgument("token merging: a destination outside its cell");
-  const int64_t rows_per_group = batch_ / static_cast<int64_t>(destinations.size() / num_dst);
   const int64_t num_src = n_ - num_dst;
   r_ = std::min(r, num_src);  // "Can't reduce more than the # tokens in src"
   rows_.resize(static_cast<size_t>(batch_));
 
-  std::vector<int32_t> order;
+  // Each destination list's token order "dst | src", made when a row first needs it.
+  std::vector<std::vector<int32_t>> orders(static_cast<size_t>(lists));
   for (int64_t b = 0; b < batch_; ++b) {
-    if (b % rows_per_group == 0)
-      order = destinations_then_sources(destinations.data() + (b / rows_per_group) * num_dst, w, h, sx, sy);
+    const int list = row_lists.empty() ? 0 : row_lists[b];
+    std::vector<int32_t>& order = orders[list];
+    if (order.empty()) order = destinations_then_sources(destinations.data() + list * num_dst, w, h, sx, sy);
     const int32_t* dst_tokens = order.data();
     const int32_t* src_tokens = order.data() + num_dst;
     const float* row_metric = metric.data() + b * n_ * c;
@@ -218,18 +224,24 @@ TokenMerge TokenMergeContext::plan(const Tensor& tokens) const {
   const auto r = static_cast<int64_t>(static_cast<double>(n) * options.ratio);  // int(x.shape[1] * ratio)
   if (r <= 0) return {};
   const int64_t batch = tokens.dim(0);
-  const auto groups = static_cast<int64_t>(generators.size());
-  if (groups <= 0 || batch % groups != 0)
-    throw InvalidArgument("token merging: " + std::to_string(groups) + " generators for a batch of " +
+  const auto lists = static_cast<int64_t>(generators.size());
+  if (lists == 0 || (row_generator.empty() ? lists != 1 : static_cast<int64_t>(row_generator.size()) != batch))
+    throw InvalidArgument("token merging: " + std::to_string(generators.size()) + " generators and " +
+                          std::to_string(row_generator.size()) + " row assignments for a batch of " +
                           std::to_string(batch));
+  std::vector<int64_t> rows(static_cast<size_t>(lists), 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int list = row_generator.empty() ? 0 : row_generator[b];
+    if (list < 0 || list >= lists) throw InvalidArgument("token merging: a row names a missing generator");
+    ++rows[list];
+  }
   const int64_t cells = (h / options.sy) * (w / options.sx);
-  // "If the batch size is odd, then it's not possible for prompted and unprompted images to be in the same batch,
-  // which causes artifacts with use_rand, so force it to be off."
-  const bool use_rand = (batch / groups) % 2 == 0;
   std::vector<int64_t> destinations;
-  destinations.reserve(static_cast<size_t>(groups * cells));
-  for (int64_t g = 0; g < groups; ++g) {
-    if (use_rand) {
+  destinations.reserve(static_cast<size_t>(lists * cells));
+  for (int64_t g = 0; g < lists; ++g) {
+    // "If the batch size is odd, then it's not possible for prompted and unprompted images to be in the same
+    // batch, which causes artifacts with use_rand, so force it to be off." A generator without rows draws nothing.
+    if (rows[g] > 0 && rows[g] % 2 == 0) {
       TorchGenerator generator = generators[g];  // shares the state: the draw advances the context's generator
       const std::vector<int64_t> drawn = generator.randint(int64_t{options.sx} * options.sy, cells);
       destinations.insert(destinations.end(), drawn.begin(), drawn.end());
@@ -237,7 +249,7 @@ TokenMerge TokenMergeContext::plan(const Tensor& tokens) const {
       destinations.insert(destinations.end(), static_cast<size_t>(cells), 0);
     }
   }
-  return TokenMerge(tokens, w, h, options.sx, options.sy, r, destinations);
+  return TokenMerge(tokens, w, h, options.sx, options.sy, r, destinations, row_generator);
 }
 
 }  // namespace sdcpu

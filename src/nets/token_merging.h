@@ -35,11 +35,12 @@ class TokenMerge {
   TokenMerge() = default;
   // `metric` [B, h * w, C] is what similarity is measured on (tomesd: the block's input hidden states).
   // `destinations` holds, per cell (row-major over the (h / sy) x (w / sx) cells), which of its sy * sx tokens
-  // (row-major inside the cell) is the destination: tomesd's rand_idx, zeros for no_rand. It has one such list
-  // for the whole batch, or one per group of B / groups consecutive rows (sdcpu: one per image, shared by its
-  // unconditional and conditional rows), concatenated. Tokens right or below the last whole cell are sources.
+  // (row-major inside the cell) is the destination: tomesd's rand_idx, zeros for no_rand. tomesd draws one such
+  // list for the whole batch; sdcpu draws one per request of a batch (TokenMergeContext), so `destinations` may
+  // hold several lists one after another, and `row_lists` says which list each batch row uses (empty: all rows
+  // use the first). Tokens right of or below the last whole cell are sources.
   TokenMerge(const Tensor& metric, int64_t w, int64_t h, int sx, int sy, int64_t r,
-             const std::vector<int64_t>& destinations);
+             const std::vector<int64_t>& destinations, const std::vector<int>& row_lists = {});
 
   bool merges() const { return r_ > 0; }
   int64_t merged_tokens() const { return n_ - r_; }
@@ -72,13 +73,15 @@ class TokenMerge {
 struct TokenMergeContext {
   TokenMergeOptions options;
   int64_t latent_h = 0, latent_w = 0;
-  // One generator per group of consecutive batch rows sharing a destination draw (an image's unconditional and
-  // conditional rows), advanced by every merging block. Copies share state (core/torch_rng.h).
+  // One generator per request of the batch, advanced by every merging block (copies share state,
+  // core/torch_rng.h), and which of them each batch row draws from (empty: all rows from the first). A request's
+  // rows (its unconditional and conditional rows, all its images) share one draw, as tomesd's whole batch does.
   std::vector<TorchGenerator> generators;
+  std::vector<int> row_generator;
 
   // The plan for one block's input tokens [B, N, C]: no merging when the block is downsampled more than
   // max_downsample times (downsample = ceil(sqrt(latent_h * latent_w // N))), or r = int(N * ratio) is 0.
-  // Destinations are drawn (torch.randint(sy * sx, (h / sy, w / sx, 1), generator)) only when a group holds an
+  // Destinations are drawn (torch.randint(sy * sx, (h / sy, w / sx, 1), generator)) only for a generator with an
   // even number of rows; otherwise tomesd turns use_rand off and takes each cell's top-left token.
   TokenMerge plan(const Tensor& tokens) const;
 };
