@@ -3,12 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "core/torch_rng.h"
+#include "formats/model_config.h"
+#include "formats/weight_store.h"
 #include "nets/token_merging.h"
+#include "nets/unet.h"
 #include "test_support.h"
 
 namespace sdcpu {
@@ -134,6 +138,55 @@ TEST(TokenMerging, RequestsArePlannedIndependently) {
     TokenMergeContext alone{{0.5, 1, 2, 2}, c.h, c.w, {TorchGenerator(7 + request)}, {}};
     EXPECT_TENSOR_NEAR(rows(merged), alone.plan(rows(metric)).merge(rows(x)), 0.0);
   }
+}
+
+const UNet2DConditionModel& tiny_unet() {
+  static const std::string dir = testing::fixture("tiny-sd/unet");
+  static WeightStore weights = [] {
+    WeightStore w("unet");
+    w.add_all(std::make_shared<SafetensorsFile>(dir + "/diffusion_pytorch_model.safetensors"));
+    return w;
+  }();
+  static const UNet2DConditionModel unet(parse_unet_config(testing::read_text(dir + "/config.json")), weights);
+  return unet;
+}
+
+// tomesd.apply_patch(unet, ratio, max_downsample) on the tiny UNet, call after call from one generator: the merging
+// blocks of level 0 (and the mid block's with max_downsample 2), and the odd batch that draws nothing.
+TEST(TokenMerging, UNetMatchesTomesdApplyPatch) {
+  for (const char* name : {"unet_r0.5_md1", "unet_r0.3_md2", "unet_r0.5_md1_batch1"}) {
+    SCOPED_TRACE(name);
+    const SafetensorsFile& g = testing::repo_golden(std::string("tome/") + name + ".safetensors");
+    const auto& m = g.metadata();
+    const Tensor sample = g.read_f32("sample"), states = g.read_f32("encoder_hidden_states");
+    const TokenMergeContext tome{{std::stod(m.at("ratio")), std::stoi(m.at("max_downsample")), 2, 2},
+                                 sample.dim(2),
+                                 sample.dim(3),
+                                 {TorchGenerator(std::stoull(m.at("seed")))},
+                                 {}};
+    for (int call = 1; call <= std::stoi(m.at("calls")); ++call)
+      EXPECT_TENSOR_NEAR(tiny_unet().forward(sample, g.read_f32("timestep")[0], states, &tome),
+                         g.read_f32("out_" + std::to_string(call)), 1e-4);
+  }
+}
+
+// Ratio 0 is no token merging at all, in every kind of pass; a ratio above it changes shallow passes too.
+TEST(TokenMerging, RatioZeroChangesNothing) {
+  const SafetensorsFile& g = testing::repo_golden("tome/unet_r0.5_md1.safetensors");
+  const Tensor sample = g.read_f32("sample"), states = g.read_f32("encoder_hidden_states");
+  const float t = g.read_f32("timestep")[0];
+  const UNet2DConditionModel& unet = tiny_unet();
+  const TokenMergeContext off{{0.0, 1, 2, 2}, sample.dim(2), sample.dim(3), {TorchGenerator(0)}, {}};
+  EXPECT_TENSOR_NEAR(unet.forward(sample, t, states, &off), unet.forward(sample, t, states), 0.0);
+  UNetStepCache plain{unet.deep_cache_branches() - 1, Tensor()}, with_off{plain.branch, Tensor()};
+  EXPECT_TENSOR_NEAR(unet.forward_and_cache(sample, t, states, with_off, &off),
+                     unet.forward_and_cache(sample, t, states, plain), 0.0);
+  const Tensor shallow = unet.forward_shallow(sample, t, states, plain);
+  EXPECT_TENSOR_NEAR(unet.forward_shallow(sample, t, states, with_off, &off), shallow, 0.0);
+  const TokenMergeContext on{{0.5, 1, 2, 2}, sample.dim(2), sample.dim(3), {TorchGenerator(0)}, {}};
+  EXPECT_GT(testing::compare(unet.forward_shallow(sample, t, states, plain, &on), shallow).max_abs, 1e-3);
+  const TokenMergeContext wrong_size{{0.5, 1, 2, 2}, 8, 8, {TorchGenerator(0)}, {}};
+  EXPECT_THROW(unet.forward(sample, t, states, &wrong_size), InvalidArgument);
 }
 
 TEST(TokenMerging, RejectsBadInput) {

@@ -16,7 +16,7 @@ src/nets/token_merging.h for why).
 Run: . /work/oracle-env/env.sh && /usr/bin/python3 tests/oracle/make_tome_goldens.py [OUT_DIR]
 TOMESD_GIT (default /work/.mirror/dbolya+tomesd/repo) is a git directory holding that commit.
 """
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -32,17 +32,18 @@ TOMESD_COMMIT = "27a14a372beecaa85c101fb588631643f379b8ce"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_tomesd_merge():
+def load_tomesd():
+    """tomesd's package (merge.py, patch.py, utils.py, __init__.py) at TOMESD_COMMIT, imported unchanged."""
     git_dir = os.environ.get("TOMESD_GIT", "/work/.mirror/dbolya+tomesd/repo")
-    source = subprocess.run(["git", "--git-dir", git_dir, "show", TOMESD_COMMIT + ":tomesd/merge.py"],
-                            check=True, capture_output=True).stdout
-    path = os.path.join(tempfile.mkdtemp(), "tomesd_merge.py")
-    with open(path, "wb") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("tomesd_merge", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, "tomesd"))
+    for name in ("__init__.py", "merge.py", "patch.py", "utils.py"):
+        source = subprocess.run(["git", "--git-dir", git_dir, "show", "%s:tomesd/%s" % (TOMESD_COMMIT, name)],
+                                check=True, capture_output=True).stdout
+        with open(os.path.join(root, "tomesd", name), "wb") as f:
+            f.write(source)
+    sys.path.insert(0, root)
+    return importlib.import_module("tomesd")
 
 
 # name, batch, h, w, channels, sx, sy, ratio, no_rand, seed, draws
@@ -58,7 +59,8 @@ CASES = [
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "tests", "goldens", "tome")
     os.makedirs(out_dir, exist_ok=True)
-    merge = load_tomesd_merge()
+    tomesd = load_tomesd()
+    merge = tomesd.merge
     for name, b, h, w, c, sx, sy, ratio, no_rand, seed, draws in CASES:
         data = torch.Generator().manual_seed(1000 + seed)  # the test tensors' own stream
         metric = torch.randn(b, h * w, c, generator=data)
@@ -89,6 +91,50 @@ def main():
         path = os.path.join(out_dir, name + ".safetensors")
         write_golden(path, tensors, meta)
         print("%-28s N=%4d r=%4d merged %s  %6d bytes" % (name, h * w, r, tuple(merged.shape), os.path.getsize(path)))
+
+
+    unet_goldens(tomesd, out_dir)
+
+
+# name, ratio, max_downsample, batch rows of the UNet golden's inputs, seed, calls
+UNET_CASES = [
+    ("unet_r0.5_md1", 0.5, 1, (0, 2), 0, 2),
+    ("unet_r0.3_md2", 0.3, 2, (0, 2), 1, 1),
+    ("unet_r0.5_md1_batch1", 0.5, 1, (1, 2), 2, 1),
+]
+
+
+def unet_goldens(tomesd, out_dir):
+    """tomesd.apply_patch on the tiny UNet (../shared/fixtures/tiny-sd), run on the shared UNet golden's inputs.
+
+    tomesd forks torch's default CPU generator at the first merging block (utils.init_generator) and keeps drawing
+    from the fork, call after call: torch.manual_seed(seed) just before the first call makes that fork
+    torch.Generator().manual_seed(seed), the generator sdcpu seeds. Later calls continue its stream."""
+    from diffusers import UNet2DConditionModel
+    from make_pipeline_goldens import MODEL_DIR, read_golden
+
+    inputs, _ = read_golden(os.path.join(os.path.dirname(MODEL_DIR), "goldens", "tiny-sd", "unet.safetensors"))
+    unet = UNet2DConditionModel.from_pretrained(MODEL_DIR, subfolder="unet").eval()
+    for name, ratio, max_downsample, (first, last), seed, calls in UNET_CASES:
+        tomesd.apply_patch(unet, ratio=ratio, max_downsample=max_downsample)
+        sample = torch.from_numpy(inputs["sample"][first:last])
+        states = torch.from_numpy(inputs["encoder_hidden_states"][first:last])
+        timestep = torch.from_numpy(inputs["timestep"])
+        tensors = {"sample": sample.numpy(), "encoder_hidden_states": states.numpy(),
+                   "timestep": timestep.numpy().astype(np.float32)}
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for call in range(calls):
+                tensors["out_%d" % (call + 1)] = unet(sample, timestep, encoder_hidden_states=states).sample.numpy()
+            tomesd.remove_patch(unet)
+            plain = unet(sample, timestep, encoder_hidden_states=states).sample.numpy()
+        meta = {"made_by": "tests/oracle/make_tome_goldens.py (tomesd %s apply_patch, torch %s)"
+                % (TOMESD_COMMIT[:7], torch.__version__),
+                "ratio": repr(ratio), "max_downsample": str(max_downsample), "seed": str(seed), "calls": str(calls)}
+        path = os.path.join(out_dir, name + ".safetensors")
+        write_golden(path, tensors, meta)
+        print("%-28s |out_1 - plain| max %.3g, scale %.3g  %6d bytes"
+              % (name, np.abs(tensors["out_1"] - plain).max(), np.abs(plain).max(), os.path.getsize(path)))
 
 
 if __name__ == "__main__":
