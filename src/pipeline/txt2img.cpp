@@ -85,6 +85,11 @@ void validate(const Txt2ImgRequest& r) {
                           "cache_interval");
   if (r.cache_branch < 0)  // its upper bound depends on the UNet: run_batch() checks it
     throw InvalidArgument("cache branch must not be negative, got " + std::to_string(r.cache_branch), "cache_branch");
+  try {
+    TokenMergeOptions{r.tome_ratio, r.tome_max_downsample}.validate();
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(e.what(), "tome_ratio");
+  }
   if (r.batch_size < 1 || r.batch_size > kMaxBatch)
     throw InvalidArgument("batch size must be between 1 and " + std::to_string(kMaxBatch) + ", got " +
                           std::to_string(r.batch_size));
@@ -198,6 +203,8 @@ struct Txt2ImgPipeline::Denoising {
   Tensor embeddings;         // [uncond x n, cond x n] with guidance, else [cond x n]
   float cfg_scale = 1;
   int request = 0;  // its index in run_batch()'s requests
+  // Token merging's generator (nets/token_merging.h), seeded like `generator` but drawn from apart; none when off.
+  std::optional<TorchGenerator> tome_generator;
 };
 
 // The UNet's batch is [uncond of every member, cond of every member], as diffusers' cat([latents] * 2) is for one;
@@ -243,9 +250,21 @@ Tensor Txt2ImgPipeline::batch_rows(const Tensor& rows, const std::vector<Denoisi
 }
 
 void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const Tensor& embeddings, int i,
-                                   UNetStepCache* step_cache, bool full_pass) const {
+                                   UNetStepCache* step_cache, bool full_pass,
+                                   const TokenMergeOptions& tome_options) const {
   const Scheduler& schedule = *batch.front()->scheduler;  // every member has the same timesteps
   const bool guided = batch.front()->embeddings.dim(0) == 2 * batch.front()->latents.dim(0);
+  // Token merging: each member draws its destinations from its own generator, for all its rows.
+  std::optional<TokenMergeContext> tome;
+  if (tome_options.enabled()) {
+    tome = TokenMergeContext{tome_options, batch.front()->latents.dim(2), batch.front()->latents.dim(3), {}, {}};
+    for (int half = 0; half < (guided ? 2 : 1); ++half)
+      for (size_t m = 0; m < batch.size(); ++m)
+        tome->row_generator.insert(tome->row_generator.end(), static_cast<size_t>(batch[m]->latents.dim(0)),
+                                   static_cast<int>(m));
+    for (const Denoising* d : batch) tome->generators.push_back(*d->tome_generator);
+  }
+  const TokenMergeContext* merging = tome ? &*tome : nullptr;
   // The scaled latents of every member, twice with guidance (the order batch_embeddings() gives).
   std::vector<Tensor> inputs;
   int64_t images = 0;
@@ -264,17 +283,17 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const T
     const std::string shapes = shape_to_string(scaled.shape()) + " " + shape_to_string(embeddings.shape());
     if (!step_cache) {
       ActivationArena::Pass pass(arena_.get(), "unet " + shapes);
-      return pass.output(unet_.forward(scaled, t, embeddings));
+      return pass.output(unet_.forward(scaled, t, embeddings, merging));
     }
     const std::string branch = " branch " + std::to_string(step_cache->branch);
     if (!full_pass) {
       ActivationArena::Pass pass(arena_.get(), "unet shallow " + shapes + branch);
-      return pass.output(unet_.forward_shallow(scaled, t, embeddings, *step_cache));
+      return pass.output(unet_.forward_shallow(scaled, t, embeddings, *step_cache, merging));
     }
     // The features outlive the pass: copied out of the arena, into the last full step's buffer when it fits.
     Tensor previous = std::move(step_cache->deep_features);
     ActivationArena::Pass pass(arena_.get(), "unet caching " + shapes + branch);
-    Tensor out = pass.output(unet_.forward_and_cache(scaled, t, embeddings, *step_cache));
+    Tensor out = pass.output(unet_.forward_and_cache(scaled, t, embeddings, *step_cache, merging));
     Tensor& features = step_cache->deep_features;
     if (previous.shape() == features.shape() && previous.storage_unique()) {
       std::copy(features.data(), features.data() + features.numel(), previous.data());
@@ -304,7 +323,7 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const T
 
 Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& latents, const Tensor& embeddings,
                                      float cfg_scale, TorchGenerator& generator) const {
-  Denoising d{&scheduler, generator, latents, embeddings, cfg_scale, 0};
+  Denoising d{&scheduler, generator, latents, embeddings, cfg_scale, 0, {}};
   denoise_step({&d}, embeddings, i);
   return d.latents;
 }
@@ -340,7 +359,8 @@ ResolvedSchedulerConfig Txt2ImgPipeline::scheduler_settings(const Txt2ImgRequest
 bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b) {
   return a.steps == b.steps && a.cfg_scale == b.cfg_scale && a.sampler == b.sampler &&
          a.timestep_spacing == b.timestep_spacing && a.width == b.width && a.height == b.height &&
-         a.clip_skip == b.clip_skip && a.cache_interval == b.cache_interval && a.cache_branch == b.cache_branch;
+         a.clip_skip == b.clip_skip && a.cache_interval == b.cache_interval && a.cache_branch == b.cache_branch &&
+         a.tome_ratio == b.tome_ratio && a.tome_max_downsample == b.tome_max_downsample;
 }
 
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
@@ -399,11 +419,16 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   for (size_t r = 0; r < requests.size(); ++r) {
     const Txt2ImgRequest& request = requests[r];
     members.push_back(
-        Denoising{schedulers[r].get(), TorchGenerator(request.seed), Tensor(),
+        Denoising{schedulers[r].get(),
+                  TorchGenerator(request.seed),
+                  Tensor(),
                   repeat_each(guided ? encode_prompts({request.negative_prompt, request.prompt}, request.clip_skip)
                                      : encode_prompts({request.prompt}, request.clip_skip),
                               request.batch_size),
-                  request.cfg_scale, static_cast<int>(r)});
+                  request.cfg_scale,
+                  static_cast<int>(r),
+                  {}});
+    if (request.tome_ratio > 0) members.back().tome_generator = TorchGenerator(request.seed);
   }
   end_stage();
   const double text_encode_s = seconds_since(t0);
@@ -430,7 +455,8 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   if (shared.cache_interval > 1) step_cache = UNetStepCache{shared.cache_branch, Tensor()};
   for (int i = 0; i < steps && !batch.empty(); ++i) {
     t0 = std::chrono::steady_clock::now();
-    denoise_step(batch, embeddings, i, step_cache ? &*step_cache : nullptr, full_unet_pass(shared, i));
+    denoise_step(batch, embeddings, i, step_cache ? &*step_cache : nullptr, full_unet_pass(shared, i),
+                 TokenMergeOptions{shared.tome_ratio, shared.tome_max_downsample});
     step_times.push_back(seconds_since(t0));
     // A member the callback lets go leaves the batch: the next step's UNet runs without it.
     if (!on_step) continue;

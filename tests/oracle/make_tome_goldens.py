@@ -13,6 +13,9 @@ and, for cases drawing twice from one generator (two transformer blocks), rand_i
 The generator is torch.Generator("cpu").manual_seed(seed), as sdcpu seeds its ToMe generator (see
 src/nets/token_merging.h for why).
 
+It also runs tomesd.apply_patch on the tiny UNet (unet_*.safetensors) and on diffusers' StableDiffusionPipeline
+(pipeline_tome_*.safetensors); see unet_goldens() and pipeline_goldens().
+
 Run: . /work/oracle-env/env.sh && /usr/bin/python3 tests/oracle/make_tome_goldens.py [OUT_DIR]
 TOMESD_GIT (default /work/.mirror/dbolya+tomesd/repo) is a git directory holding that commit.
 """
@@ -94,6 +97,7 @@ def main():
 
 
     unet_goldens(tomesd, out_dir)
+    pipeline_goldens(tomesd, out_dir)
 
 
 # name, ratio, max_downsample, batch rows of the UNet golden's inputs, seed, calls
@@ -135,6 +139,53 @@ def unet_goldens(tomesd, out_dir):
         write_golden(path, tensors, meta)
         print("%-28s |out_1 - plain| max %.3g, scale %.3g  %6d bytes"
               % (name, np.abs(tensors["out_1"] - plain).max(), np.abs(plain).max(), os.path.getsize(path)))
+
+
+PIPELINE_RUNS = [("dpmpp_2m", 0.5, 1), ("euler_a", 0.5, 1), ("dpmpp_2m", 0.6, 2)]
+STEPS, GUIDANCE = 10, 7.5
+
+
+def pipeline_goldens(tomesd, out_dir):
+    """diffusers' StableDiffusionPipeline on the tiny model with tomesd.apply_patch(pipe, ratio, max_downsample),
+    torch.manual_seed(SEED) just before the call (the fork tomesd makes is then manual_seed(SEED)) and
+    generator=torch.Generator("cpu").manual_seed(SEED) for the noise, as sdcpu does for seed SEED."""
+    import diffusers
+    from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+    from make_pipeline_goldens import MODEL_DIR, NEGATIVE_PROMPT, PROMPT, SEED, SIZE
+
+    samplers = {"dpmpp_2m": DPMSolverMultistepScheduler, "euler_a": EulerAncestralDiscreteScheduler}
+    for sampler, ratio, max_downsample in PIPELINE_RUNS:
+        results = {}
+        for tome in (False, True):
+            pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR, safety_checker=None,
+                                                           requires_safety_checker=False)
+            pipe.scheduler = samplers[sampler].from_config(pipe.scheduler.config)
+            pipe.set_progress_bar_config(disable=True)
+            if tome:
+                tomesd.apply_patch(pipe, ratio=ratio, max_downsample=max_downsample)
+            latents = []
+
+            def on_step_end(p, i, t, kwargs):
+                latents.append(kwargs["latents"].detach().clone())
+                return kwargs
+
+            torch.manual_seed(SEED)
+            out = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                       height=SIZE, width=SIZE, generator=torch.Generator("cpu").manual_seed(SEED),
+                       output_type="np", callback_on_step_end=on_step_end)
+            results[tome] = (out.images.astype(np.float32), torch.stack(latents).numpy().astype(np.float32))
+        image, latents = results[True]
+        name = "pipeline_tome_r%g_md%d_%s_%dsteps_cfg%g" % (ratio, max_downsample, sampler, STEPS, GUIDANCE)
+        meta = {"made_by": "tests/oracle/make_tome_goldens.py (tomesd %s apply_patch)" % TOMESD_COMMIT[:7],
+                "diffusers": diffusers.__version__, "torch": torch.__version__, "prompt": PROMPT,
+                "negative_prompt": NEGATIVE_PROMPT, "seed": str(SEED), "width": str(SIZE), "height": str(SIZE),
+                "steps": str(STEPS), "guidance_scale": str(GUIDANCE), "sampler": sampler, "tome_ratio": repr(ratio),
+                "tome_max_downsample": str(max_downsample)}
+        path = os.path.join(out_dir, name + ".safetensors")
+        write_golden(path, {"image": image, "latents_per_step": latents}, meta)
+        psnr = 10 * np.log10(1.0 / max(np.mean((image - results[False][0]) ** 2), 1e-20))
+        print("%s: image PSNR against the pipeline without ToMe %.2f dB, %d bytes" % (name, psnr,
+                                                                                        os.path.getsize(path)))
 
 
 if __name__ == "__main__":
