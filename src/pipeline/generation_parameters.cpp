@@ -42,6 +42,11 @@ std::string format_a1111_parameters(const GenerationParameters& p) {
   if (p.cache_interval > 1)
     s += ", DeepCache interval: " + std::to_string(p.cache_interval) +
          ", DeepCache branch: " + std::to_string(p.cache_branch);
+  if (p.tome_ratio > 0) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%g", p.tome_ratio);
+    s += std::string(", Token merging ratio: ") + ratio;
+  }
   s += std::string(", Version: sdcpu ") + kVersion;
   return s;
 }

@@ -21,6 +21,7 @@ struct GenerationParameters {
   std::string vae;               // a VAE other than the model's (--vae), as A1111 writes "VAE: name"
   int steps = 0, width = 0, height = 0, clip_skip = 0;
   int cache_interval = 1, cache_branch = 0;  // step caching, written when on (interval > 1)
+  double tome_ratio = 0;                     // token merging, written when on, as A1111's "Token merging ratio"
   float cfg_scale = 0;
   uint64_t seed = 0;
 };

@@ -45,6 +45,8 @@ Txt2ImgRequest request_for(const GenerateOptions& o, uint64_t seed) {
   r.clip_skip = o.clip_skip;
   r.cache_interval = o.cache_interval;
   r.cache_branch = o.cache_branch;
+  r.tome_ratio = o.tome_ratio;
+  r.tome_max_downsample = o.tome_max_downsample;
   return r;
 }
 
@@ -208,6 +210,7 @@ class PipelineImpl : public Pipeline {
     p.clip_skip = o.clip_skip;
     p.cache_interval = o.cache_interval;
     p.cache_branch = o.cache_branch;
+    p.tome_ratio = o.tome_ratio;
     p.cfg_scale = o.cfg_scale;
     if (txt2img_.taesd_decodes()) p.vae = model_name(txt2img_.taesd()->path);
     p.seed = seed;

@@ -97,6 +97,11 @@ JobRequest parse_job_request(std::string_view body) {
       o.cache_interval = integer_field(value, key);
     } else if (key == "cache_branch") {
       o.cache_branch = integer_field(value, key);
+    } else if (key == "tome_ratio") {
+      if (!value.is_number() || !std::isfinite(value.get<double>())) bad_field(key, "must be a number in [0, 1)");
+      o.tome_ratio = value.get<double>();
+    } else if (key == "tome_max_downsample") {
+      o.tome_max_downsample = integer_field(value, key);
     } else if (key == "cfg_scale") {
       if (!value.is_number() || !std::isfinite(value.get<double>()) || std::fabs(value.get<double>()) > 1e6)
         bad_field(key, "must be a number between 0 and 100");
@@ -139,7 +144,9 @@ std::string job_request_to_json(const JobRequest& request) {
             {"batch_count", o.batch_count},
             {"clip_skip", o.clip_skip},
             {"cache_interval", o.cache_interval},
-            {"cache_branch", o.cache_branch}};
+            {"cache_branch", o.cache_branch},
+            {"tome_ratio", o.tome_ratio},
+            {"tome_max_downsample", o.tome_max_downsample}};
   j["seed"] = o.seed == kRandomSeed ? json(-1) : json(o.seed);
   return j.dump();
 }
@@ -150,7 +157,7 @@ std::string batch_key(const JobRequest& request) {
   char cfg[32];
   std::snprintf(cfg, sizeof cfg, "%.9g", static_cast<double>(o.cfg_scale));
   return json::array({request.model, o.width, o.height, o.steps, o.sampler, o.timestep_spacing, cfg, o.clip_skip,
-                      o.cache_interval, o.cache_branch})
+                      o.cache_interval, o.cache_branch, o.tome_ratio, o.tome_max_downsample})
       .dump();
 }
 
