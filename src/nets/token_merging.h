@@ -61,6 +61,7 @@ class TokenMerge {
     std::vector<int32_t> kept_tokens;       // N - r
     std::vector<int32_t> merged_tokens;     // r, most similar first
     std::vector<int32_t> merged_into_rows;  // r
+    std::vector<int32_t> sources_merged;    // N - r: how many sources each merged row took in
   };
   void check_input(const Tensor& x, int64_t tokens, const char* what) const;
 
