@@ -99,6 +99,7 @@ Command add_bench_command(CLI::App& app) {
   add_sampler_option(*cli, o.sampler, "Sampler (AUTOMATIC1111's name)");
   cli->add_option("--cfg-scale", o.cfg_scale, "Classifier-free guidance scale")->capture_default_str();
   add_step_cache_options(*cli, o.cache_interval, o.cache_branch, o.cache_schedule, o.cache_center, o.cache_power);
+  add_token_merging_options(*cli, o.tome_ratio, o.tome_max_downsample);
   // Checked by bench() rather than by CLI11 so that bf16 on a CPU without it gets its own message.
   cli->add_option("--precision", o.precision, "fp32, bf16 or auto (bf16 where the CPU has it)")->capture_default_str();
   cli->add_option("--batch-sizes", a->batch_sizes, "Images per UNet call to measure, e.g. 1,2,4,8")

@@ -150,6 +150,7 @@ Command add_generate_command(CLI::App& app) {
   cli->add_option("--clip-skip", gen.clip_skip, "Text encoder layers to skip from the end")->capture_default_str();
   add_step_cache_options(*cli, gen.cache_interval, gen.cache_branch, gen.cache_schedule, gen.cache_center,
                          gen.cache_power);
+  add_token_merging_options(*cli, gen.tome_ratio, gen.tome_max_downsample);
   cli->add_option("--threads", a->load.threads, "Compute threads (0: one per physical core)")->capture_default_str();
   cli->add_flag("--pin", a->load.pin_threads, "Bind compute thread i to core i");
   cli->add_option("--precision", a->load.precision,

@@ -114,6 +114,19 @@ inline void add_step_cache_options(CLI::App& cli, int& interval, int& branch, st
       ->capture_default_str();
 }
 
+// --tome-ratio R, --tome-max-downsample D: token merging (README, "Token merging").
+inline void add_token_merging_options(CLI::App& cli, double& ratio, int& max_downsample) {
+  cli.add_option("--tome-ratio", ratio,
+                 "Token merging (ToMe): the fraction of tokens the first UNet level's self-attention merges away "
+                 "(0: off; tomesd suggests at most 0.5)")
+      ->check(CLI::Range(0.0, 0.99))
+      ->capture_default_str();
+  cli.add_option("--tome-max-downsample", max_downsample,
+                 "With --tome-ratio: merge in UNet levels downsampled at most this many times (1, 2, 4 or 8)")
+      ->check(CLI::IsMember({1, 2, 4, 8}))
+      ->capture_default_str();
+}
+
 Command add_generate_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);

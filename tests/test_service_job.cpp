@@ -26,7 +26,8 @@ TEST(JobRequest, ReadsEveryField) {
   const JobRequest r = parse_job_request(R"({"prompt": "a lighthouse", "negative_prompt": "blurry", "model": "sd15",
       "width": 256, "height": 128, "steps": 7, "cfg_scale": 5.5, "sampler": "euler_a", "seed": 42,
       "batch_count": 3, "clip_skip": 1, "timestep_spacing": "trailing", "cache_interval": 3, "cache_branch": 2,
-      "cache_schedule": "quadratic", "cache_center": 7, "cache_power": 1.5})");
+      "cache_schedule": "quadratic", "cache_center": 7, "cache_power": 1.5,
+      "tome_ratio": 0.5, "tome_max_downsample": 2})");
   EXPECT_EQ(r.model, "sd15");
   EXPECT_EQ(r.options.prompt, "a lighthouse");
   EXPECT_EQ(r.options.negative_prompt, "blurry");
@@ -44,6 +45,8 @@ TEST(JobRequest, ReadsEveryField) {
   EXPECT_EQ(r.options.cache_schedule, "quadratic");
   EXPECT_EQ(r.options.cache_center, 7);
   EXPECT_EQ(r.options.cache_power, 1.5);
+  EXPECT_EQ(r.options.tome_ratio, 0.5);
+  EXPECT_EQ(r.options.tome_max_downsample, 2);
   // The stored form reads back the same.
   const JobRequest again = parse_job_request(job_request_to_json(r));
   EXPECT_EQ(job_request_to_json(again), job_request_to_json(r));
@@ -108,6 +111,8 @@ TEST(JobRequest, RefusesWhatTheCliRefuses) {
       {R"({"prompt": "x", "cache_schedule": "cubic"})", "cache_schedule"},
       {R"({"prompt": "x", "cache_center": -5})", "cache_center"},
       {R"({"prompt": "x", "cache_power": 0.5})", "cache_power"},
+      {R"({"prompt": "x", "tome_ratio": 1.5})", "tome_ratio"},
+      {R"({"prompt": "x", "tome_ratio": "half"})", "tome_ratio"},
       {R"({"prompt": "x", "cfg_scale": -1})", "cfg_scale"}};
   for (const auto& [body, field] : out_of_bounds) {
     SCOPED_TRACE(body);

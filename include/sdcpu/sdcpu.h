@@ -123,6 +123,11 @@ struct GenerateOptions {
   std::string cache_schedule = "uniform";
   int cache_center = -1;
   double cache_power = 1.4;
+  // Token merging (ToMe, Bolya and Hoffman 2023; README "Token merging"): the self-attention of the UNet blocks
+  // downsampled at most `tome_max_downsample` times runs on a fraction `tome_ratio` fewer tokens, merged by
+  // similarity and unmerged after, as tomesd does. 0 = off; below 1. An approximation, like step caching.
+  double tome_ratio = 0.0;
+  int tome_max_downsample = 1;
   // Every `preview_every` denoising steps (0: never; the last step is left out, the image follows it), the latents
   // so far decoded by the TAESD (LoadOptions::vae_path or preview_vae_path; InvalidArgument without one) are
   // handed to on_preview with the image's index in the batch and the steps done: a rough picture for a few
@@ -206,6 +211,8 @@ struct BenchOptions {
   std::string cache_schedule = "uniform";
   int cache_center = -1;
   double cache_power = 1.4;
+  double tome_ratio = 0.0;  // token merging, as GenerateOptions::tome_ratio and tome_max_downsample
+  int tome_max_downsample = 1;
   std::string precision = "fp32";      // fp32 | bf16 | auto (as LoadOptions::precision)
   std::vector<int> batch_sizes = {1};  // images per UNet call; the first also gives the per-stage figures
   int runs = 3;                        // timed runs per batch size, after a warm-up run

@@ -17,6 +17,8 @@
 #include <optional>
 #include <random>
 
+#include "core/error.h"
+
 namespace sdcpu {
 
 struct TorchGenerator::State {
@@ -184,6 +186,14 @@ Tensor TorchGenerator::randn(const Shape& shape) {
     // The serial normal_kernel loop: one at::normal_distribution<double> sample per element, in order.
     for (int64_t i = 0; i < n; ++i) data[i] = static_cast<float>(g.normal_double());
   }
+  return out;
+}
+
+std::vector<int64_t> TorchGenerator::randint(int64_t high, int64_t count) {
+  if (high <= 0 || high >= (int64_t{1} << 32) || count < 0)
+    throw InvalidArgument("randint: high must be in [1, 2^32) and count not negative");
+  std::vector<int64_t> out(static_cast<size_t>(count));
+  for (auto& v : out) v = static_cast<int64_t>(state_->random() % static_cast<uint64_t>(high));
   return out;
 }
 

@@ -105,8 +105,9 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& config, const Weigh
                            {ImageLayout::nhwc, ImageLayout::nchw});
 }
 
-Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const {
-  return run(sample, timestep, encoder_hidden_states, AddedConditions{}, PassKind::full, 0, nullptr);
+Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                                     const TokenMergeContext* tome) const {
+  return run(sample, timestep, encoder_hidden_states, AddedConditions{}, PassKind::full, 0, nullptr, tome);
 }
 
 Tensor UNet2DConditionModel::time_embedding(float timestep, int64_t batch, const AddedConditions& added) const {
@@ -147,23 +148,24 @@ Tensor UNet2DConditionModel::time_embedding(float timestep, int64_t batch, const
 }
 
 Tensor UNet2DConditionModel::forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                                     const AddedConditions& added) const {
-  return run(sample, timestep, encoder_hidden_states, added, PassKind::full, 0, nullptr);
+                                     const AddedConditions& added, const TokenMergeContext* tome) const {
+  return run(sample, timestep, encoder_hidden_states, added, PassKind::full, 0, nullptr, tome);
 }
 
 Tensor UNet2DConditionModel::forward_and_cache(const Tensor& sample, float timestep,
                                                const Tensor& encoder_hidden_states, UNetStepCache& cache,
-                                               const AddedConditions& added) const {
+                                               const AddedConditions& added, const TokenMergeContext* tome) const {
   return run(sample, timestep, encoder_hidden_states, added, PassKind::full_and_cache, cache.branch,
-             &cache.deep_features);
+             &cache.deep_features, tome);
 }
 
 Tensor UNet2DConditionModel::forward_shallow(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                                             const UNetStepCache& cache, const AddedConditions& added) const {
+                                             const UNetStepCache& cache, const AddedConditions& added,
+                                             const TokenMergeContext* tome) const {
   // The features are only read: the shallow pass's first layer concatenates them with a skip connection into a new
   // tensor.
   Tensor features = cache.deep_features;
-  return run(sample, timestep, encoder_hidden_states, added, PassKind::shallow, cache.branch, &features);
+  return run(sample, timestep, encoder_hidden_states, added, PassKind::shallow, cache.branch, &features, tome);
 }
 
 int UNet2DConditionModel::deep_cache_branches() const {
@@ -171,7 +173,8 @@ int UNet2DConditionModel::deep_cache_branches() const {
 }
 
 Tensor UNet2DConditionModel::run(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                                 const AddedConditions& added, PassKind kind, int branch, Tensor* deep_features) const {
+                                 const AddedConditions& added, PassKind kind, int branch, Tensor* deep_features,
+                                 const TokenMergeContext* tome) const {
   if (sample.ndim() != 4 || sample.dim(0) <= 0 || sample.dim(1) != config_.in_channels || sample.dim(2) <= 0 ||
       sample.dim(3) <= 0)
     throw InvalidArgument("unet: sample must be [batch, " + std::to_string(config_.in_channels) +
@@ -182,6 +185,8 @@ Tensor UNet2DConditionModel::run(const Tensor& sample, float timestep, const Ten
                           std::to_string(config_.cross_attention_dim) + "], got " +
                           shape_to_string(encoder_hidden_states.shape()));
   if (!std::isfinite(timestep)) throw InvalidArgument("unet: the timestep is not a finite number");
+  if (tome && (tome->latent_h != sample.dim(2) || tome->latent_w != sample.dim(3)))
+    throw InvalidArgument("unet: token merging was set up for another latent size");
   const int64_t batch = sample.dim(0);
   const int levels = static_cast<int>(config_.block_out_channels.size());
 
@@ -216,14 +221,14 @@ Tensor UNet2DConditionModel::run(const Tensor& sample, float timestep, const Ten
   std::vector<Tensor> down_block_res_samples = {h};
   for (int i = 0; i < levels; ++i) {
     if (kind == PassKind::shallow && i == cut_block) {
-      h = down_blocks_[i].layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, cut_layer);
+      h = down_blocks_[i].layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, cut_layer, tome);
       break;
     }
-    h = down_blocks_[i](std::move(h), emb, encoder_hidden_states, down_block_res_samples);
+    h = down_blocks_[i](std::move(h), emb, encoder_hidden_states, down_block_res_samples, tome);
   }
 
   // 4. mid
-  if (kind != PassKind::shallow) h = mid_block_(h, emb, encoder_hidden_states);
+  if (kind != PassKind::shallow) h = mid_block_(h, emb, encoder_hidden_states, tome);
 
   // 5. up
   for (int i = kind == PassKind::shallow ? cut_up_block : 0; i < levels; ++i) {
@@ -245,11 +250,12 @@ Tensor UNet2DConditionModel::run(const Tensor& sample, float timestep, const Ten
       upsample_size = std::make_pair(next.dim(1), next.dim(2));  // channels-last [B, H, W, C]
     }
     if (kind == PassKind::full_and_cache && i == cut_up_block) {
-      h = block.layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, 0, resume_layer);
+      h = block.layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, 0, resume_layer, tome);
       *deep_features = h;  // shares storage; nothing writes into h afterwards
       first = resume_layer;
     }
-    h = block.layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, first, block.resnets.size());
+    h = block.layers(std::move(h), emb, encoder_hidden_states, down_block_res_samples, first, block.resnets.size(),
+                     tome);
     h = block.upsample(std::move(h), upsample_size);
   }
 

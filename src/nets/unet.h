@@ -40,7 +40,9 @@ class UNet2DConditionModel {
   // sample [B, in_channels, h, w] (any h, w >= 1: like diffusers, sizes not divisible by 2**levels are
   // upsampled to the skip connections' sizes), one timestep for the whole batch (a float, as diffusers
   // passes it), encoder_hidden_states [B, L, cross_attention_dim]. Returns [B, out_channels, h, w].
-  Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states) const;
+  // `tome`: token merging (nets/token_merging.h) in this pass, or none; its latent size must be the sample's.
+  Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
+                 const TokenMergeContext* tome = nullptr) const;
 
   // What the UNet is conditioned on besides the timestep and the text: SDXL's added_cond_kwargs, for a UNet with
   // addition_embed_type "text_time" (UNetConfig::has_text_time), and an LCM-distilled UNet's timestep_cond.
@@ -54,17 +56,19 @@ class UNet2DConditionModel {
   // The same with added conditions; text_embeds and time_ids must be given exactly when the config has
   // "text_time".
   Tensor forward(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                 const AddedConditions& added) const;
+                 const AddedConditions& added, const TokenMergeContext* tome = nullptr) const;
 
   // A full pass that also keeps in `cache` the deep features at cache.branch (InvalidArgument for a branch past
   // deep_cache_branches()). The result equals forward()'s. The features may live in the caller's activation arena
   // (core/activation_arena.h): take them out of a pass with Pass::output before it ends.
   Tensor forward_and_cache(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                           UNetStepCache& cache, const AddedConditions& added = {}) const;
+                           UNetStepCache& cache, const AddedConditions& added = {},
+                           const TokenMergeContext* tome = nullptr) const;
   // A shallow pass at `cache.branch`, reusing cache.deep_features (InvalidArgument when they are missing or were
   // kept for another batch or size).
   Tensor forward_shallow(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states,
-                         const UNetStepCache& cache, const AddedConditions& added = {}) const;
+                         const UNetStepCache& cache, const AddedConditions& added = {},
+                         const TokenMergeContext* tome = nullptr) const;
   // The number of step-caching branches: levels * (layers_per_block + 1); 12 for SD 1.x.
   int deep_cache_branches() const;
 
@@ -78,7 +82,7 @@ class UNet2DConditionModel {
   enum class PassKind { full, full_and_cache, shallow };
   // deep_features: where a full_and_cache pass keeps them, or what a shallow pass reuses (moved from).
   Tensor run(const Tensor& sample, float timestep, const Tensor& encoder_hidden_states, const AddedConditions& added,
-             PassKind kind, int branch, Tensor* deep_features) const;
+             PassKind kind, int branch, Tensor* deep_features, const TokenMergeContext* tome) const;
 
   UNetConfig config_;
   int64_t time_embed_dim_ = 0;              // block_out_channels[0] * 4

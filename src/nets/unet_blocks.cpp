@@ -122,11 +122,20 @@ BasicTransformerBlock BasicTransformerBlock::load(const WeightStore& w, const st
           FeedForward::load(w, prefix + ".ff", dim)};
 }
 
-Tensor BasicTransformerBlock::operator()(Tensor x, const Tensor& encoder_hidden_states) const {
+Tensor BasicTransformerBlock::operator()(Tensor x, const Tensor& encoder_hidden_states,
+                                         const TokenMergeContext* tome) const {
   // hidden_states = attn_output + hidden_states, added by each branch's last linear layer into x itself
   // (kernels/linear.h); the norm is taken before x is handed over.
   Tensor h = norm1(x);
-  x = attn1(h, h, std::move(x));
+  const TokenMerge merge = tome ? tome->plan(x) : TokenMerge();  // compute_merge(hidden_states, ...)
+  if (merge.merges()) {
+    // ToMeBlock: hidden_states = u_a(attn1(m_a(norm_hidden_states))) + hidden_states (no residual through to_out:
+    // it has the merged shape).
+    const Tensor merged = merge.merge(h);
+    x = merge.unmerge_add(attn1(merged, merged), std::move(x));
+  } else {
+    x = attn1(h, h, std::move(x));
+  }
   h = norm2(x);
   x = attn2(h, encoder_hidden_states, std::move(x));
   h = norm3(x);
@@ -150,12 +159,13 @@ Transformer2DModel Transformer2DModel::load(const WeightStore& w, const std::str
   return t;
 }
 
-Tensor Transformer2DModel::operator()(const Tensor& x, const Tensor& encoder_hidden_states) const {
+Tensor Transformer2DModel::operator()(const Tensor& x, const Tensor& encoder_hidden_states,
+                                      const TokenMergeContext* tome) const {
   // On our channels-last image [B, H, W, C] the tokens [B, H*W, C] are the image reshaped, so diffusers'
   // permute + reshape before proj_in and after proj_out move nothing.
   const Shape tokens_shape = {x.dim(0), x.dim(1) * x.dim(2), x.dim(3)};
   Tensor h = proj_in(norm(x).reshape(tokens_shape));
-  for (const auto& block : transformer_blocks) h = block(std::move(h), encoder_hidden_states);
+  for (const auto& block : transformer_blocks) h = block(std::move(h), encoder_hidden_states, tome);
   // output = hidden_states + residual, added by proj_out (x is the caller's: copied, not overwritten).
   return proj_out(h, x.reshape(tokens_shape)).reshape(x.shape());
 }
@@ -200,18 +210,18 @@ DownBlock DownBlock::load(const WeightStore& w, const std::string& prefix, const
 }
 
 Tensor DownBlock::layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
-                         std::vector<Tensor>& res_samples, size_t count) const {
+                         std::vector<Tensor>& res_samples, size_t count, const TokenMergeContext* tome) const {
   for (size_t i = 0; i < std::min(count, resnets.size()); ++i) {
     x = resnets[i](x, temb);
-    if (!attentions.empty()) x = attentions[i](x, encoder_hidden_states);
+    if (!attentions.empty()) x = attentions[i](x, encoder_hidden_states, tome);
     res_samples.push_back(x);  // shares storage; nothing writes into x afterwards
   }
   return x;
 }
 
 Tensor DownBlock::operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
-                             std::vector<Tensor>& res_samples) const {
-  x = layers(std::move(x), temb, encoder_hidden_states, res_samples, resnets.size());
+                             std::vector<Tensor>& res_samples, const TokenMergeContext* tome) const {
+  x = layers(std::move(x), temb, encoder_hidden_states, res_samples, resnets.size(), tome);
   if (downsampler) {
     x = (*downsampler)(x);
     res_samples.push_back(x);
@@ -232,9 +242,11 @@ MidBlock MidBlock::load(const WeightStore& w, const std::string& prefix, const B
   return b;
 }
 
-Tensor MidBlock::operator()(const Tensor& x, const Tensor& temb, const Tensor& encoder_hidden_states) const {
+Tensor MidBlock::operator()(const Tensor& x, const Tensor& temb, const Tensor& encoder_hidden_states,
+                            const TokenMergeContext* tome) const {
   Tensor h = resnets[0](x, temb);
-  for (size_t i = 0; i < attentions.size(); ++i) h = resnets[i + 1](attentions[i](h, encoder_hidden_states), temb);
+  for (size_t i = 0; i < attentions.size(); ++i)
+    h = resnets[i + 1](attentions[i](h, encoder_hidden_states, tome), temb);
   return h;
 }
 
@@ -258,14 +270,15 @@ UpBlock UpBlock::load(const WeightStore& w, const std::string& prefix, const Blo
 }
 
 Tensor UpBlock::operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
-                           std::vector<Tensor>& res_samples,
-                           std::optional<std::pair<int64_t, int64_t>> upsample_size) const {
-  x = layers(std::move(x), temb, encoder_hidden_states, res_samples, 0, resnets.size());
+                           std::vector<Tensor>& res_samples, std::optional<std::pair<int64_t, int64_t>> upsample_size,
+                           const TokenMergeContext* tome) const {
+  x = layers(std::move(x), temb, encoder_hidden_states, res_samples, 0, resnets.size(), tome);
   return upsample(std::move(x), upsample_size);
 }
 
 Tensor UpBlock::layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
-                       std::vector<Tensor>& res_samples, size_t first, size_t last) const {
+                       std::vector<Tensor>& res_samples, size_t first, size_t last,
+                       const TokenMergeContext* tome) const {
   for (size_t i = first; i < std::min(last, resnets.size()); ++i) {
     if (res_samples.empty()) throw InvalidArgument("unet: ran out of skip connections");
     Tensor skip = std::move(res_samples.back());
@@ -274,7 +287,7 @@ Tensor UpBlock::layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidde
       throw InvalidArgument("unet: skip connection " + shape_to_string(skip.shape()) + " does not fit " +
                             shape_to_string(x.shape()));
     x = resnets[i](concat_channels(x, skip), temb);  // torch.cat([hidden_states, res_hidden_states], dim=1)
-    if (!attentions.empty()) x = attentions[i](x, encoder_hidden_states);
+    if (!attentions.empty()) x = attentions[i](x, encoder_hidden_states, tome);
   }
   return x;
 }

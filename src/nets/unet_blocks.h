@@ -14,6 +14,7 @@
 #include "formats/weight_store.h"
 #include "nets/layers.h"
 #include "nets/resnet_block.h"
+#include "nets/token_merging.h"
 
 namespace sdcpu::unet {
 
@@ -65,6 +66,8 @@ struct FeedForward {
 
 // diffusers.models.attention.BasicTransformerBlock, norm_type "layer_norm" (eps 1e-5, affine):
 // x += attn1(norm1(x)); x += attn2(norm2(x), encoder_hidden_states); x += ff(norm3(x)).
+// With token merging (nets/token_merging.h) the block is tomesd's ToMeBlock (patch.make_diffusers_tome_block, its
+// defaults): x += unmerge(attn1(merge(norm1(x)))), the plan made from the block's input x.
 struct BasicTransformerBlock {
   LayerNorm norm1, norm2, norm3;
   Attention attn1, attn2;
@@ -72,7 +75,8 @@ struct BasicTransformerBlock {
   static BasicTransformerBlock load(const WeightStore& w, const std::string& prefix, int64_t dim, int heads,
                                     int64_t cross_attention_dim);
   // x [B, L, dim] is updated in place (its storage must not be shared with anything still needed) and returned.
-  Tensor operator()(Tensor x, const Tensor& encoder_hidden_states) const;
+  // `tome`: token merging for this UNet pass, or none.
+  Tensor operator()(Tensor x, const Tensor& encoder_hidden_states, const TokenMergeContext* tome = nullptr) const;
 };
 
 // diffusers.models.transformers.transformer_2d.Transformer2DModel for continuous (image) input:
@@ -88,7 +92,8 @@ struct Transformer2DModel {
   static Transformer2DModel load(const WeightStore& w, const std::string& prefix, int64_t channels, int heads,
                                  int num_layers, int64_t cross_attention_dim, int norm_groups);
   // x [B, H, W, C] (channels-last), encoder_hidden_states [B, L, cross_attention_dim] -> [B, H, W, C].
-  Tensor operator()(const Tensor& x, const Tensor& encoder_hidden_states) const;
+  Tensor operator()(const Tensor& x, const Tensor& encoder_hidden_states,
+                    const TokenMergeContext* tome = nullptr) const;
 };
 
 // diffusers.models.downsampling.Downsample2D with use_conv: a 3x3 convolution, stride 2. padding 0 means
@@ -127,11 +132,11 @@ struct DownBlock {
                         int num_layers, int64_t in_channels, int64_t out_channels, int heads, int transformer_layers,
                         bool add_downsample, int downsample_padding);
   // Appends its output states to `res_samples` and returns the block's output.
-  Tensor operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states,
-                    std::vector<Tensor>& res_samples) const;
+  Tensor operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states, std::vector<Tensor>& res_samples,
+                    const TokenMergeContext* tome = nullptr) const;
   // Only the first `count` (resnet, attention) layers, without the downsampler: a shallow pass (UNetStepCache).
   Tensor layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states, std::vector<Tensor>& res_samples,
-                size_t count) const;
+                size_t count, const TokenMergeContext* tome = nullptr) const;
 };
 
 // diffusers.models.unets.unet_2d_blocks.UNetMidBlock2DCrossAttn: resnets.0, then (attention, resnet) pairs.
@@ -140,7 +145,8 @@ struct MidBlock {
   std::vector<Transformer2DModel> attentions;
   static MidBlock load(const WeightStore& w, const std::string& prefix, const BlockOptions& o, int64_t channels,
                        int heads, int transformer_layers, int num_layers = 1, float output_scale_factor = 1.0f);
-  Tensor operator()(const Tensor& x, const Tensor& temb, const Tensor& encoder_hidden_states) const;
+  Tensor operator()(const Tensor& x, const Tensor& temb, const Tensor& encoder_hidden_states,
+                    const TokenMergeContext* tome = nullptr) const;
 };
 
 // diffusers.models.unets.unet_2d_blocks.CrossAttnUpBlock2D, or UpBlock2D without attentions: per layer,
@@ -154,11 +160,12 @@ struct UpBlock {
                       int heads, int transformer_layers, bool add_upsample);
   // Consumes resnets.size() skip connections from the back of `res_samples`.
   Tensor operator()(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states, std::vector<Tensor>& res_samples,
-                    std::optional<std::pair<int64_t, int64_t>> upsample_size) const;
+                    std::optional<std::pair<int64_t, int64_t>> upsample_size,
+                    const TokenMergeContext* tome = nullptr) const;
   // The (resnet, attention) layers [first, last) alone, one skip connection each; then upsample() completes the
   // block. A full pass that caches stops between two layers (UNetStepCache).
   Tensor layers(Tensor x, const Tensor& temb, const Tensor& encoder_hidden_states, std::vector<Tensor>& res_samples,
-                size_t first, size_t last) const;
+                size_t first, size_t last, const TokenMergeContext* tome = nullptr) const;
   Tensor upsample(Tensor x, std::optional<std::pair<int64_t, int64_t>> upsample_size) const;
 };
 

@@ -59,6 +59,8 @@ Txt2ImgRequest make_request(const BenchOptions& o, int batch_size) {
   r.cache_schedule = o.cache_schedule;
   r.cache_center = o.cache_center;
   r.cache_power = o.cache_power;
+  r.tome_ratio = o.tome_ratio;
+  r.tome_max_downsample = o.tome_max_downsample;
   return r;
 }
 
@@ -236,6 +238,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
   r.vae_efficiency = r.machine_peak_gflops > 0 ? r.vae_gflops_achieved / r.machine_peak_gflops : 0;
   r.cache_interval = o.cache_interval;
   r.cache_branch = o.cache_branch;
+  r.tome_ratio = o.tome_ratio;
   const double images = r.stage_batch_size;
   r.text_encoder_flops = count_clip_text_flops(files.text_encoder_config, o.cfg_scale > 1.0f ? 2 : 1);
   r.unet_flops_per_image =
@@ -318,6 +321,7 @@ std::string to_json(const BenchReport& r) {
   j["unet_efficiency"] = r.unet_efficiency;
   j["cache_interval"] = r.cache_interval;
   j["cache_branch"] = r.cache_branch;
+  j["tome_ratio"] = r.tome_ratio;
   j["unet_full_passes"] = r.unet_full_passes;
   j["unet_shallow_passes"] = r.unet_shallow_passes;
   j["unet_shallow_step_s"] = r.unet_shallow_step_s;
@@ -386,6 +390,8 @@ std::string format_table(const BenchReport& r) {
                                  " GFLOP; cache interval " + std::to_string(r.cache_interval) + ", branch " +
                                  std::to_string(r.cache_branch) + ": " + std::to_string(r.unet_full_passes) +
                                  " full + " + std::to_string(r.unet_shallow_passes) + " shallow passes)");
+  if (r.tome_ratio > 0)
+    row("token merging", "ratio " + fixed(r.tome_ratio, 2) + "  (the GFLOP figures are the unmerged UNet's)");
   row("total per image", fixed(r.total_s, 2) + " s  (" + fixed(r.image_flops / 1e9, 0) +
                              " GFLOP: " + fixed(r.image_flop_bound_s, 2) + " s at peak, measured " +
                              fixed(r.total_s / std::max(r.image_flop_bound_s, 1e-12), 2) + "x that)");

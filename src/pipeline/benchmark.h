@@ -72,6 +72,9 @@ struct BenchReport {
   // Step caching (--cache-interval > 1): unet_step_s, unet_flops and the efficiency above are the full passes';
   // these are the shallow passes', and how many of each one image's loop ran.
   int cache_interval = 1, cache_branch = 0;
+  // Token merging's ratio (0: off). The FLOP counts and efficiencies are the unmerged UNet's: with merging the UNet
+  // does fewer operations than counted, so its "efficiency" is its speed relative to the plain UNet's work.
+  double tome_ratio = 0;
   double unet_shallow_step_s = 0;
   UNetFlops unet_shallow_flops;
   int unet_full_passes = 0, unet_shallow_passes = 0;

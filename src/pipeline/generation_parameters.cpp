@@ -49,6 +49,11 @@ std::string format_a1111_parameters(const GenerationParameters& p) {
            (p.cache_center < 0 ? std::string("middle") : std::to_string(p.cache_center)) + ", power " + power + ")";
     }
   }
+  if (p.tome_ratio > 0) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%g", p.tome_ratio);
+    s += std::string(", Token merging ratio: ") + ratio;
+  }
   s += std::string(", Version: sdcpu ") + kVersion;
   return s;
 }

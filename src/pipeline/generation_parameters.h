@@ -24,6 +24,7 @@ struct GenerationParameters {
   std::string cache_schedule = "uniform";
   int cache_center = -1;
   double cache_power = 1.4;
+  double tome_ratio = 0;                     // token merging, written when on, as A1111's "Token merging ratio"
   float cfg_scale = 0;
   uint64_t seed = 0;
 };

@@ -49,6 +49,8 @@ Txt2ImgRequest request_for(const GenerateOptions& o, uint64_t seed) {
   r.cache_schedule = o.cache_schedule;
   r.cache_center = o.cache_center;
   r.cache_power = o.cache_power;
+  r.tome_ratio = o.tome_ratio;
+  r.tome_max_downsample = o.tome_max_downsample;
   return r;
 }
 
@@ -255,6 +257,7 @@ class PipelineImpl : public Pipeline {
     p.cache_schedule = o.cache_schedule;
     p.cache_center = o.cache_center;
     p.cache_power = o.cache_power;
+    p.tome_ratio = o.tome_ratio;
     p.cfg_scale = o.cfg_scale;
     if (txt2img_.taesd_decodes()) p.vae = model_name(txt2img_.taesd()->path);
     p.seed = seed;

@@ -73,6 +73,11 @@ void validate(const Txt2ImgRequest& r) {
   validate(step_cache_schedule(r));
   if (r.cache_branch < 0)  // its upper bound depends on the UNet: run_batch() checks it
     throw InvalidArgument("cache branch must not be negative, got " + std::to_string(r.cache_branch), "cache_branch");
+  try {
+    TokenMergeOptions{r.tome_ratio, r.tome_max_downsample}.validate();
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(e.what(), "tome_ratio");
+  }
   if (r.batch_size < 1 || r.batch_size > kMaxBatch)
     throw InvalidArgument("batch size must be between 1 and " + std::to_string(kMaxBatch) + ", got " +
                           std::to_string(r.batch_size));
@@ -228,6 +233,8 @@ struct Txt2ImgPipeline::Denoising {
   int request = 0;  // its index in run_batch()'s requests
   // An LCM-distilled UNet's guidance embedding [n, time_cond_proj_dim] (timestep_cond()); empty for other UNets.
   Tensor timestep_cond;
+  // Token merging's generator (nets/token_merging.h), seeded like `generator` but drawn from apart; none when off.
+  std::optional<TorchGenerator> tome_generator;
 };
 
 bool Txt2ImgPipeline::classifier_free_guidance(float cfg_scale) const {
@@ -283,9 +290,21 @@ Tensor Txt2ImgPipeline::batch_rows(const Tensor& rows, const std::vector<Denoisi
 }
 
 void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const PromptConditioning& embeddings, int i,
-                                   UNetStepCache* step_cache, bool full_pass) const {
+                                   UNetStepCache* step_cache, bool full_pass,
+                                   const TokenMergeOptions& tome_options) const {
   const Scheduler& schedule = *batch.front()->scheduler;  // every member has the same timesteps
   const bool guided = batch.front()->embeddings.encoder_hidden_states.dim(0) == 2 * batch.front()->latents.dim(0);
+  // Token merging: each member draws its destinations from its own generator, for all its rows.
+  std::optional<TokenMergeContext> tome;
+  if (tome_options.enabled()) {
+    tome = TokenMergeContext{tome_options, batch.front()->latents.dim(2), batch.front()->latents.dim(3), {}, {}};
+    for (int half = 0; half < (guided ? 2 : 1); ++half)
+      for (size_t m = 0; m < batch.size(); ++m)
+        tome->row_generator.insert(tome->row_generator.end(), static_cast<size_t>(batch[m]->latents.dim(0)),
+                                   static_cast<int>(m));
+    for (const Denoising* d : batch) tome->generators.push_back(*d->tome_generator);
+  }
+  const TokenMergeContext* merging = tome ? &*tome : nullptr;
   // The scaled latents of every member, twice with guidance (the order batch_embeddings() gives).
   std::vector<Tensor> inputs;
   int64_t images = 0;
@@ -313,17 +332,17 @@ void Txt2ImgPipeline::denoise_step(const std::vector<Denoising*>& batch, const P
     const std::string shapes = shape_to_string(scaled.shape()) + " " + shape_to_string(states.shape());
     if (!step_cache) {
       ActivationArena::Pass pass(arena_.get(), "unet " + shapes);
-      return pass.output(unet_.forward(scaled, t, states, added));
+      return pass.output(unet_.forward(scaled, t, states, added, merging));
     }
     const std::string branch = " branch " + std::to_string(step_cache->branch);
     if (!full_pass) {
       ActivationArena::Pass pass(arena_.get(), "unet shallow " + shapes + branch);
-      return pass.output(unet_.forward_shallow(scaled, t, states, *step_cache, added));
+      return pass.output(unet_.forward_shallow(scaled, t, states, *step_cache, added, merging));
     }
     // The features outlive the pass: copied out of the arena, into the last full step's buffer when it fits.
     Tensor previous = std::move(step_cache->deep_features);
     ActivationArena::Pass pass(arena_.get(), "unet caching " + shapes + branch);
-    Tensor out = pass.output(unet_.forward_and_cache(scaled, t, states, *step_cache, added));
+    Tensor out = pass.output(unet_.forward_and_cache(scaled, t, states, *step_cache, added, merging));
     Tensor& features = step_cache->deep_features;
     if (previous.shape() == features.shape() && previous.storage_unique()) {
       std::copy(features.data(), features.data() + features.numel(), previous.data());
@@ -359,7 +378,8 @@ Tensor Txt2ImgPipeline::denoise_step(Scheduler& scheduler, int i, const Tensor& 
               PromptConditioning{embeddings, Tensor(), Tensor()},
               cfg_scale,
               0,
-              timestep_cond(cfg_scale, latents.dim(0))};
+              timestep_cond(cfg_scale, latents.dim(0)),
+              {}};
   denoise_step({&d}, d.embeddings, i);
   return d.latents;
 }
@@ -396,7 +416,8 @@ bool batchable(const Txt2ImgRequest& a, const Txt2ImgRequest& b) {
   return a.steps == b.steps && a.cfg_scale == b.cfg_scale && a.sampler == b.sampler &&
          a.timestep_spacing == b.timestep_spacing && a.width == b.width && a.height == b.height &&
          a.clip_skip == b.clip_skip && a.cache_interval == b.cache_interval && a.cache_branch == b.cache_branch &&
-         a.cache_schedule == b.cache_schedule && a.cache_center == b.cache_center && a.cache_power == b.cache_power;
+         a.cache_schedule == b.cache_schedule && a.cache_center == b.cache_center && a.cache_power == b.cache_power &&
+         a.tome_ratio == b.tome_ratio && a.tome_max_downsample == b.tome_max_downsample;
 }
 
 Txt2ImgPipeline::Result Txt2ImgPipeline::run(const Txt2ImgRequest& request, const StepCallback& on_step) const {
@@ -459,9 +480,15 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   for (size_t r = 0; r < requests.size(); ++r) {
     const Txt2ImgRequest& request = requests[r];
     // repeat_each on [uncond, cond] gives diffusers' cat([negative x n, prompt x n]) order.
-    members.push_back(Denoising{schedulers[r].get(), TorchGenerator(request.seed), Tensor(),
-                                encode_conditioning(request).repeat_each(request.batch_size), request.cfg_scale,
-                                static_cast<int>(r), timestep_cond(request.cfg_scale, request.batch_size)});
+    members.push_back(Denoising{schedulers[r].get(),
+                                TorchGenerator(request.seed),
+                                Tensor(),
+                                encode_conditioning(request).repeat_each(request.batch_size),
+                                request.cfg_scale,
+                                static_cast<int>(r),
+                                timestep_cond(request.cfg_scale, request.batch_size),
+                                {}});
+    if (request.tome_ratio > 0) members.back().tome_generator = TorchGenerator(request.seed);
   }
   end_stage();
   const double text_encode_s = seconds_since(t0);
@@ -488,7 +515,8 @@ std::vector<Txt2ImgPipeline::Result> Txt2ImgPipeline::run_batch(const std::vecto
   if (shared.cache_interval > 1) step_cache = UNetStepCache{shared.cache_branch, Tensor()};
   for (int i = 0; i < steps && !batch.empty(); ++i) {
     t0 = std::chrono::steady_clock::now();
-    denoise_step(batch, embeddings, i, step_cache ? &*step_cache : nullptr, full_passes[i]);
+    denoise_step(batch, embeddings, i, step_cache ? &*step_cache : nullptr, full_passes[i],
+                 TokenMergeOptions{shared.tome_ratio, shared.tome_max_downsample});
     step_times.push_back(seconds_since(t0));
     // A member the callback lets go leaves the batch: the next step's UNet runs without it.
     if (!on_step) continue;

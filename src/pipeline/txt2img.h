@@ -36,6 +36,7 @@
 #include "formats/taesd_files.h"
 #include "nets/clip_text.h"
 #include "nets/taesd.h"
+#include "nets/token_merging.h"
 #include "nets/unet.h"
 #include "nets/vae.h"
 #include "pipeline/prompt_conditioning.h"
@@ -70,6 +71,12 @@ struct Txt2ImgRequest {
   std::string cache_schedule = "uniform";
   int cache_center = -1;
   double cache_power = 1.4;
+  // Token merging (ToMe; nets/token_merging.h, tomesd's defaults): each self-attention of the UNet blocks downsampled
+  // at most `tome_max_downsample` times runs on int(N * tome_ratio) fewer tokens. 0 = off. The destinations are
+  // drawn from a generator seeded with `seed`, apart from the noise's (tomesd forks torch's default generator: the
+  // same when torch.manual_seed(seed) ran just before the pipeline call).
+  double tome_ratio = 0.0;
+  int tome_max_downsample = 1;
   // diffusers' `latents` argument: when not empty, the initial noise [batch_size, C, H/8, W/8] used instead
   // of randn from the seed (the generator is still seeded, for ancestral samplers' noise). It is scaled by
   // the scheduler's init_noise_sigma as diffusers does.
@@ -201,7 +208,8 @@ class Txt2ImgPipeline {
   // then each member's guidance mix and scheduler step.
   // With a step cache, the UNet runs in full (keeping its deep features in it) when `full_pass`, else shallow.
   void denoise_step(const std::vector<Denoising*>& batch, const PromptConditioning& embeddings, int i,
-                    UNetStepCache* step_cache = nullptr, bool full_pass = true) const;
+                    UNetStepCache* step_cache = nullptr, bool full_pass = true,
+                    const TokenMergeOptions& tome_options = {}) const;
   TextEncoders text_encoders() const;
 
   // With low_memory: frees the scratch buffers, and without copied-in weights hands what the stage freed back to

@@ -104,6 +104,11 @@ JobRequest parse_job_request(std::string_view body) {
     } else if (key == "cache_power") {
       if (!value.is_number() || !std::isfinite(value.get<double>())) bad_field(key, "must be a number above 1");
       o.cache_power = value.get<double>();
+    } else if (key == "tome_ratio") {
+      if (!value.is_number() || !std::isfinite(value.get<double>())) bad_field(key, "must be a number in [0, 1)");
+      o.tome_ratio = value.get<double>();
+    } else if (key == "tome_max_downsample") {
+      o.tome_max_downsample = integer_field(value, key);
     } else if (key == "cfg_scale") {
       if (!value.is_number() || !std::isfinite(value.get<double>()) || std::fabs(value.get<double>()) > 1e6)
         bad_field(key, "must be a number between 0 and 100");
@@ -149,7 +154,9 @@ std::string job_request_to_json(const JobRequest& request) {
             {"cache_branch", o.cache_branch},
             {"cache_schedule", o.cache_schedule},
             {"cache_center", o.cache_center},
-            {"cache_power", o.cache_power}};
+            {"cache_power", o.cache_power},
+            {"tome_ratio", o.tome_ratio},
+            {"tome_max_downsample", o.tome_max_downsample}};
   j["seed"] = o.seed == kRandomSeed ? json(-1) : json(o.seed);
   return j.dump();
 }
@@ -160,7 +167,8 @@ std::string batch_key(const JobRequest& request) {
   char cfg[32];
   std::snprintf(cfg, sizeof cfg, "%.9g", static_cast<double>(o.cfg_scale));
   return json::array({request.model, o.width, o.height, o.steps, o.sampler, o.timestep_spacing, cfg, o.clip_skip,
-                      o.cache_interval, o.cache_branch, o.cache_schedule, o.cache_center, o.cache_power})
+                      o.cache_interval, o.cache_branch, o.cache_schedule, o.cache_center, o.cache_power, o.tome_ratio,
+                      o.tome_max_downsample})
       .dump();
 }
 
