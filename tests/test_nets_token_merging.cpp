@@ -176,15 +176,16 @@ TEST(TokenMerging, RatioZeroChangesNothing) {
   const Tensor sample = g.read_f32("sample"), states = g.read_f32("encoder_hidden_states");
   const float t = g.read_f32("timestep")[0];
   const UNet2DConditionModel& unet = tiny_unet();
+  const UNet2DConditionModel::AddedConditions kNone{Tensor(), Tensor(), Tensor()};
   const TokenMergeContext off{{0.0, 1, 2, 2}, sample.dim(2), sample.dim(3), {TorchGenerator(0)}, {}};
   EXPECT_TENSOR_NEAR(unet.forward(sample, t, states, &off), unet.forward(sample, t, states), 0.0);
   UNetStepCache plain{unet.deep_cache_branches() - 1, Tensor()}, with_off{plain.branch, Tensor()};
-  EXPECT_TENSOR_NEAR(unet.forward_and_cache(sample, t, states, with_off, &off),
+  EXPECT_TENSOR_NEAR(unet.forward_and_cache(sample, t, states, with_off, kNone, &off),
                      unet.forward_and_cache(sample, t, states, plain), 0.0);
   const Tensor shallow = unet.forward_shallow(sample, t, states, plain);
-  EXPECT_TENSOR_NEAR(unet.forward_shallow(sample, t, states, with_off, &off), shallow, 0.0);
+  EXPECT_TENSOR_NEAR(unet.forward_shallow(sample, t, states, with_off, kNone, &off), shallow, 0.0);
   const TokenMergeContext on{{0.5, 1, 2, 2}, sample.dim(2), sample.dim(3), {TorchGenerator(0)}, {}};
-  EXPECT_GT(testing::compare(unet.forward_shallow(sample, t, states, plain, &on), shallow).max_abs, 1e-3);
+  EXPECT_GT(testing::compare(unet.forward_shallow(sample, t, states, plain, kNone, &on), shallow).max_abs, 1e-3);
   const TokenMergeContext wrong_size{{0.5, 1, 2, 2}, 8, 8, {TorchGenerator(0)}, {}};
   EXPECT_THROW(unet.forward(sample, t, states, &wrong_size), InvalidArgument);
 }
