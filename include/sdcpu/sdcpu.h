@@ -194,6 +194,9 @@ struct BenchOptions {
   bool pin_threads = false;            // bind compute thread i to core i
   std::string weight_cache_dir;        // as LoadOptions::weight_cache_dir; the fp32 reference never uses it
   bool low_memory = false;             // as LoadOptions::low_memory
+  // With a reduced precision: the same request once more in fp32 for the PSNR against it. Off for the largest
+  // models (SDXL at 1024x1024), where the fp32 pipeline would take as long as the rest and twice the memory.
+  bool fp32_reference = true;
   // As LoadOptions::vae_path: the TAESD decodes; the report adds its FLOPs, the full VAE's decode time on the
   // same latents and the TAESD image's PSNR against the full VAE's.
   std::string vae_path;
