@@ -110,6 +110,8 @@ Command add_bench_command(CLI::App& app) {
   add_weight_cache_option(*cli, o.weight_cache_dir);
   add_memory_option(*cli, o.low_memory);
   add_vae_option(*cli, o.vae_path);
+  cli->add_flag("--no-fp32-reference{false}", o.fp32_reference,
+                "With bf16: skip the fp32 run that the PSNR against fp32 comes from (time, memory)");
   add_prediction_type_option(*cli, o.prediction_type);
   cli->add_flag("--quality", a->quality,
                 "Quality against fp32 instead: a fixed set of prompts and seeds in fp32 and in each --modes, with "

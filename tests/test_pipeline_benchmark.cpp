@@ -66,6 +66,41 @@ TEST(BenchFlops, ClipTextEncoderIsCounted) {
   EXPECT_THROW(count_clip_text_flops(c, 0), InvalidArgument);
 }
 
+// SDXL base 1.0's published configs (tools/sdxl_base_configs.json).
+nlohmann::json sdxl_base_configs() {
+  return nlohmann::json::parse(testing::read_text(SDCPU_SOURCE_DIR "/tools/sdxl_base_configs.json"));
+}
+
+// SDXL base 1.0's UNet, one guided step (batch 2) at 1024x1024 (128x128 latents), 77 context tokens of 2048, counted
+// by hand level by level: no attention at 128x128; 2-layer transformers at 64x64 (640 channels), 10-layer ones at
+// 32x32 (1280) in the down path (2), the mid block (1) and the up path (3 each); the time embedding 320 -> 1280 ->
+// 1280 and the add_embedding 2816 -> 1280 -> 1280. 3x3 conv 3112.006, 1x1 conv 134.218, linear 8708.418,
+// attention 1567.831: 13522.473 GFLOP (6.8 TFLOP per latent, 8.4x SD 1.5's step at 512x512). At 512x512, batch 1
+// (sdxl-turbo): 1588.779 GFLOP.
+TEST(BenchFlops, SdxlUNetStepIsCountedByHand) {
+  const UNetConfig config = parse_unet_config(sdxl_base_configs().at("unet").dump());
+  const UNetFlops f = count_unet_flops(config, 2, 128, 128);
+  EXPECT_NEAR(f.conv3x3 / 1e9, 3112.006, 0.001);
+  EXPECT_NEAR(f.conv1x1 / 1e9, 134.218, 0.001);
+  EXPECT_NEAR(f.linear / 1e9, 8708.418, 0.001);
+  EXPECT_NEAR(f.attention / 1e9, 1567.831, 0.001);
+  EXPECT_NEAR(count_unet_flops(config, 1, 64, 64).total() / 1e9, 1588.779, 0.001);
+  // The add_embedding is counted: without it the step is 2 x (2816 + 1280) x 1280 x 2 FLOP lighter.
+  UNetConfig without = config;
+  without.addition_embed_type.clear();
+  EXPECT_NEAR(f.total() - count_unet_flops(without, 2, 128, 128).total(), 2.0 * 2 * (2816 + 1280) * 1280, 1.0);
+}
+
+// SDXL's second text encoder (OpenCLIP ViT-bigG/14 with projection), 2 prompts of 77 tokens: 32 layers of
+// 4 x 1280^2 + 2 x 1280 x 5120 per token and the 77 x 77 attention products, plus text_projection 1280 x 1280 on
+// the 2 pooled tokens: 195.726 GFLOP; with the first encoder's 26.597 the bench's text encoding is 222.32.
+TEST(BenchFlops, SdxlSecondTextEncoderIsCounted) {
+  const ClipTextConfig c = parse_clip_text_config(sdxl_base_configs().at("text_encoder_2").dump());
+  ASSERT_TRUE(c.with_projection);
+  EXPECT_NEAR(count_clip_text_flops(c, 2) / 1e9, 195.726, 0.001);
+  EXPECT_NEAR(count_clip_text_flops(c, 1) / 1e9, 97.863, 0.001);
+}
+
 TEST(BenchFlops, Sd15VaeDecodeMatchesIssueFigures) {
   // SD 1.5's VAE (the diffusers default config: 128/256/512/512, 2 layers per block): 2515 GFLOP per decode at
   // 512x512 (a 64x64 latent), 622 at 256x256, almost all of it 3x3 convolutions.

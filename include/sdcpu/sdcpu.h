@@ -221,6 +221,9 @@ struct BenchOptions {
   // As LoadOptions (the same defaults); the fp32 reference never uses the cache.
   std::string weight_cache_dir = default_weight_cache_dir();
   bool low_memory = true;
+  // With a reduced precision: the same request once more in fp32 for the PSNR against it. Off for the largest
+  // models (SDXL at 1024x1024), where the fp32 pipeline would take as long as the rest and twice the memory.
+  bool fp32_reference = true;
   // As LoadOptions::vae_path: the TAESD decodes; the report adds its FLOPs, the full VAE's decode time on the
   // same latents and the TAESD image's PSNR against the full VAE's.
   std::string vae_path;

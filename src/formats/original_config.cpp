@@ -108,9 +108,11 @@ OriginalConfig read_original_config(const std::string& path) {
       config.linear_end = parse_number(value, where);
     } else if (key_path == "model.params.scale_factor") {
       config.scale_factor = parse_number(value, where);
-    } else if (key_path == "model.params.unet_config.params.num_heads") {
+    } else if (key_path == "model.params.unet_config.params.num_heads" ||
+               key_path == "model.params.network_config.params.num_heads") {  // SDXL's sgm configs
       config.num_heads = parse_positive_int(value, where);
-    } else if (key_path == "model.params.unet_config.params.num_head_channels") {
+    } else if (key_path == "model.params.unet_config.params.num_head_channels" ||
+               key_path == "model.params.network_config.params.num_head_channels") {
       // LDM's UNetModel: -1 means "use num_heads".
       if (value != "-1") config.num_head_channels = parse_positive_int(value, where);
     }

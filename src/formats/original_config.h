@@ -19,7 +19,7 @@ struct OriginalConfig {
   std::optional<std::string> parameterization;
   std::optional<double> linear_start, linear_end;  // model.params.*: the scaled_linear betas' ends
   std::optional<double> scale_factor;              // model.params.scale_factor: the VAE's scaling factor
-  std::optional<int> num_heads;                    // model.params.unet_config.params.num_heads
+  std::optional<int> num_heads;                    // model.params.unet_config (SDXL: network_config).params.num_heads
   std::optional<int> num_head_channels;            // model.params.unet_config.params.num_head_channels
 };
 

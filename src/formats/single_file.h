@@ -40,6 +40,10 @@ SingleFileSettings single_file_settings(const std::string& path, const Safetenso
 // so each carries over to whichever sampler is picked.
 std::string single_file_scheduler_config_json(const std::string& prediction_type, double beta_start, double beta_end);
 
+// The same for an SDXL checkpoint (create_scheduler_from_ldm's "SDXL" branch): SCHEDULER_DEFAULT_CONFIG with the
+// prediction type, as an EulerDiscreteScheduler.
+std::string sdxl_single_file_scheduler_config_json(const std::string& prediction_type);
+
 // The same for an SD 1.x checkpoint without a .yaml: epsilon, 0.00085..0.012.
 const std::string& sd1_single_file_scheduler_config_json();
 

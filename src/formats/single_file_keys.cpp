@@ -22,6 +22,10 @@ constexpr std::string_view kVaePrefix = "first_stage_model.";
 constexpr std::string_view kClipPrefix = "cond_stage_model.transformer.";
 constexpr std::string_view kOpenClipPrefix = "cond_stage_model.model.";
 constexpr std::string_view kSdxlPrefix = "conditioner.embedders.";
+// SDXL base: diffusers' LDM_CLIP_PREFIX_TO_REMOVE and create_text_encoders_and_tokenizers_from_ldm's prefix.
+constexpr std::string_view kSdxlClipPrefix = "conditioner.embedders.0.transformer.";
+constexpr std::string_view kSdxlOpenClipPrefix = "conditioner.embedders.1.model.";
+constexpr std::string_view kSdxlRefinerPrefix = "conditioner.embedders.0.model.";
 
 [[noreturn]] void fail(const std::string& what) { throw ModelError("single-file checkpoint: " + what); }
 
@@ -86,6 +90,7 @@ std::optional<std::string> prefixed(const std::string& prefix, std::optional<std
 struct UNetBlocks {
   int levels = 0;
   int layers_per_block = 0;
+  bool sdxl = false;  // label_emb.0.{0,2} are SDXL's add_embedding (DIFFUSERS_TO_LDM_MAPPING "addition_embed_type")
 };
 
 // The LDM UNet numbers its blocks flatly: input_blocks.0 is conv_in, then per level `layers_per_block`
@@ -126,6 +131,11 @@ std::optional<std::string> map_unet_key(const std::string& key, const UNetBlocks
   const auto t = split(key);
   if (t.size() < 3) return std::nullopt;
   const int per_level = blocks.layers_per_block + 1;
+  if (t[0] == "label_emb" && blocks.sdxl && t[1] == "0") {
+    if (t[2] == "0") return "add_embedding.linear_1." + join_from(t, 3);
+    if (t[2] == "2") return "add_embedding.linear_2." + join_from(t, 3);
+    return std::nullopt;
+  }
   if (t[0] == "time_embed") {
     if (t[1] == "0") return "time_embedding.linear_1." + join_from(t, 2);
     if (t[1] == "2") return "time_embedding.linear_2." + join_from(t, 2);
@@ -344,6 +354,13 @@ json derive_unet_config(const ShapeMap& m, const SingleFileHints& hints) {
   j["freq_shift"] = 0;
   j["downsample_padding"] = 1;
   j["sample_size"] = hints.image_size / 8;  // set in map_single_file from the VAE's levels
+  // SDXL (create_unet_diffusers_config: num_classes "sequential" with a 2048-wide context): the text_time added
+  // embedding, with addition_time_embed_dim 256 and the yaml's adm_in_channels as label_emb.0.0's input width.
+  if (m.count("add_embedding.linear_1.weight")) {
+    j["addition_embed_type"] = "text_time";
+    j["addition_time_embed_dim"] = 256;
+    j["projection_class_embeddings_input_dim"] = dim(need(m, "add_embedding.linear_1.weight", 2, what), 1);
+  }
   return j;
 }
 
@@ -368,7 +385,9 @@ json derive_vae_config(const ShapeMap& m, const SingleFileHints& hints) {
   return j;
 }
 
-json derive_clip_config(const ShapeMap& m, SingleFileFamily family) {
+// `second`: SDXL's second encoder (laion/CLIP-ViT-bigG-14-laion2B-39B-b160k's config with projection_dim as in
+// text_projection, which diffusers loads it as).
+json derive_clip_config(const ShapeMap& m, SingleFileFamily family, bool second = false) {
   const char* what = "text_encoder";
   const Shape& tokens = need(m, "text_model.embeddings.token_embedding.weight", 2, what);
   const int hidden = dim(tokens, 1);
@@ -383,10 +402,21 @@ json derive_clip_config(const ShapeMap& m, SingleFileFamily family) {
   j["num_hidden_layers"] = count(m, "text_model.encoder.layers.", ".self_attn.q_proj.weight");
   j["num_attention_heads"] = hidden / 64;
   j["max_position_embeddings"] = dim(need(m, "text_model.embeddings.position_embedding.weight", 2, what), 0);
-  // OpenAI CLIP uses QuickGELU; OpenCLIP ViT-H (SD 2.x) uses exact GELU.
-  j["hidden_act"] = family == SingleFileFamily::kSD1 ? "quick_gelu" : "gelu";
+  // OpenAI CLIP uses QuickGELU; OpenCLIP ViT-H (SD 2.x) and ViT-bigG (SDXL's second) use exact GELU.
+  const bool openai = family == SingleFileFamily::kSD1 || (family == SingleFileFamily::kSDXL && !second);
+  j["hidden_act"] = openai ? "quick_gelu" : "gelu";
   j["layer_norm_eps"] = 1e-5;
-  if (family == SingleFileFamily::kSD1) {
+  if (family == SingleFileFamily::kSDXL) {
+    // openai/clip-vit-large-patch14's and the bigG config's token ids (transformers 4.30 pools at the argmax id).
+    j["bos_token_id"] = 0;
+    j["eos_token_id"] = 2;
+    j["pad_token_id"] = 1;
+    j["projection_dim"] = hidden;
+    if (second) {
+      j["architectures"] = {"CLIPTextModelWithProjection"};
+      j["projection_dim"] = dim(need(m, "text_projection.weight", 2, what), 0);
+    }
+  } else if (family == SingleFileFamily::kSD1) {
     j["bos_token_id"] = 49406;
     j["eos_token_id"] = 49407;
     j["pad_token_id"] = 1;
@@ -451,19 +481,28 @@ SingleFileFamily single_file_family(const std::vector<NamedShape>& tensors) {
 
 SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const SingleFileHints& hints) {
   SingleFileLayout layout;
+  // Family detection, as diffusers' infer_diffusers_model_type does it: by the text encoder's keys.
+  layout.family = single_file_family(tensors);
+  const bool sdxl = layout.family == SingleFileFamily::kSDXL;
+  const std::string_view clip_prefix = sdxl ? kSdxlClipPrefix : kClipPrefix;
+  const std::string_view openclip_prefix = sdxl ? kSdxlOpenClipPrefix : kOpenClipPrefix;
   std::vector<std::string> unet_keys;
-  bool any_vae = false, any_clip = false;
-  std::vector<NamedShape> openclip;  // cond_stage_model.model.* without the prefix
+  bool any_vae = false, any_clip = false, refiner = false;
+  std::vector<NamedShape> openclip;  // the OpenCLIP encoder's tensors without the prefix
   for (const auto& t : tensors) {
     if (t.name.starts_with(kUNetPrefix)) unet_keys.push_back(t.name.substr(kUNetPrefix.size()));
     any_vae = any_vae || t.name.starts_with(kVaePrefix);
-    any_clip = any_clip || t.name.starts_with(kClipPrefix);
-    if (t.name.starts_with(kOpenClipPrefix)) openclip.push_back({t.name.substr(kOpenClipPrefix.size()), t.shape});
+    any_clip = any_clip || t.name.starts_with(clip_prefix);
+    refiner = refiner || t.name.starts_with(kSdxlRefinerPrefix);
+    if (t.name.starts_with(openclip_prefix)) openclip.push_back({t.name.substr(openclip_prefix.size()), t.shape});
   }
-  // Family detection, as diffusers' infer_diffusers_model_type does it: by the text encoder's keys.
-  layout.family = single_file_family(tensors);
-  if (layout.family == SingleFileFamily::kSDXL)
-    fail("this is an SDXL checkpoint (conditioner.embedders.*); sdcpu cannot load SDXL single files yet");
+  if (sdxl && refiner)
+    fail("this is an SDXL refiner checkpoint (conditioner.embedders.0.model.*: one OpenCLIP encoder); sdcpu loads "
+         "SDXL base checkpoints only");
+  if (sdxl && !any_clip)
+    fail("SDXL checkpoint without its first text encoder (conditioner.embedders.0.transformer.*, CLIP ViT-L)");
+  if (sdxl && openclip.empty())
+    fail("SDXL checkpoint without its second text encoder (conditioner.embedders.1.model.*, OpenCLIP ViT-bigG)");
   const bool sd2 = layout.family == SingleFileFamily::kSD2;
   if (sd2 && any_clip)
     fail(
@@ -483,11 +522,13 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const S
   }
   if (unet_keys.empty()) fail("no UNet tensors (model.diffusion_model.*)");
   if (!any_vae) fail("no VAE tensors (first_stage_model.*)");
-  if (!any_clip && !sd2) fail("no text encoder tensors (cond_stage_model.transformer.*)");
+  if (!any_clip && !sd2 && !sdxl) fail("no text encoder tensors (cond_stage_model.transformer.*)");
   const std::optional<OpenClipShape> clip_shape =
-      sd2 ? std::optional<OpenClipShape>(open_clip_shape(openclip)) : std::nullopt;
+      sd2 || sdxl ? std::optional<OpenClipShape>(open_clip_shape(openclip, std::string(openclip_prefix), sdxl))
+                  : std::nullopt;
 
-  const UNetBlocks blocks = unet_blocks(unet_keys);
+  UNetBlocks blocks = unet_blocks(unet_keys);
+  blocks.sdxl = sdxl;
   int decoder_levels = 0;
   for (const auto& t : tensors)
     if (t.name.starts_with("first_stage_model.decoder.up.")) {
@@ -495,7 +536,9 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const S
       if (parts.size() > 3) decoder_levels = std::max(decoder_levels, parse_index(parts[3]) + 1);
     }
 
-  std::map<std::string, MappedTensor> unet, vae, clip;
+  std::map<std::string, MappedTensor> unet, vae, clip, clip_2;
+  // SD 2.x's only text encoder is OpenCLIP; SDXL's OpenCLIP encoder is its second.
+  std::map<std::string, MappedTensor>& openclip_out = sdxl ? clip_2 : clip;
   for (const auto& t : tensors) {
     std::optional<std::string> name;
     std::map<std::string, MappedTensor>* component = nullptr;
@@ -505,13 +548,13 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const S
     } else if (t.name.starts_with(kVaePrefix)) {
       name = map_vae_key(t.name.substr(kVaePrefix.size()), decoder_levels);
       component = &vae;
-    } else if (t.name.starts_with(kClipPrefix)) {
-      name = map_clip_key(t.name.substr(kClipPrefix.size()));
+    } else if (t.name.starts_with(clip_prefix)) {
+      name = map_clip_key(t.name.substr(clip_prefix.size()));
       component = &clip;
-    } else if (t.name.starts_with(kOpenClipPrefix)) {
-      const NamedShape rest{t.name.substr(kOpenClipPrefix.size()), t.shape};
+    } else if (clip_shape && t.name.starts_with(openclip_prefix)) {
+      const NamedShape rest{t.name.substr(openclip_prefix.size()), t.shape};
       const std::vector<MappedTensor> mapped = map_open_clip_key(rest, t.name, *clip_shape);
-      for (const MappedTensor& m : mapped) add_mapped(clip, m);
+      for (const MappedTensor& m : mapped) add_mapped(openclip_out, m);
       if (mapped.empty()) layout.ignored.push_back(t.name);
       continue;
     }
@@ -530,10 +573,32 @@ SingleFileLayout map_single_file(const std::vector<NamedShape>& tensors, const S
   layout.unet_config = parse_derived(unet_json, parse_unet_config, "unet");
   layout.vae_config = parse_derived(vae_json, parse_vae_config, "vae");
   layout.text_encoder_config = parse_derived(clip_json, parse_clip_text_config, "text_encoder");
-  if (layout.unet_config.cross_attention_dim != layout.text_encoder_config.hidden_size)
+  int context_width = layout.text_encoder_config.hidden_size;
+  if (sdxl) {
+    const json clip_2_json = derive_clip_config(shapes(clip_2), layout.family, /*second=*/true);
+    layout.text_encoder_2_config = parse_derived(clip_2_json, parse_clip_text_config, "text_encoder_2");
+    layout.text_encoder_2_config_json = clip_2_json.dump(2);
+    layout.text_encoder_2 = values(clip_2);
+    // StableDiffusionXLPipeline concatenates both encoders' states (768 + 1280 = 2048 for SDXL base).
+    context_width += layout.text_encoder_2_config.hidden_size;
+    if (!layout.unet_config.has_text_time())
+      fail("SDXL checkpoint whose UNet has no added embedding (model.diffusion_model.label_emb.0.*)");
+    // add_embedding's input: the pooled, projected text embeds and 6 time ids of addition_time_embed_dim each.
+    const int added = layout.text_encoder_2_config.projection_dim + 6 * layout.unet_config.addition_time_embed_dim;
+    if (layout.unet_config.projection_class_embeddings_input_dim != added)
+      fail("the UNet's added embedding takes " +
+           std::to_string(layout.unet_config.projection_class_embeddings_input_dim) + " inputs, but the text "
+           "projection (" + std::to_string(layout.text_encoder_2_config.projection_dim) + ") and 6 time ids of 256 give " +
+           std::to_string(added));
+  }
+  if (layout.unet_config.cross_attention_dim != context_width)
     fail("the UNet's cross-attention width " + std::to_string(layout.unet_config.cross_attention_dim) +
-         " does not match the text encoder's width " + std::to_string(layout.text_encoder_config.hidden_size));
-  layout.architecture = sd2 ? "SD 2.x" : layout.unet_config.in_channels == 9 ? "SD 1.x inpainting" : "SD 1.x";
+         " does not match the text encoder" + (sdxl ? "s' widths together " : "'s width ") +
+         std::to_string(context_width));
+  layout.architecture = sdxl  ? "SDXL"
+                        : sd2 ? "SD 2.x"
+                        : layout.unet_config.in_channels == 9 ? "SD 1.x inpainting"
+                                                              : "SD 1.x";
   layout.unet_config_json = unet_json.dump(2);
   layout.vae_config_json = vae_json.dump(2);
   layout.text_encoder_config_json = clip_json.dump(2);

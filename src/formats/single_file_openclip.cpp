@@ -9,8 +9,8 @@ namespace {
 
 constexpr std::string_view kResblocks = "transformer.resblocks.";
 
-[[noreturn]] void fail(const std::string& what) {
-  throw ModelError("single-file checkpoint: OpenCLIP text encoder (cond_stage_model.model.*): " + what);
+[[noreturn]] void fail_in(const std::string& prefix, const std::string& what) {
+  throw ModelError("single-file checkpoint: OpenCLIP text encoder (" + prefix + "*): " + what);
 }
 
 // "transformer.resblocks.N.rest" -> N (and rest), else nullopt.
@@ -28,8 +28,10 @@ std::optional<std::pair<int, std::string>> resblock(const std::string& name) {
 
 }  // namespace
 
-OpenClipShape open_clip_shape(const std::vector<NamedShape>& tensors) {
+OpenClipShape open_clip_shape(const std::vector<NamedShape>& tensors, const std::string& prefix, bool sdxl) {
+  auto fail = [&](const std::string& what) { fail_in(prefix, what); };
   OpenClipShape clip;
+  clip.sdxl = sdxl;
   std::set<int> blocks;
   for (const auto& t : tensors) {
     if (t.name == "token_embedding.weight") {
@@ -38,6 +40,7 @@ OpenClipShape open_clip_shape(const std::vector<NamedShape>& tensors) {
       clip.width = t.shape[1];
     }
     if (auto b = resblock(t.name)) blocks.insert(b->first);
+    if (t.name == "text_projection") clip.projection = t.shape;
   }
   if (clip.width == 0) fail("there is no token_embedding.weight");
   if (blocks.empty()) fail("there are no transformer.resblocks.*");
@@ -46,8 +49,12 @@ OpenClipShape open_clip_shape(const std::vector<NamedShape>& tensors) {
     if (!blocks.count(i))
       fail("transformer.resblocks." + std::to_string(i) + " is missing (the file has resblocks up to " +
            std::to_string(clip.layers_in_file - 1) + ")");
-  if (clip.layers_in_file < 2)
+  if (!sdxl && clip.layers_in_file < 2)
     fail("one transformer resblock; SD 2.x uses the penultimate layer's output, so it needs at least two");
+  if (sdxl && (clip.projection.size() != 2 || clip.projection[0] != clip.width || clip.projection[1] <= 0))
+    fail(clip.projection.empty() ? "there is no text_projection (SDXL's pooled text embeds need it)"
+                                 : "text_projection has shape " + shape_to_string(clip.projection) + ", expected [" +
+                                       std::to_string(clip.width) + ", projection]");
   return clip;
 }
 
@@ -57,9 +64,11 @@ std::vector<MappedTensor> map_open_clip_key(const NamedShape& t, const std::stri
   if (t.name == "positional_embedding") return one("text_model.embeddings.position_embedding.weight");
   if (t.name == "ln_final.weight") return one("text_model.final_layer_norm.weight");
   if (t.name == "ln_final.bias") return one("text_model.final_layer_norm.bias");
+  if (t.name == "text_projection" && clip.sdxl)
+    return {MappedTensor{"text_projection.weight", source, {t.shape[1], t.shape[0]}, -1, /*transposed=*/true}};
   const auto block = resblock(t.name);
-  // text_projection, logit_scale, attn_mask, and the last layer, which SD 2.x does not use.
-  if (!block || block->first >= clip.layers_in_file - 1) return {};
+  // text_projection, logit_scale, attn_mask, and (SD 2.x) the last layer, which SD 2.x does not use.
+  if (!block || (!clip.sdxl && block->first >= clip.layers_in_file - 1)) return {};
   const std::string layer = "text_model.encoder.layers." + std::to_string(block->first) + ".";
   const std::string& rest = block->second;
 
@@ -72,7 +81,7 @@ std::vector<MappedTensor> map_open_clip_key(const NamedShape& t, const std::stri
                         " (q, k and v of width " + std::to_string(w) + " stacked)";
       if (!t.shape.empty() && t.shape[0] % 3 != 0)
         why += ": " + std::to_string(t.shape[0]) + " rows cannot be split into q, k and v";
-      fail("'" + source + "' " + why);
+      fail_in(source.substr(0, source.size() - t.name.size()), "'" + source + "' " + why);
     }
     std::vector<MappedTensor> out;
     const char* parts[] = {"q_proj", "k_proj", "v_proj"};

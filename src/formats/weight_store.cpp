@@ -16,7 +16,17 @@ void WeightStore::add(const std::string& name, std::shared_ptr<const Safetensors
                       const std::string& file_name) {
   const TensorInfo* info = file->find(file_name);
   if (!info) throw ModelError(file->path() + ": no tensor named '" + file_name + "'");
-  entries_[name] = Entry{std::move(file), *info};
+  entries_[name] = Entry{std::move(file), *info, false, info->shape};
+}
+
+void WeightStore::add_transposed(const std::string& name, std::shared_ptr<const SafetensorsFile> file,
+                                 const std::string& file_name) {
+  const TensorInfo* info = file->find(file_name);
+  if (!info) throw ModelError(file->path() + ": no tensor named '" + file_name + "'");
+  if (info->shape.size() != 2)
+    throw ModelError(file->path() + ": tensor '" + file_name + "' of shape " + shape_to_string(info->shape) +
+                     " is not a matrix, so it cannot be transposed");
+  entries_[name] = Entry{std::move(file), *info, true, {info->shape[1], info->shape[0]}};
 }
 
 void WeightStore::add_rows(const std::string& name, std::shared_ptr<const SafetensorsFile> file,
@@ -32,11 +42,12 @@ void WeightStore::add_rows(const std::string& name, std::shared_ptr<const Safete
   part.shape[0] = rows;
   part.begin = info->begin + static_cast<uint64_t>(first_row) * row_bytes;
   part.end = part.begin + static_cast<uint64_t>(rows) * row_bytes;
-  entries_[name] = Entry{std::move(file), std::move(part)};
+  const Shape shape = part.shape;
+  entries_[name] = Entry{std::move(file), std::move(part), false, shape};
 }
 
 void WeightStore::add_all(const std::shared_ptr<const SafetensorsFile>& file) {
-  for (const auto& t : file->tensors()) entries_[t.name] = Entry{file, t};
+  for (const auto& t : file->tensors()) entries_[t.name] = Entry{file, t, false, t.shape};
 }
 
 const WeightStore::Entry& WeightStore::entry(const std::string& name) const {
@@ -45,24 +56,33 @@ const WeightStore::Entry& WeightStore::entry(const std::string& name) const {
   return it->second;
 }
 
-const Shape& WeightStore::shape(const std::string& name) const { return entry(name).info.shape; }
+const Shape& WeightStore::shape(const std::string& name) const { return entry(name).shape; }
 
 const TensorInfo& WeightStore::checked(const std::string& name, const Shape& expected) const {
-  const TensorInfo& info = entry(name).info;
-  if (strip_trailing_ones(info.shape) != strip_trailing_ones(expected))
-    throw ModelError(component_ + ": tensor '" + name + "' has shape " + shape_to_string(info.shape) +
+  const Entry& e = entry(name);
+  if (strip_trailing_ones(e.shape) != strip_trailing_ones(expected))
+    throw ModelError(component_ + ": tensor '" + name + "' has shape " + shape_to_string(e.shape) +
                      ", the configuration needs " + shape_to_string(expected));
   used_.insert(name);
-  return info;
+  return e.info;
 }
 
 Tensor WeightStore::get(const std::string& name, const Shape& expected) const {
   const TensorInfo& info = checked(name, expected);
+  if (entry(name).transposed) {
+    const Tensor stored = SafetensorsFile::view_f32(entry(name).file, info);
+    const int64_t rows = info.shape[0], cols = info.shape[1];
+    Tensor out({cols, rows});
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) out.data()[c * rows + r] = stored.data()[r * cols + c];
+    return out.reshape(expected);
+  }
   // fp32 weights are not copied: the layers pack straight from the mapping (one pass over the bytes, not two).
   return SafetensorsFile::view_f32(entry(name).file, info).reshape(expected);
 }
 
 Tensor WeightStore::get_table(const std::string& name, const Shape& expected) const {
+  if (entry(name).transposed) return get(name, expected);
   const TensorInfo& info = checked(name, expected);
   return SafetensorsFile::view_f32(entry(name).file, info, /*prefault=*/false).reshape(expected);
 }

@@ -30,6 +30,11 @@ class WeightStore {
   // in_proj_weight [3W, W]. ModelError if the tensor has no such rows.
   void add_rows(const std::string& name, std::shared_ptr<const SafetensorsFile> file, const std::string& file_name,
                 int64_t first_row, int64_t rows);
+  // Makes the transpose of `file`'s 2-D tensor `file_name` available as `name` (shape [cols, rows]); get() copies
+  // it transposed. For OpenCLIP's text_projection [width, projection], which diffusers loads as
+  // text_projection.weight = checkpoint[...].T (single_file_utils.create_text_encoder_from_open_clip_checkpoint).
+  void add_transposed(const std::string& name, std::shared_ptr<const SafetensorsFile> file,
+                      const std::string& file_name);
   // Adds every tensor of `file` under its own name.
   void add_all(const std::shared_ptr<const SafetensorsFile>& file);
 
@@ -71,6 +76,8 @@ class WeightStore {
   struct Entry {
     std::shared_ptr<const SafetensorsFile> file;
     TensorInfo info;  // the file's header entry, or a block of its rows (add_rows)
+    bool transposed = false;  // add_transposed: `info` is the file's [rows, cols]; the weight is its transpose
+    Shape shape;              // the weight's shape: info.shape, reversed when transposed
   };
   const Entry& entry(const std::string& name) const;
   // The entry's tensor after checking its shape against `expected`; marks it used.

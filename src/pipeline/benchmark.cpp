@@ -240,7 +240,10 @@ BenchReport run_benchmark(const BenchOptions& o) {
   r.cache_branch = o.cache_branch;
   r.tome_ratio = o.tome_ratio;
   const double images = r.stage_batch_size;
-  r.text_encoder_flops = count_clip_text_flops(files.text_encoder_config, o.cfg_scale > 1.0f ? 2 : 1);
+  const int64_t prompts = o.cfg_scale > 1.0f ? 2 : 1;
+  r.text_encoder_flops = count_clip_text_flops(files.text_encoder_config, prompts);
+  if (files.text_encoder_2)  // SDXL's second encoder (OpenCLIP ViT-bigG with projection) runs on the same prompts
+    r.text_encoder_flops += count_clip_text_flops(files.text_encoder_2_config, prompts);
   r.unet_flops_per_image =
       (r.unet_full_passes * r.unet_flops.total() + r.unet_shallow_passes * r.unet_shallow_flops.total()) / images;
   r.image_flops = r.text_encoder_flops + r.unet_flops_per_image + r.vae_decode_flops / images;
@@ -254,7 +257,7 @@ BenchReport run_benchmark(const BenchOptions& o) {
     r.taesd->full_vae_decode_flops = full_vae_flops;
   }
 
-  if (compute != ComputeType::f32) {
+  if (compute != ComputeType::f32 && o.fp32_reference) {
     // Quality: the same request (prompt, seed, size, batch) in fp32, from a fresh fp32 pipeline, after this one is
     // gone so that both never hold their weights at once.
     pipe.reset();

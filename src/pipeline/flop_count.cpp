@@ -24,8 +24,15 @@ class UNetFlopCounter {
     const int cut_block = shallow ? shallow_branch / (layers + 1) : levels;
     const int cut_layer = shallow ? shallow_branch % (layers + 1) : 0;
     const int64_t temb = int64_t{4} * ch[0];
+    if (c_.time_cond_proj_dim > 0) linear(1, c_.time_cond_proj_dim, ch[0]);  // time_embedding.cond_proj (LCM)
     linear(1, ch[0], temb);  // time_embedding.linear_1 (one row per batch element)
     linear(1, temb, temb);   // time_embedding.linear_2
+    if (c_.has_text_time()) {
+      // SDXL's add_embedding (TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)) on the
+      // pooled text embeds and the sinusoidal time ids (add_time_proj: elementwise, not counted).
+      linear(1, c_.projection_class_embeddings_input_dim, temb);  // add_embedding.linear_1
+      linear(1, temb, temb);                                      // add_embedding.linear_2
+    }
     conv(c_.in_channels, ch[0], c_.conv_in_kernel, h, w);
 
     struct Skip {
@@ -214,7 +221,9 @@ double count_clip_text_flops(const ClipTextConfig& c, int64_t prompts) {
   const double d = c.hidden_size, ffn = c.intermediate_size;
   const double per_layer = 2.0 * tokens * (4 * d * d + 2 * d * ffn)               // q, k, v, out_proj; fc1, fc2
                            + 2.0 * 2.0 * tokens * c.max_position_embeddings * d;  // Q K^T, P V (causal: all computed)
-  return per_layer * c.num_hidden_layers;
+  // CLIPTextModelWithProjection (SDXL's second encoder): the bias-less text_projection on each prompt's pooled token.
+  const double projection = c.with_projection ? 2.0 * static_cast<double>(prompts) * d * c.projection_dim : 0;
+  return per_layer * c.num_hidden_layers + projection;
 }
 
 }  // namespace sdcpu

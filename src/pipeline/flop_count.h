@@ -34,7 +34,8 @@ double count_vae_decoder_flops(const VaeConfig& config, int64_t batch, int64_t l
 double count_taesd_decoder_flops(const TaesdConfig& config, int64_t batch, int64_t latent_h, int64_t latent_w);
 
 // One text encoder pass (nets/clip_text.h) over `prompts` prompts of the config's max_position_embeddings tokens:
-// per layer q, k, v, out_proj, fc1 and fc2, and the two attention products. SD 1.x's CLIP ViT-L, 2 prompts: 26.6 GFLOP.
+// per layer q, k, v, out_proj, fc1 and fc2, and the two attention products, plus text_projection when the config is
+// CLIPTextModelWithProjection. SD 1.x's CLIP ViT-L, 2 prompts: 26.6 GFLOP; SDXL's OpenCLIP ViT-bigG: 195.7.
 double count_clip_text_flops(const ClipTextConfig& config, int64_t prompts);
 
 }  // namespace sdcpu
