@@ -194,7 +194,7 @@ BenchResult bench_quality(const QualityBenchOptions& o) {
   auto line = [&](const std::string& mode, const std::string& s, const std::string& speedup, const std::string& psnr,
                   const std::string& ssim, const std::string& rel_rms, const std::string& max_abs) {
     char buf[256];
-    std::snprintf(buf, sizeof buf, "  %-18s %8s %8s %16s %16s %12s %9s\n", mode.c_str(), s.c_str(), speedup.c_str(),
+    std::snprintf(buf, sizeof buf, "  %-24s %8s %8s %16s %16s %12s %9s\n", mode.c_str(), s.c_str(), speedup.c_str(),
                   psnr.c_str(), ssim.c_str(), rel_rms.c_str(), max_abs.c_str());
     table << buf;
   };
