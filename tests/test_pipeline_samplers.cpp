@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "golden_request.h"
 #include "pipeline/generation_parameters.h"
 #include "pipeline/txt2img.h"
 #include "scheduler_fixtures.h"
@@ -36,18 +37,7 @@ const SafetensorsFile& golden_of(const std::string& sampler) {
   return testing::repo_golden("tiny-sd/sampler_" + sampler + "_10steps_cfg7.5_folder_scheduler.safetensors");
 }
 
-Txt2ImgRequest request_of(const SafetensorsFile& g) {
-  Txt2ImgRequest r;
-  r.prompt = g.metadata().at("prompt");
-  r.negative_prompt = g.metadata().at("negative_prompt");
-  r.steps = std::stoi(g.metadata().at("steps"));
-  r.cfg_scale = std::stof(g.metadata().at("guidance_scale"));
-  r.sampler = g.metadata().at("scheduler");
-  r.seed = std::stoull(g.metadata().at("seed"));
-  r.width = std::stoi(g.metadata().at("width"));
-  r.height = std::stoi(g.metadata().at("height"));
-  return r;
-}
+Txt2ImgRequest request_of(const SafetensorsFile& g) { return testing::golden_request(g); }
 
 TEST(Samplers, TimestepsAndSigmasAreThePipelineGoldens) {
   for (const char* name : kSamplers) {

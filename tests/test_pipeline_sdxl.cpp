@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/image_png.h"
+#include "golden_request.h"
 #include "pipeline/txt2img.h"
 #include "test_support.h"
 
@@ -23,18 +24,7 @@ const Txt2ImgPipeline& sdxl_pipeline() {
   return pipe;
 }
 
-Txt2ImgRequest request_of(const SafetensorsFile& g) {
-  Txt2ImgRequest r;
-  r.prompt = g.metadata().at("prompt");
-  r.negative_prompt = g.metadata().at("negative_prompt");
-  r.steps = std::stoi(g.metadata().at("steps"));
-  r.cfg_scale = std::stof(g.metadata().at("guidance_scale"));
-  r.sampler = g.metadata().at("scheduler");
-  r.seed = std::stoull(g.metadata().at("seed"));
-  r.width = std::stoi(g.metadata().at("width"));
-  r.height = std::stoi(g.metadata().at("height"));
-  return r;
-}
+Txt2ImgRequest request_of(const SafetensorsFile& g) { return testing::golden_request(g); }
 
 TEST(PipelineSdxl, FolderLoadsAsSdxl) {
   const ModelFiles files = open_model(testing::tiny_sdxl_dir());

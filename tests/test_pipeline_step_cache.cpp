@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "golden_request.h"
 #include "pipeline/txt2img.h"
 #include "test_support.h"
 
@@ -114,15 +115,7 @@ TEST(StepCache, BadUseIsRefused) {
 }
 
 Txt2ImgRequest request_of(const SafetensorsFile& g) {
-  Txt2ImgRequest r;
-  r.prompt = g.metadata().at("prompt");
-  r.negative_prompt = g.metadata().at("negative_prompt");
-  r.steps = std::stoi(g.metadata().at("steps"));
-  r.cfg_scale = std::stof(g.metadata().at("guidance_scale"));
-  r.sampler = g.metadata().at("sampler");
-  r.seed = std::stoull(g.metadata().at("seed"));
-  r.width = std::stoi(g.metadata().at("width"));
-  r.height = std::stoi(g.metadata().at("height"));
+  Txt2ImgRequest r = testing::golden_request(g, "sampler");
   r.cache_interval = std::stoi(g.metadata().at("cache_interval"));
   r.cache_branch = std::stoi(g.metadata().at("cache_branch_id"));
   return r;
