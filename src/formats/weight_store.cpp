@@ -1,5 +1,7 @@
 #include "formats/weight_store.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace sdcpu {
@@ -104,6 +106,27 @@ std::vector<std::string> WeightStore::unused() const {
   for (const auto& [name, e] : entries_)
     if (!used_.count(name)) out.push_back(name);
   return out;
+}
+
+namespace {
+
+// A network built twice from one store (a weight cache's first start) asks twice.
+void record_once(std::vector<std::string>& names, const std::string& name) {
+  if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+}
+
+}  // namespace
+
+ComputeType WeightStore::compute_type_for(const std::string& layer) const {
+  if (compute_type_ != ComputeType::int8) return compute_type_;
+  for (const std::string& prefix : int8_exclusions_) {
+    if (layer.rfind(prefix, 0) == 0) {
+      record_once(int8_report_.kept, layer);
+      return without_int8(compute_type_);
+    }
+  }
+  record_once(int8_report_.int8, layer);
+  return compute_type_;
 }
 
 }  // namespace sdcpu

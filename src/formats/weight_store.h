@@ -58,6 +58,16 @@ class WeightStore {
   // (fp32 weights come back as views into the memory-mapped file, not copies: SafetensorsFile::view_f32.)
   ComputeType compute_type() const { return compute_type_; }
   void set_compute_type(ComputeType type) { compute_type_ = type; }
+  // The compute type of one layer (`layer`: its weight's name without ".weight"): the store's, except that in
+  // int8 a layer whose name starts with one of the int8 exclusions computes in bf16 (a model's int8 policy,
+  // pipeline/int8_policy.h). Records the answer for int8_report().
+  ComputeType compute_type_for(const std::string& layer) const;
+  void set_int8_exclusions(std::vector<std::string> prefixes) { int8_exclusions_ = std::move(prefixes); }
+  // Which layers were asked for int8 and which of them the exclusions kept in bf16, in the order asked.
+  struct Int8Report {
+    std::vector<std::string> int8, kept;
+  };
+  const Int8Report& int8_report() const { return int8_report_; }
 
   // Where the layers built from this store look for their weights already packed, and record the ones they pack
   // (kernels/packed_weight_cache.h); null: no cache.
@@ -85,6 +95,8 @@ class WeightStore {
 
   std::string component_;
   ComputeType compute_type_ = ComputeType::f32;
+  std::vector<std::string> int8_exclusions_;
+  mutable Int8Report int8_report_;
   std::shared_ptr<PackedWeightCache> pack_cache_;
   std::map<std::string, Entry> entries_;
   mutable std::set<std::string> used_;

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "kernels/dnnl_context.h"
 #include "kernels/packed_weights.h"
+#include "kernels/quantize.h"
 #include "kernels/scratch.h"
 
 namespace sdcpu {
@@ -21,6 +22,7 @@ using dnnl::memory;
 using Tag = memory::format_tag;
 constexpr auto kF32 = memory::data_type::f32;
 constexpr auto kBF16 = memory::data_type::bf16;
+constexpr auto kS8 = memory::data_type::s8;
 
 // ---- Plain path ---------------------------------------------------------------------------------------------
 
@@ -90,6 +92,12 @@ void check_conv_args(const Shape& x, const Shape& w, int stride, const Conv2dPad
 // the convolution (group norm, upsample: ConvSource) or the reorder from our fp32 tensor rounds its values to
 // bf16 on the way, the products accumulate in fp32 (vdpbf16ps), and bias, residual and everything after the
 // convolution see fp32.
+//
+// In int8 (`compute` = s8) the weights are per-output-channel int8 and the source is quantized with one scale per
+// call (kernels/quantize.h). oneDNN 2.x convolutions take only output scales fixed at creation, so the weights'
+// scales are those, and the input's scale, known only at run time, is a binary multiply post-op by a one-value
+// tensor: dst = input_scale * (weight_scale[o] * (acc + bias'[o])), bias' = bias / (input_scale * weight_scale[o])
+// given at run time (2.x adds the bias before the scales). int8_attr() sets that up before the other post-ops.
 dnnl::convolution_forward::primitive_desc prepared_pd(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh,
                                                       int64_t kw, const memory::desc& bias, int stride,
                                                       const Conv2dPadding& p, ConvLayouts layouts,
@@ -109,6 +117,27 @@ dnnl::convolution_forward::primitive_desc prepared_pd(int64_t n, int64_t c, int6
       if (i + 1 == std::size(candidates)) throw;
     }
   }
+}
+
+// The attributes an int8 convolution starts from: output scales per channel (dimension 1 of dst), then the
+// input's scale as the first post-op (see prepared_pd). `post_ops` are appended after it.
+dnnl::primitive_attr int8_attr(const std::vector<float>& weight_scales, const dnnl::post_ops& post_ops) {
+  dnnl::primitive_attr attr = with_user_scratchpad();
+  attr.set_output_scales(1 << 1, weight_scales);
+  dnnl::post_ops ops;
+  ops.append_binary(dnnl::algorithm::binary_mul, memory::desc({1, 1, 1, 1}, kF32, Tag::abcd));
+  for (int i = 0; i < post_ops.len(); ++i) {
+    if (post_ops.kind(i) == dnnl::primitive::kind::sum) {
+      ops.append_sum(1.0f);
+    } else {
+      float scale, alpha, beta;
+      dnnl::algorithm alg;
+      post_ops.get_params_eltwise(i, scale, alg, alpha, beta);
+      ops.append_eltwise(scale, alg, alpha, beta);
+    }
+  }
+  attr.set_post_ops(ops);
+  return attr;
 }
 
 Tag tag_of(ImageLayout layout) { return layout == ImageLayout::nhwc ? Tag::nhwc : Tag::nchw; }
@@ -180,6 +209,7 @@ struct PreparedConv2d::Weights {
   int64_t o = 0, c = 0, kh = 0, kw = 0;
   ConvLayouts layouts;
   memory::data_type compute = kF32;  // of the source and the weights; the destination is always fp32
+  std::vector<float> weight_scales;  // int8: per output channel, weight[o] ~ weight_scales[o] * packed[o]
   memory::desc bias_desc;            // [O], format x; a zero desc when there is none
   memory bias;
   Tensor bias_storage;
@@ -202,6 +232,7 @@ struct PreparedConv2d::Weights {
     // Then max(0, dst) (oneDNN 2.x: append_eltwise(scale, algorithm, alpha, beta); alpha 0 is the plain ReLU).
     if (relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     if (residual || relu) attr.set_post_ops(ops);
+    if (compute == kS8) attr = int8_attr(weight_scales, ops);
     const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, layouts, attr, compute);
     auto plan = std::make_unique<Plan>();
     plan->pd = pd;
@@ -211,10 +242,14 @@ struct PreparedConv2d::Weights {
     plan->dst_user = memory::desc({n, o, ho, wo}, kF32, dst_tag);
     plan->reorder_src = pd.src_desc() != plan->src_user;
     plan->reorder_dst = pd.dst_desc() != plan->dst_user;
-    plan->source_in_place = pd.src_desc() == memory::desc({n, c, h, w}, compute, src_tag);
+    // An int8 source needs its scale, which only the whole fp32 input gives: never written in place.
+    plan->source_in_place = compute != kS8 && pd.src_desc() == memory::desc({n, c, h, w}, compute, src_tag);
     auto& eng = dnnl_engine();
-    if (plan->reorder_src)
-      plan->src_in = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->src_user, eng, pd.src_desc()));
+    if (plan->reorder_src) {
+      dnnl::primitive_attr quantize;
+      if (compute == kS8) quantize.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});  // 1 / the input's scale
+      plan->src_in = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->src_user, eng, pd.src_desc(), quantize));
+    }
     if (plan->reorder_dst) {
       plan->dst_out = dnnl::reorder(dnnl::reorder::primitive_desc(eng, pd.dst_desc(), eng, plan->dst_user));
       if (residual)
@@ -250,23 +285,35 @@ PreparedConv2d::PreparedConv2d(const WeightSource& weight, const Tensor& bias, i
   // activation layouts, not on the spatial size, so later shapes find it already packed; one that wants another
   // layout gets its own copy, reordered from this one, so the plain weight need not be kept.
   auto representative_pd = [&] {
+    // int8: the weight layout does not depend on the scales' values, only on their presence.
+    const dnnl::primitive_attr attr = wt.compute == kS8 ? int8_attr(std::vector<float>(wt.o, 1.0f), dnnl::post_ops())
+                                                        : with_user_scratchpad();
     return prepared_pd(1, wt.c, std::max<int64_t>(64, wt.kh), std::max<int64_t>(64, wt.kw), wt.o, wt.kh, wt.kw,
-                       wt.bias_desc, stride, padding, layouts, with_user_scratchpad(), wt.compute);
+                       wt.bias_desc, stride, padding, layouts, attr, wt.compute);
   };
-  wt.compute = compute == ComputeType::bf16 ? kBF16 : kF32;
+  wt.compute = compute == ComputeType::int8 ? kS8 : compute == ComputeType::bf16 ? kBF16 : kF32;
   auto pd = representative_pd();
-  // A shape oneDNN has no bf16 kernel for (e.g. conv_in's 4 input channels on some ISAs) would run on its
-  // reference implementation, far slower than fp32: such a convolution stays fp32.
+  // A shape oneDNN has no fast int8 or bf16 kernel for (e.g. conv_in's 4 input channels on some ISAs) would run on
+  // its reference implementation, far slower than fp32: such a convolution falls back to bf16, then fp32.
+  if (wt.compute == kS8 && is_reference_implementation(pd)) {
+    wt.compute = kBF16;
+    pd = representative_pd();
+  }
   if (wt.compute == kBF16 && is_reference_implementation(pd)) {
     wt.compute = kF32;
     pd = representative_pd();
   }
-  wt.packed.pack(weight, memory::desc({wt.o, wt.c, wt.kh, wt.kw}, kF32, Tag::oihw), pd.weights_desc());
+  const memory::desc plain({wt.o, wt.c, wt.kh, wt.kw}, kF32, Tag::oihw);
+  if (wt.compute == kS8)
+    wt.weight_scales = wt.packed.pack_int8(weight, plain, pd.weights_desc(), /*out_dim=*/0);
+  else
+    wt.packed.pack(weight, plain, pd.weights_desc());
 }
 
 int64_t PreparedConv2d::out_channels() const { return weights_ ? weights_->o : 0; }
 ComputeType PreparedConv2d::compute_type() const {
-  return weights_ && weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
+  if (!weights_) return ComputeType::f32;
+  return weights_->compute == kS8 ? ComputeType::int8 : weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
 }
 int64_t PreparedConv2d::in_channels() const { return weights_ ? weights_->c : 0; }
 ConvLayouts PreparedConv2d::layouts() const { return weights_ ? weights_->layouts : ConvLayouts{}; }
@@ -294,7 +341,8 @@ std::string PreparedConv2d::implementation(const Shape& x_shape) const {
 
 // The convolution proper, once its source is in `src` (in pd.src_desc()): the residual (if any) is in the
 // destination first, for the sum post-op. Returns y in the destination's ConvLayouts.
-Tensor PreparedConv2d::run(const Plan& plan, const memory& src, const Shape& y_shape, Tensor residual) const {
+Tensor PreparedConv2d::run(const Plan& plan, const memory& src, const Shape& y_shape, Tensor residual,
+                           float input_scale) const {
   const Weights& wt = *weights_;
   auto& eng = dnnl_engine();
   auto& s = dnnl_stream();
@@ -315,6 +363,20 @@ Tensor PreparedConv2d::run(const Plan& plan, const memory& src, const Shape& y_s
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, *plan.weights}, {DNNL_ARG_DST, dst}};
   if (!wt.bias_desc.is_zero()) args[DNNL_ARG_BIAS] = wt.bias;
+  ScratchBuffer scales_buffer;
+  if (wt.compute == kS8) {
+    // The input's scale for the post-op, and the bias divided by everything that scales it (see prepared_pd).
+    scales_buffer = ScratchBuffer(ScratchSlot::int8_scales, (wt.o + 1) * sizeof(float));
+    float* scale = static_cast<float*>(scales_buffer.data());
+    scale[0] = input_scale;
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] =
+        memory(memory::desc({1, 1, 1, 1}, kF32, Tag::abcd), eng, scale);
+    if (!wt.bias_desc.is_zero()) {
+      float* bias = scale + 1;
+      for (int64_t i = 0; i < wt.o; ++i) bias[i] = wt.bias_storage.data()[i] / (input_scale * wt.weight_scales[i]);
+      args[DNNL_ARG_BIAS] = memory(wt.bias_desc, eng, bias);
+    }
+  }
   const ScratchBuffer pad = add_scratchpad(plan.pd, args);
   plan.prim.execute(s, args);
   if (plan.reorder_dst) plan.dst_out.execute(s, dst, y_user);
@@ -340,8 +402,15 @@ Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual) {
   if (!plan->reorder_src) return conv.run(*plan, x_user, y_shape, std::move(residual));
   const ScratchBuffer src_buffer(ScratchSlot::conv_src, plan->pd.src_desc().get_size());
   memory src(plan->pd.src_desc(), eng, src_buffer.data());
-  plan->src_in.execute(dnnl_stream(), x_user, src);
-  return conv.run(*plan, src, y_shape, std::move(residual));
+  std::unordered_map<int, memory> reorder_args = {{DNNL_ARG_FROM, x_user}, {DNNL_ARG_TO, src}};
+  float input_scale = 1.0f, inverse_input_scale = 1.0f;
+  if (conv.compute_type() == ComputeType::int8) {
+    input_scale = int8_scale(max_abs(x.data(), x.numel()));
+    inverse_input_scale = 1.0f / input_scale;
+    reorder_args[DNNL_ARG_ATTR_OUTPUT_SCALES] = memory(memory::desc({1}, kF32, Tag::a), eng, &inverse_input_scale);
+  }
+  plan->src_in.execute(dnnl_stream(), reorder_args);
+  return conv.run(*plan, src, y_shape, std::move(residual), input_scale);
 }
 
 Tensor conv2d(const ConvSource& x, const PreparedConv2d& conv, Tensor residual) {

@@ -1,5 +1,5 @@
 // 2-D convolution on fp32 images, through oneDNN (torch.nn.functional.conv2d semantics, dilation 1, groups 1);
-// the prepared path computes in fp32 or bf16 (core/compute_type.h) and reads and writes NCHW or channels-last
+// the prepared path computes in fp32, bf16 or int8 (core/compute_type.h) and reads and writes NCHW or channels-last
 // images.
 //
 // Two paths:
@@ -67,7 +67,9 @@ class PreparedConv2d {
   PreparedConv2d() = default;
   // weight [O, C, kh, kw], bias [O] or empty. Packs the weight now (the plain tensor is not kept), in fp32 or,
   // with `compute` = bf16, as bfloat16 (inputs are then rounded to bf16 too; accumulation, bias, residual and
-  // the output stay fp32). A shape oneDNN has no fast bf16 kernel for stays fp32 (compute_type() tells).
+  // the output stay fp32), or, with `compute` = int8, as int8 with one scale per output channel (each input is
+  // then quantized with one scale computed from it: kernels/quantize.h; int32 accumulation, fp32 output). A shape
+  // oneDNN has no fast kernel for falls back from int8 to bf16 and from bf16 to fp32 (compute_type() tells).
   PreparedConv2d(const Tensor& weight, const Tensor& bias, int stride, Conv2dPadding padding,
                  ComputeType compute = ComputeType::f32, ConvLayouts layouts = {})
       : PreparedConv2d(WeightSource::of(weight), bias, stride, padding, compute, layouts) {}
@@ -104,7 +106,9 @@ class PreparedConv2d {
   friend Tensor conv2d(const Tensor& x, const PreparedConv2d& conv, Tensor residual);
   friend Tensor conv2d(const ConvSource& x, const PreparedConv2d& conv, Tensor residual);
   std::pair<const Plan*, Shape> plan_for(const Shape& x_shape, bool residual) const;
-  Tensor run(const Plan& plan, const dnnl::memory& src, const Shape& y_shape, Tensor residual) const;
+  // input_scale: an int8 source's scale (kernels/quantize.h); unused otherwise.
+  Tensor run(const Plan& plan, const dnnl::memory& src, const Shape& y_shape, Tensor residual,
+             float input_scale = 1.0f) const;
   std::shared_ptr<Weights> weights_;
   int stride_ = 1;
   Conv2dPadding padding_;

@@ -8,4 +8,9 @@ namespace sdcpu {
 // emulates bf16 or falls back to reference code, and bf16 is slower than fp32.
 bool cpu_has_native_bf16();
 
+// True when the CPU multiplies int8 natively: AVX512-VNNI or AVX-VNNI (vpdpbusd: four int8 products per 32-bit
+// lane, twice vdpbf16ps's two) or AMX-INT8. Without them int8 products take several instructions each and are no
+// faster than bf16.
+bool cpu_has_native_int8();
+
 }  // namespace sdcpu

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "kernels/dnnl_context.h"
 #include "kernels/packed_weights.h"
+#include "kernels/quantize.h"
 #include "kernels/scratch.h"
 
 namespace sdcpu {
@@ -19,6 +20,7 @@ using dnnl::memory;
 using Tag = memory::format_tag;
 constexpr auto kF32 = memory::data_type::f32;
 constexpr auto kBF16 = memory::data_type::bf16;
+constexpr auto kS8 = memory::data_type::s8;
 using Key = std::tuple<int64_t, int64_t, int64_t, bool>;
 
 struct MatmulPrimitive {
@@ -29,6 +31,8 @@ struct MatmulPrimitive {
 // `compute`: the data type of the source and the weights; the bias and the destination are always fp32 (in bf16
 // the products accumulate in fp32 and the output is not rounded).
 // With `residual`, dst = x W^T + b + 1.0 * dst (a sum post-op): the residual is in dst before the product.
+// In int8 (s8 source and weights) the int32 products are scaled per output column by scales given at run time
+// (DNNL_RUNTIME_F32_VAL), and oneDNN 2.x adds the bias before that scaling: dst = scale[n] * (acc + bias[n]).
 dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has_bias, Tag weight_tag,
                                        memory::data_type compute = kF32, bool residual = false) {
   memory::desc src({m, k}, compute, Tag::ab);
@@ -37,6 +41,7 @@ dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has
   auto desc = has_bias ? dnnl::matmul::desc(src, wei, memory::desc({1, n}, kF32, Tag::ab), dst)
                        : dnnl::matmul::desc(src, wei, dst);
   dnnl::primitive_attr attr = with_user_scratchpad();
+  if (compute == kS8) attr.set_output_scales(1 << 1, {DNNL_RUNTIME_F32_VAL});
   if (residual) {
     dnnl::post_ops ops;
     ops.append_sum(1.0f);
@@ -57,6 +62,9 @@ const MatmulPrimitive& matmul_primitive(const Key& key) {
   auto [pos, inserted] = cache.emplace(key, MatmulPrimitive{pd, dnnl::matmul(pd)});
   return pos->second;
 }
+
+// A one-value f32 memory over `value`, for a run-time scale.
+memory scalar_memory(float* value) { return memory(memory::desc({1}, kF32, Tag::a), dnnl_engine(), value); }
 
 void check_linear_args(const Shape& x, int64_t k) {
   if (x.empty() || x.back() != k)
@@ -94,6 +102,7 @@ struct PreparedLinear::Weights {
   int64_t k = 0, n = 0;
   memory::data_type compute = kF32;  // of the source and the weight
   Tensor bias;                       // [N] or empty, as the [1, N] bias oneDNN reads
+  std::vector<float> weight_scales;  // int8: per output column, weight[n, :] ~ weight_scales[n] * packed[:, n]
   std::mutex mutex;
   // The weight in every layout a primitive has asked for; in practice one (BA16a64b for every row count).
   PackedWeights packed;
@@ -102,7 +111,7 @@ struct PreparedLinear::Weights {
     dnnl::matmul prim;
     const memory* weights = nullptr;
     memory::desc src_plain;        // our fp32 [m, k] rows
-    dnnl::reorder src_to_compute;  // fp32 -> bf16 rounding of the rows, when compute is bf16
+    dnnl::reorder src_to_compute;  // fp32 -> bf16 rounding of the rows, or int8 quantization (a run-time scale)
   };
   std::map<std::pair<int64_t, bool>, std::unique_ptr<Plan>> plans;  // by row count m, with a residual
 
@@ -115,9 +124,12 @@ struct PreparedLinear::Weights {
     plan->prim = dnnl::matmul(plan->pd);
     plan->weights = packed.in(plan->pd.weights_desc());
     plan->src_plain = memory::desc({m, k}, kF32, Tag::ab);
-    if (plan->pd.src_desc() != plan->src_plain)
-      plan->src_to_compute = dnnl::reorder(
-          dnnl::reorder::primitive_desc(dnnl_engine(), plan->src_plain, dnnl_engine(), plan->pd.src_desc()));
+    if (plan->pd.src_desc() != plan->src_plain) {
+      dnnl::primitive_attr attr;
+      if (compute == kS8) attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});  // 1 / the input's scale
+      plan->src_to_compute = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_engine(), plan->src_plain, dnnl_engine(),
+                                                                         plan->pd.src_desc(), attr));
+    }
     auto [pos, inserted] = plans.emplace(std::make_pair(m, residual), std::move(plan));
     return *pos->second;
   }
@@ -135,21 +147,31 @@ PreparedLinear::PreparedLinear(const WeightSource& weight, const Tensor& bias, C
   // Pack now into the layout the primitive for a representative row count asks for; with AVX-512 oneDNN 2.6
   // wants BA16a64b for every m (checked with ONEDNN_VERBOSE from 1 to 8192 rows), and a plan that wants another
   // layout gets its own copy reordered from this one, so the plain weight need not be kept.
-  wt.compute = compute == ComputeType::bf16 ? kBF16 : kF32;
+  wt.compute = compute == ComputeType::int8 ? kS8 : compute == ComputeType::bf16 ? kBF16 : kF32;
   auto pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
-  // Without a fast bf16 kernel for this shape on this CPU oneDNN would use its reference code: stay fp32.
+  // Without a fast kernel for this shape on this CPU oneDNN would use its reference code: int8 falls back to
+  // bf16, bf16 to fp32.
+  if (wt.compute == kS8 && is_reference_implementation(pd)) {
+    wt.compute = kBF16;
+    pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
+  }
   if (wt.compute == kBF16 && is_reference_implementation(pd)) {
     wt.compute = kF32;
     pd = matmul_pd(256, wt.k, wt.n, !bias.empty(), Tag::any, wt.compute);
   }
   // PyTorch's [N, K] is oneDNN's [K, N] matrix W^T in format ba.
-  wt.packed.pack(weight, memory::desc({wt.k, wt.n}, kF32, Tag::ba), pd.weights_desc());
+  const memory::desc plain({wt.k, wt.n}, kF32, Tag::ba);
+  if (wt.compute == kS8)
+    wt.weight_scales = wt.packed.pack_int8(weight, plain, pd.weights_desc(), /*out_dim=*/1);
+  else
+    wt.packed.pack(weight, plain, pd.weights_desc());
 }
 
 int64_t PreparedLinear::in_features() const { return weights_ ? weights_->k : 0; }
 int64_t PreparedLinear::out_features() const { return weights_ ? weights_->n : 0; }
 ComputeType PreparedLinear::compute_type() const {
-  return weights_ && weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
+  if (!weights_) return ComputeType::f32;
+  return weights_->compute == kS8 ? ComputeType::int8 : weights_->compute == kBF16 ? ComputeType::bf16 : ComputeType::f32;
 }
 
 Tensor linear(const Tensor& x, const PreparedLinear& layer, Tensor residual) {
@@ -169,17 +191,39 @@ Tensor linear(const Tensor& x, const PreparedLinear& layer, Tensor residual) {
   const auto& plan = wt.plan(m, has_residual);
   auto& eng = dnnl_engine();
   memory src(plan.src_plain, eng, const_cast<float*>(x.data()));
+  const bool int8 = wt.compute == kS8;
+  // int8: the input's one scale (kernels/quantize.h), and per output column the scale of its products, and the
+  // bias divided by it (oneDNN adds the bias before scaling; see matmul_pd).
+  float inverse_input_scale = 1.0f;
+  ScratchBuffer scales_buffer;
+  float *output_scales = nullptr, *scaled_bias = nullptr;
+  if (int8) {
+    const float input_scale = int8_scale(max_abs(x.data(), x.numel()));
+    inverse_input_scale = 1.0f / input_scale;
+    scales_buffer = ScratchBuffer(ScratchSlot::int8_scales, 2 * wt.n * sizeof(float));
+    output_scales = static_cast<float*>(scales_buffer.data());
+    scaled_bias = output_scales + wt.n;
+    for (int64_t j = 0; j < wt.n; ++j) output_scales[j] = input_scale * wt.weight_scales[j];
+    if (!wt.bias.empty())
+      for (int64_t j = 0; j < wt.n; ++j) scaled_bias[j] = wt.bias.data()[j] / output_scales[j];
+  }
   ScratchBuffer rounded_buffer;
   if (plan.src_to_compute) {
     rounded_buffer = ScratchBuffer(ScratchSlot::linear_src, plan.pd.src_desc().get_size());
     memory rounded(plan.pd.src_desc(), eng, rounded_buffer.data());
-    plan.src_to_compute.execute(dnnl_stream(), src, rounded);
+    std::unordered_map<int, memory> reorder_args = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, rounded}};
+    if (int8) reorder_args[DNNL_ARG_ATTR_OUTPUT_SCALES] = scalar_memory(&inverse_input_scale);
+    plan.src_to_compute.execute(dnnl_stream(), reorder_args);
     src = rounded;
   }
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
                                           {DNNL_ARG_WEIGHTS, *plan.weights},
                                           {DNNL_ARG_DST, memory(plan.pd.dst_desc(), eng, y.data())}};
-  if (!wt.bias.empty()) args[DNNL_ARG_BIAS] = memory(plan.pd.bias_desc(), eng, wt.bias.data());
+  if (!wt.bias.empty())
+    args[DNNL_ARG_BIAS] = memory(plan.pd.bias_desc(), eng, int8 ? scaled_bias : wt.bias.data());
+  if (int8)
+    args[DNNL_ARG_ATTR_OUTPUT_SCALES] =
+        memory(memory::desc({wt.n}, kF32, Tag::a), eng, output_scales);
   const ScratchBuffer pad = add_scratchpad(plan.pd, args);
   plan.prim.execute(dnnl_stream(), args);
   dnnl_stream().wait();

@@ -1,5 +1,5 @@
 // Fully connected layer on fp32 tensors, through oneDNN matmul (torch.nn.functional.linear semantics); the
-// prepared path computes in fp32 or bf16 (core/compute_type.h).
+// prepared path computes in fp32, bf16 or int8 (core/compute_type.h).
 //
 // Two paths:
 // - linear(x, weight, bias): the weight as PyTorch stores it ([N, K], read by oneDNN as format `ba`); for
@@ -27,7 +27,9 @@ class PreparedLinear {
   PreparedLinear() = default;
   // weight [N, K], bias [N] or empty. Packs the weight now (the plain tensor is not kept), in fp32 or, with
   // `compute` = bf16, as bfloat16: the input rows are then rounded to bf16 too; accumulation, bias and output
-  // stay fp32. Without a fast bf16 kernel on this CPU the layer stays fp32 (compute_type() tells).
+  // stay fp32. With `compute` = int8 the weight is packed as int8 with one scale per output feature, and each
+  // input is quantized with one scale computed from it (kernels/quantize.h); int32 accumulation, fp32 output.
+  // Without a fast kernel on this CPU int8 falls back to bf16 and bf16 to fp32 (compute_type() tells).
   PreparedLinear(const Tensor& weight, const Tensor& bias, ComputeType compute = ComputeType::f32)
       : PreparedLinear(WeightSource::of(weight), bias, compute) {}
   // The same with the weight read only if `weight.cache` has no packed copy (kernels/packed_weights.h).

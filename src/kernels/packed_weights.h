@@ -36,6 +36,14 @@ class PackedWeights {
   // records the result in the cache, if any (which, while streaming a new cache file, takes the bytes and leaves
   // this object empty: see PackedWeightCache::record).
   void pack(const WeightSource& source, const dnnl::memory::desc& plain, const dnnl::memory::desc& desc);
+  // The same for products with int8 activations (ComputeType::int8, kernels/quantize.h): the weight quantized
+  // symmetrically, one scale per output channel, into `desc` (an s8 layout). `out_dim` is the dimension of
+  // `plain` and `desc` that holds the output channels (0 for a convolution's OIhw, 1 for a matmul's [K, N]); the
+  // values `source` reads are in PyTorch's layout, output channels first. Returns the scales: weight[o, ...] is
+  // about scales[o] * packed[o, ...]. A cache keeps the scales beside the weight, under int8_scales_name().
+  std::vector<float> pack_int8(const WeightSource& source, const dnnl::memory::desc& plain,
+                               const dnnl::memory::desc& desc, int out_dim);
+  static std::string int8_scales_name(const std::string& weight_name) { return weight_name + ":int8_scales"; }
   // The weight in layout `desc`: the existing copy, or a new one reordered from the first. Pointers stay valid
   // as long as this object.
   const dnnl::memory* in(const dnnl::memory::desc& desc);
@@ -43,7 +51,12 @@ class PackedWeights {
 
  private:
   struct Copy;
-  const dnnl::memory* add(const dnnl::memory& from, const dnnl::memory::desc& desc);
+  const dnnl::memory* add(const dnnl::memory& from, const dnnl::memory::desc& desc,
+                          const dnnl::primitive_attr& attr = dnnl::primitive_attr());
+  // Takes the cache's copy of `desc` for `source`, if it has one.
+  bool take_cached(const WeightSource& source, const dnnl::memory::desc& desc);
+  // Hands the packed copy to the cache, if any (see pack).
+  void record(const WeightSource& source);
   std::vector<std::shared_ptr<Copy>> copies_;
 };
 

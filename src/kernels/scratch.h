@@ -13,8 +13,8 @@ namespace sdcpu {
 
 // conv_src/conv_dst: an activation reordered into/out of the blocked layout; linear_src: rows rounded to bf16;
 // primitive: the scratchpad a oneDNN primitive needs while it runs (scratchpad_mode::user, so that it is ours to
-// plan and reuse rather than oneDNN's).
-enum class ScratchSlot { conv_src, conv_dst, linear_src, primitive, count };
+// plan and reuse rather than oneDNN's); int8_scales: an int8 product's per-call output scales and scaled bias.
+enum class ScratchSlot { conv_src, conv_dst, linear_src, primitive, int8_scales, count };
 
 class ScratchBuffer {
  public:

@@ -12,7 +12,7 @@
 namespace sdcpu {
 
 ClipTextModel::ClipTextModel(const ClipTextConfig& config, const WeightStore& w)
-    : config_(config), compute_(w.compute_type()) {
+    : config_(config), compute_(without_int8(w.compute_type())) {
   const int64_t d = config.hidden_size, ff = config.intermediate_size;
   const float eps = config.layer_norm_eps;
   token_embedding_ = w.get_table("text_model.embeddings.token_embedding.weight", {config.vocab_size, d});

@@ -26,7 +26,7 @@ Linear Linear::load(const WeightStore& w, const std::string& prefix, int64_t in,
   // checkpoint's error names the weight, as the networks' tests expect.
   const WeightSource weight = weight_source(w, prefix + ".weight", {out, in});
   Linear l;
-  l.prepared = PreparedLinear(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor(), w.compute_type());
+  l.prepared = PreparedLinear(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor(), w.compute_type_for(prefix));
   return l;
 }
 
@@ -37,7 +37,7 @@ Conv2d Conv2d::load(const WeightStore& w, const std::string& prefix, int64_t in,
   const WeightSource weight = weight_source(w, prefix + ".weight", {out, in, kernel, kernel});  // before the bias
   Conv2d c;
   c.prepared = PreparedConv2d(weight, bias ? w.get(prefix + ".bias", {out}) : Tensor(), stride,
-                              Conv2dPadding::same(padding < 0 ? kernel / 2 : padding), w.compute_type(), layouts);
+                              Conv2dPadding::same(padding < 0 ? kernel / 2 : padding), w.compute_type_for(prefix), layouts);
   return c;
 }
 

@@ -92,7 +92,7 @@ Attention Attention::load(const WeightStore& w, const std::string& prefix, int64
   a.to_v = Linear::load(w, prefix + ".to_v", cross_attention_dim, query_dim, /*bias=*/false);
   a.to_out = Linear::load(w, prefix + ".to_out.0", query_dim, query_dim);
   a.heads = heads;
-  a.compute = w.compute_type();
+  a.compute = without_int8(w.compute_type());  // the attention products have no int8 form here
   return a;
 }
 

@@ -46,14 +46,15 @@ constexpr QualityPrompt kPrompts[] = {
 constexpr int kPromptCount = static_cast<int>(sizeof kPrompts / sizeof kPrompts[0]);
 
 // A mode under test, as named on the command line: a precision, then the approximations it adds, each "+name":
-// "bf16", "bf16+cache3" (step caching every 3 steps, branch 0), "fp32+cache5+branch2", "bf16+cache3+quadratic" (the
-// non-uniform schedule, centered, power 1.4). Token merging and int8 join here as they land, each judged by the same
-// reference.
+// "bf16", "int8", "bf16+cache3" (step caching every 3 steps, branch 0), "fp32+cache5+branch2", "bf16+cache3+quadratic"
+// (the non-uniform schedule, centered, power 1.4), "bf16+tome50" (token merging, ratio 0.5), and combinations such
+// as "int8+cache3+tome50", each judged by the same reference.
 struct QualityMode {
   std::string name;
   ComputeType compute;
   int cache_interval = 1, cache_branch = 0;
   std::string cache_schedule = "uniform";
+  float tome_ratio = 0.0f;
 };
 
 // A number after `prefix` in `part` ("cache3" -> 3), or -1 when `part` is not that.
@@ -67,8 +68,9 @@ int number_after(const std::string& part, const std::string& prefix) {
 QualityMode parse_mode(const std::string& name) {
   const auto bad = [&] {
     return InvalidArgument("unknown quality mode '" + name +
-                           "'; modes: fp32, bf16 or auto, optionally followed by +cacheN (step caching every N steps) "
-                           ", +branchB and +quadratic, e.g. bf16+cache3");
+                           "'; modes: fp32, bf16, int8 or auto, optionally followed by +cacheN (step caching every N "
+                           "steps), +branchB, +quadratic and +tomeP (token merging, ratio P percent), e.g. "
+                           "bf16+cache3, int8+cache3+tome50");
   };
   std::vector<std::string> parts;
   for (size_t begin = 0;;) {
@@ -77,7 +79,7 @@ QualityMode parse_mode(const std::string& name) {
     if (plus == std::string::npos) break;
     begin = plus + 1;
   }
-  if (parts[0] != "fp32" && parts[0] != "bf16" && parts[0] != "auto") throw bad();
+  if (parts[0] != "fp32" && parts[0] != "bf16" && parts[0] != "int8" && parts[0] != "auto") throw bad();
   QualityMode m{name, resolve_precision(parts[0])};  // refuses bf16 on a CPU without it, before any work
   bool branch = false;
   for (size_t i = 1; i < parts.size(); ++i) {
@@ -88,6 +90,8 @@ QualityMode parse_mode(const std::string& name) {
     } else if (const int b = number_after(parts[i], "branch"); b >= 0 && !branch) {
       m.cache_branch = b;
       branch = true;
+    } else if (const int t = number_after(parts[i], "tome"); t >= 1 && t < 100 && m.tome_ratio == 0.0f) {
+      m.tome_ratio = static_cast<float>(t) / 100.0f;
     } else {
       throw bad();
     }
@@ -110,6 +114,7 @@ Txt2ImgRequest request_for(const QualityBenchOptions& o, const QualityPrompt& p,
   r.cache_interval = mode.cache_interval;
   r.cache_branch = mode.cache_branch;
   r.cache_schedule = mode.cache_schedule;
+  r.tome_ratio = mode.tome_ratio;
   return r;
 }
 

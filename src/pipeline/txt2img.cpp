@@ -11,6 +11,7 @@
 #include "kernels/scratch.h"
 #include "kernels/tensor_ops.h"
 #include "pipeline/guidance_embedding.h"
+#include "pipeline/int8_policy.h"
 #include "text/unicode_text.h"
 
 namespace sdcpu {
@@ -89,10 +90,16 @@ StepCacheSchedule step_cache_schedule(const Txt2ImgRequest& r) {
 
 namespace {
 
-// Sets every network's compute type on its weight store before the networks are built (they pack for it).
+// Sets every network's compute type on its weight store before the networks are built (they pack for it). int8
+// is the UNet's alone (with its policy's exclusions): the text encoders run once per image and the VAE's decode
+// is where quantization noise would show undamped, so they compute in bf16.
 ModelFiles with_compute_type(ModelFiles files, ComputeType compute) {
-  for (const auto& store : {files.text_encoder, files.unet, files.vae, files.text_encoder_2})
-    if (store) store->set_compute_type(compute);
+  for (const auto& store : {files.text_encoder, files.vae, files.text_encoder_2})
+    if (store) store->set_compute_type(without_int8(compute));
+  if (files.unet) {
+    files.unet->set_compute_type(compute);
+    files.unet->set_int8_exclusions(unet_int8_exclusions());
+  }
   return files;
 }
 
@@ -130,14 +137,15 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
       weight_cache_status_(4),
       family_(conditioning_family_of(files_)),
       tokenizer_(make_tokenizer(files_.tokenizer_dir, files_.tokenizer_pad_token)),
-      text_encoder_(build_with_weight_cache<ClipTextModel>(files_.text_encoder_config, *files_.text_encoder, compute,
+      text_encoder_(build_with_weight_cache<ClipTextModel>(files_.text_encoder_config, *files_.text_encoder,
+                                                           files_.text_encoder->compute_type(),
                                                            memory_.weight_cache_dir, text_encoder_weights_,
                                                            weight_cache_status_[0])),
       unet_(build_with_weight_cache<UNet2DConditionModel>(
           files_.unet_config, *files_.unet, compute, memory_.weight_cache_dir, unet_weights_, weight_cache_status_[1])),
       vae_decoder_(taesd.files && taesd.replaces_vae
                        ? std::nullopt
-                       : std::make_optional(build_with_weight_cache<VaeDecoder>(files_.vae_config, *files_.vae, compute,
+                       : std::make_optional(build_with_weight_cache<VaeDecoder>(files_.vae_config, *files_.vae, files_.vae->compute_type(),
                                                                                 memory_.weight_cache_dir, vae_weights_,
                                                                                 weight_cache_status_[2]))),
       scheduler_config_(parse_scheduler_config(files_.scheduler_config_json, files_.scheduler_config_path.empty()
@@ -146,14 +154,14 @@ Txt2ImgPipeline::Txt2ImgPipeline(ModelFiles files, ComputeType compute, MemoryOp
   if (files_.text_encoder_2) {
     tokenizer_2_.emplace(make_tokenizer(files_.tokenizer_2_dir, "!"));
     text_encoder_2_.emplace(build_with_weight_cache<ClipTextModel>(files_.text_encoder_2_config, *files_.text_encoder_2,
-                                                                   compute, memory_.weight_cache_dir,
+                                                                   files_.text_encoder_2->compute_type(), memory_.weight_cache_dir,
                                                                    text_encoder_2_weights_, weight_cache_status_[3]));
   }
   if (memory_.weight_cache_dir.empty()) weight_cache_status_.clear();
   std::erase_if(weight_cache_status_, [](const WeightCacheStatus& s) { return s.component.empty(); });  // no VAE
   if (taesd.files) {
     // Small (10 MB in fp32 for madebyollin/taesd): packed at load, never cached on disk.
-    taesd.files->weights->set_compute_type(compute);
+    taesd.files->weights->set_compute_type(without_int8(compute));
     taesd_decoder_.emplace(taesd.files->config, *taesd.files->weights);
     taesd_files_ = std::move(taesd.files);
   }

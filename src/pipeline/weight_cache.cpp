@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "kernels/packed_weights.h"
 #include "sdcpu/sdcpu.h"
 
 namespace sdcpu {
@@ -51,6 +52,15 @@ std::string weight_cache_path(const std::string& dir, const WeightStore& store, 
   std::snprintf(hash, sizeof(hash), "%016llx", static_cast<unsigned long long>(fnv1a(fingerprint)));
   return (std::filesystem::path(dir) / (store.component() + "-" + compute_type_name(compute) + "-" + hash + ".sdcw"))
       .string();
+}
+
+std::vector<std::string> packed_weight_names(const WeightStore& store) {
+  std::vector<std::string> names = store.names();
+  if (store.compute_type() == ComputeType::int8) {
+    const size_t weights = names.size();
+    for (size_t i = 0; i < weights; ++i) names.push_back(PackedWeights::int8_scales_name(names[i]));
+  }
+  return names;
 }
 
 std::string default_weight_cache_dir() {

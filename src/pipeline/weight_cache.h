@@ -33,6 +33,9 @@ struct WeightCacheStatus {
   std::string previous_state;  // the file's state before: missing, stale, damaged: ..., valid
 };
 
+// Every name an entry of `store`'s cache file may have: its weights' and, in int8, their scales'.
+std::vector<std::string> packed_weight_names(const WeightStore& store);
+
 // Creates `dir` (and its parents) for a cache file; when it cannot, says why in `status` and returns false.
 bool prepare_weight_cache_dir(const std::string& dir, WeightCacheStatus& status);
 // Saves `cache` (written = true) or, when the disk refuses, says why in `status` and returns false.
@@ -60,7 +63,7 @@ Net build_with_weight_cache(const Config& config, WeightStore& store, ComputeTyp
     status.previous_state = first->state();
     const bool can_write = prepare_weight_cache_dir(dir, status);
     if (!can_write && !first->valid()) return Net(config, store);
-    if (can_write) first->stream_misses(store.names());
+    if (can_write) first->stream_misses(packed_weight_names(store));
     store.set_pack_cache(first);
     std::optional<Net> net(std::in_place, config, store);
     store.set_pack_cache(nullptr);
