@@ -55,10 +55,12 @@ class WeightCache : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(WeightCache, WrittenThenLoadedGiveTheSameLatentsAsNoCache) {
   const std::string model = GetParam();
-  for (ComputeType compute : {ComputeType::f32, ComputeType::bf16}) {
-    if (compute == ComputeType::bf16 && !cpu_has_native_bf16()) continue;
+  for (ComputeType compute : {ComputeType::f32, ComputeType::bf16, ComputeType::int8}) {
+    if (compute != ComputeType::f32 && !cpu_has_native_bf16()) continue;
+    if (compute == ComputeType::int8 && !cpu_has_native_int8()) continue;
     SCOPED_TRACE(compute_type_name(compute));
-    const std::string dir = testing::temp_dir() + "/cache";
+    // int8: the UNet's file also holds every weight's scales; the text encoder's and the VAE's are bf16 files.
+    const std::string dir = testing::temp_dir() + "/cache-" + compute_type_name(compute);
     const Tensor expected = latents_of(model, compute);
     std::vector<WeightCacheStatus> status;
     EXPECT_EQ(testing::compare(latents_of(model, compute, {dir, false}, &status), expected).max_abs, 0.0);

@@ -88,20 +88,56 @@ constexpr bool kHaveBf16 = false;
 float bf16_chains(int64_t, float) { return 0; }
 #endif
 
-// Flops one chain instruction does.
-double flops_per_instruction(PeakPrecision p) { return p == PeakPrecision::kFp32 ? 2.0 * kFp32Lanes : 4.0 * 16; }
+#if defined(__AVX512VNNI__)
+constexpr bool kHaveInt8 = true;
+__attribute__((noinline)) float int8_chains(int64_t iters, float seed) {
+  __m512i acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_epi32(static_cast<int>(seed) * c);
+  // u8 1 times s8 1: four products per lane per instruction; int32 wraps harmlessly.
+  const __m512i a = _mm512_set1_epi8(1);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbusd_epi32(acc[c], a, a);
+  __m512i sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = _mm512_add_epi32(sum, acc[c]);
+  alignas(64) uint32_t out[16];
+  _mm512_store_si512(out, sum);
+  uint32_t total = 0;  // unsigned: wraps without undefined behaviour
+  for (uint32_t v : out) total += v;
+  return static_cast<float>(total);
+}
+#else
+constexpr bool kHaveInt8 = false;
+float int8_chains(int64_t, float) { return 0; }
+#endif
+
+// Operations one chain instruction does: an fp32 FMA lane 2; a vdpbf16ps lane 2 products + 2 adds; a vpdpbusd
+// lane 4 products + 4 adds.
+double flops_per_instruction(PeakPrecision p) {
+  switch (p) {
+    case PeakPrecision::kFp32:
+      return 2.0 * kFp32Lanes;
+    case PeakPrecision::kBf16:
+      return 4.0 * 16;
+    case PeakPrecision::kInt8:
+      return 8.0 * 16;
+  }
+  return 0;
+}
 
 }  // namespace
 
 bool fma_peak_supported(PeakPrecision precision) {
   if (precision == PeakPrecision::kFp32) return true;
+  if (precision == PeakPrecision::kInt8) return kHaveInt8 && __builtin_cpu_supports("avx512vnni");
   return kHaveBf16 && __builtin_cpu_supports("avx512bf16");
 }
 
 double measure_fma_peak_gflops(PeakPrecision precision, int threads, double seconds) {
   if (!fma_peak_supported(precision)) return 0;
   const int team = threads > 0 ? threads : omp_get_max_threads();
-  auto chains = precision == PeakPrecision::kFp32 ? fp32_chains : bf16_chains;
+  auto chains = precision == PeakPrecision::kFp32   ? fp32_chains
+                : precision == PeakPrecision::kBf16 ? bf16_chains
+                                                    : int8_chains;
   // Calibrate the inner count on one thread so one repetition lasts about `seconds`.
   int64_t iters = kInner;
   for (;;) {

@@ -156,7 +156,9 @@ BenchReport run_benchmark(const BenchOptions& o) {
         std::max(r.machine_peak_gflops_fp32, measure_fma_peak_gflops(PeakPrecision::kFp32, r.threads));
     r.machine_peak_gflops_bf16 =
         std::max(r.machine_peak_gflops_bf16, measure_fma_peak_gflops(PeakPrecision::kBf16, r.threads));
-    r.machine_peak_gflops = r.precision == "bf16" ? r.machine_peak_gflops_bf16 : r.machine_peak_gflops_fp32;
+    r.machine_peak_gflops_int8 =
+        std::max(r.machine_peak_gflops_int8, measure_fma_peak_gflops(PeakPrecision::kInt8, r.threads));
+    r.machine_peak_gflops = compute == ComputeType::f32 ? r.machine_peak_gflops_fp32 : r.machine_peak_gflops_bf16;
   };
   measure_peaks();
   log("fma peak: fp32 " + fixed(r.machine_peak_gflops_fp32, 0) + " GFLOP/s, bf16 " +
@@ -168,6 +170,8 @@ BenchReport run_benchmark(const BenchOptions& o) {
                                                 MemoryOptions{o.weight_cache_dir, o.low_memory}, taesd());
   r.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.weight_cache = pipe->weight_cache_status();
+  r.int8_layers = pipe->int8_report().int8;
+  r.int8_kept_layers = pipe->int8_report().kept;
   log("loaded in " + fixed(r.load_s, 2) + " s");
   for (const auto& c : r.weight_cache) log("weight cache: " + c.component + " " + c.outcome + ": " + c.path);
 
@@ -320,7 +324,12 @@ std::string to_json(const BenchReport& r) {
                                {"attention", r.unet_flops.attention / 1e9}};
   j["unet_gflops_achieved"] = r.unet_gflops_achieved;
   j["machine_peak_gflops"] = r.machine_peak_gflops;
-  j["machine_peak_gflops_by_precision"] = {{"fp32", r.machine_peak_gflops_fp32}, {"bf16", r.machine_peak_gflops_bf16}};
+  j["machine_peak_gflops_by_precision"] = {
+      {"fp32", r.machine_peak_gflops_fp32}, {"bf16", r.machine_peak_gflops_bf16}, {"int8", r.machine_peak_gflops_int8}};
+  if (r.precision == "int8") {
+    j["int8_layers"] = r.int8_layers;
+    j["int8_kept_layers"] = r.int8_kept_layers;
+  }
   j["unet_efficiency"] = r.unet_efficiency;
   j["cache_interval"] = r.cache_interval;
   j["cache_branch"] = r.cache_branch;
@@ -405,7 +414,17 @@ std::string format_table(const BenchReport& r) {
                               std::to_string(r.activations.plans.size()) +
                               " plans; timed runs: " + std::to_string(t.planned) + " buffers planned, " +
                               std::to_string(t.recorded + t.unplanned + t.heap) + " not");
-  row("machine peak", fixed(r.machine_peak_gflops, 1) + " GFLOP/s " + r.precision);
+  if (r.precision == "int8") {
+    row("machine peak", fixed(r.machine_peak_gflops, 1) + " GFLOP/s bf16 (int8 vpdpbusd " +
+                            fixed(r.machine_peak_gflops_int8, 1) + " GOP/s)");
+    std::string kept;
+    for (const std::string& name : r.int8_kept_layers) kept += (kept.empty() ? "" : ", ") + name;
+    row("int8 layers", std::to_string(r.int8_layers.size()) + " of " +
+                           std::to_string(r.int8_layers.size() + r.int8_kept_layers.size()) +
+                           " UNet layers; bf16: " + kept + " and the attention products");
+  } else {
+    row("machine peak", fixed(r.machine_peak_gflops, 1) + " GFLOP/s " + r.precision);
+  }
   row("unet efficiency", fixed(100.0 * r.unet_efficiency, 1) + " % of peak");
   if (r.has_quality) {
     row("psnr vs fp32", fixed(r.psnr_db_vs_fp32, 2) + " dB (image)");

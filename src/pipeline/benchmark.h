@@ -68,6 +68,10 @@ struct BenchReport {
   double machine_peak_gflops = 0;       // FMA microbenchmark in the precision used
   double machine_peak_gflops_fp32 = 0;  // both, for reference
   double machine_peak_gflops_bf16 = 0;  // 0 when the CPU lacks AVX512_BF16
+  double machine_peak_gflops_int8 = 0;  // vpdpbusd, 0 when the CPU lacks AVX512-VNNI
+  // int8: the UNet layers that compute in int8 and those its policy keeps in bf16 (pipeline/int8_policy.h). In
+  // int8 the efficiency above is against the bf16 peak: int8 products can run up to twice as fast as it.
+  std::vector<std::string> int8_layers, int8_kept_layers;
   double unet_efficiency = 0;           // achieved / peak
   // Step caching (--cache-interval > 1): unet_step_s, unet_flops and the efficiency above are the full passes';
   // these are the shallow passes', and how many of each one image's loop ran.

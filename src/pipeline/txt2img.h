@@ -193,6 +193,8 @@ class Txt2ImgPipeline {
   // One per network when a weight cache directory was given, else empty.
   const std::vector<WeightCacheStatus>& weight_cache_status() const { return weight_cache_status_; }
   ComputeType compute_type() const { return compute_; }
+  // In int8: which UNet layers compute in int8 and which its policy keeps in bf16 (empty otherwise).
+  const WeightStore::Int8Report& int8_report() const { return files_.unet->int8_report(); }
   // How the activations were placed: the arena's size in memory, its plans, and where each buffer came from.
   ActivationArena::Stats activation_stats() const { return arena_->stats(); }
 
