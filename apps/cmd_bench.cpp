@@ -16,6 +16,7 @@ struct BenchArgs {
   BenchOptions options;
   bool quality = false;
   std::string modes = "bf16";
+  std::string reference = "fp32";
   int prompts = 8;
   std::string batch_sizes = "1";
   std::string json_path;
@@ -64,6 +65,7 @@ QualityBenchOptions quality_options(const BenchArgs& a) {
   q.sampler = o.sampler;
   q.cfg_scale = o.cfg_scale;
   q.modes = split_commas(a.modes);
+  q.reference = a.reference;
   q.prompts = a.prompts;
   q.threads = o.threads;
   q.pin_threads = o.pin_threads;
@@ -101,7 +103,8 @@ Command add_bench_command(CLI::App& app) {
   add_step_cache_options(*cli, o.cache_interval, o.cache_branch, o.cache_schedule, o.cache_center, o.cache_power);
   add_token_merging_options(*cli, o.tome_ratio, o.tome_max_downsample);
   // Checked by bench() rather than by CLI11 so that bf16 on a CPU without it gets its own message.
-  cli->add_option("--precision", o.precision, "fp32, bf16 or auto (bf16 where the CPU has it)")->capture_default_str();
+  cli->add_option("--precision", o.precision, "fp32, bf16, int8 (the UNet's convolutions and linear layers in int8; AVX512-VNNI) or auto (bf16 where the CPU "
+                  "has it)")->capture_default_str();
   cli->add_option("--batch-sizes", a->batch_sizes, "Images per UNet call to measure, e.g. 1,2,4,8")
       ->capture_default_str();
   cli->add_option("--runs", o.runs, "Timed runs per batch size, after a warm-up")->capture_default_str();
@@ -114,11 +117,16 @@ Command add_bench_command(CLI::App& app) {
                 "With bf16: skip the fp32 run that the PSNR against fp32 comes from (time, memory)");
   add_prediction_type_option(*cli, o.prediction_type);
   cli->add_flag("--quality", a->quality,
-                "Quality against fp32 instead: a fixed set of prompts and seeds in fp32 and in each --modes, with "
+                "Quality against fp32 (or --reference) instead: a fixed set of prompts and seeds in fp32 and in each --modes, with "
                 "time, PSNR, SSIM and latent error per mode");
   cli->add_option("--modes", a->modes,
-                  "With --quality: the modes to test, comma-separated: fp32, bf16 or auto, each optionally with step "
-                  "caching +cacheN[+branchB], e.g. bf16,bf16+cache3")
+                  "With --quality: the modes to test, comma-separated: fp32, bf16, int8 or auto, each optionally with "
+                  "step caching +cacheN[+branchB][+quadratic] and token merging +tomeP (ratio P percent), e.g. "
+                  "bf16,bf16+cache3,int8+cache3+tome50")
+      ->capture_default_str();
+  cli->add_option("--reference", a->reference,
+                  "With --quality: the mode every other is compared with (fp32: exact; e.g. bf16 for what int8 or an "
+                  "approximation costs on top of bf16)")
       ->capture_default_str();
   cli->add_option("--prompts", a->prompts, "With --quality: how many of the 16 fixed prompts (1..16)")
       ->capture_default_str();

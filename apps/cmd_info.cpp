@@ -14,7 +14,7 @@ Command add_info_command(CLI::App& app) {
   auto gen = std::make_shared<GenerateOptions>();
   auto* cli = app.add_subcommand("info", "Show what sdcpu detects in a model");
   cli->add_option("--model,-m", *model, "Diffusers folder or single-file .safetensors checkpoint")->required();
-  cli->add_option("--precision", load->precision, "fp32, bf16 or auto: the precision it would run in")
+  cli->add_option("--precision", load->precision, "fp32, bf16, int8 or auto: the precision it would run in")
       ->capture_default_str();
   add_weight_cache_option(*cli, load->weight_cache_dir);
   print_load_notices(*load);

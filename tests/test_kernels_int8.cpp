@@ -188,6 +188,23 @@ TEST_F(Int8Kernels, ConvMatchesReferenceOnQuantizedOperands) {
   }
 }
 
+// An int8 weight exists in one packed layout only (oneDNN cannot reorder an s8 weight that carries its compensation):
+// a later input size whose best kernel would want another layout (at 4x4, the UNet's deepest level at 256x256,
+// against the 64x64 the weight was packed for) runs on the packed one, with the same numbers.
+TEST_F(Int8Kernels, ConvRunsAtSizesWhoseKernelWantsAnotherLayout) {
+  for (auto [c, o, k] : {std::tuple{640, 320, 1}, {320, 320, 3}}) {
+    const Tensor w = random_tensor({o, c, k, k}, 12, 0.05f), b = random_tensor({o}, 13);
+    const PreparedConv2d conv(w, b, 1, k / 2, ComputeType::int8, kChannelsLast);
+    for (int64_t size : {4, 8}) {
+      SCOPED_TRACE(std::to_string(c) + "->" + std::to_string(o) + " k" + std::to_string(k) + " at " +
+                   std::to_string(size));
+      const Tensor x = random_tensor({2, c, size, size}, 14);
+      const Quantized q = quantize_operands(x, w);
+      EXPECT_TENSOR_NEAR(conv2d(nchw_to_nhwc(x), conv), nchw_to_nhwc(conv_reference(q.x, q.w, b, 1, k / 2)), 1e-5);
+    }
+  }
+}
+
 // A convolution whose input comes from the op before (ConvSource: group norm, upsample) is quantized from the
 // whole fp32 input, as a plain tensor is.
 TEST_F(Int8Kernels, ConvFromSourceEqualsConvFromTensor) {

@@ -252,9 +252,13 @@ struct QualityBenchOptions {
   int steps = 20;
   std::string sampler = "dpmpp_2m";
   float cfg_scale = 7.5f;
-  // The modes under test: "fp32", "bf16" or "auto", each optionally with step caching: "+cacheN" (every N steps)
-  // and "+branchB" (e.g. "bf16+cache3", "bf16+cache5+branch1").
+  // The modes under test: "fp32", "bf16", "int8" or "auto", each optionally with step caching: "+cacheN" (every N
+  // steps), "+branchB", "+quadratic", and token merging "+tomeP" (ratio P percent), e.g. "bf16+cache3",
+  // "int8+cache3+tome50".
   std::vector<std::string> modes = {"bf16"};
+  // What every mode is compared with: "fp32" (exact), or another mode, e.g. "bf16" to see what int8 or an
+  // approximation costs on top of bf16.
+  std::string reference = "fp32";
   int prompts = 8;  // the first N (1..16) of the fixed prompt set
   int threads = 0;
   bool pin_threads = false;

@@ -119,8 +119,8 @@ void record_once(std::vector<std::string>& names, const std::string& name) {
 
 ComputeType WeightStore::compute_type_for(const std::string& layer) const {
   if (compute_type_ != ComputeType::int8) return compute_type_;
-  for (const std::string& prefix : int8_exclusions_) {
-    if (layer.rfind(prefix, 0) == 0) {
+  for (const std::string& pattern : int8_exclusions_) {
+    if (layer.find(pattern) != std::string::npos) {
       record_once(int8_report_.kept, layer);
       return without_int8(compute_type_);
     }

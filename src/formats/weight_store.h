@@ -59,10 +59,10 @@ class WeightStore {
   ComputeType compute_type() const { return compute_type_; }
   void set_compute_type(ComputeType type) { compute_type_ = type; }
   // The compute type of one layer (`layer`: its weight's name without ".weight"): the store's, except that in
-  // int8 a layer whose name starts with one of the int8 exclusions computes in bf16 (a model's int8 policy,
+  // int8 a layer whose name contains one of the int8 exclusions computes in bf16 (a model's int8 policy,
   // pipeline/int8_policy.h). Records the answer for int8_report().
   ComputeType compute_type_for(const std::string& layer) const;
-  void set_int8_exclusions(std::vector<std::string> prefixes) { int8_exclusions_ = std::move(prefixes); }
+  void set_int8_exclusions(std::vector<std::string> patterns) { int8_exclusions_ = std::move(patterns); }
   // Which layers were asked for int8 and which of them the exclusions kept in bf16, in the order asked.
   struct Int8Report {
     std::vector<std::string> int8, kept;

@@ -101,12 +101,13 @@ void check_conv_args(const Shape& x, const Shape& w, int stride, const Conv2dPad
 dnnl::convolution_forward::primitive_desc prepared_pd(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh,
                                                       int64_t kw, const memory::desc& bias, int stride,
                                                       const Conv2dPadding& p, ConvLayouts layouts,
-                                                      const dnnl::primitive_attr& attr, memory::data_type compute) {
+                                                      const dnnl::primitive_attr& attr, memory::data_type compute,
+                                                      const memory::desc& weights = memory::desc()) {
   const int64_t ho = (h + p.top + p.bottom - kh) / stride + 1, wo = (w + p.left + p.right - kw) / stride + 1;
   const Tag src_tag = layouts.src == ImageLayout::nhwc ? Tag::nhwc : c % 16 == 0 ? Tag::nChw16c : Tag::nchw;
   const Tag dst_tag = layouts.dst == ImageLayout::nhwc || src_tag == Tag::nhwc ? Tag::nhwc : Tag::nChw16c;
   const std::pair<Tag, Tag> candidates[] = {{src_tag, dst_tag}, {Tag::any, Tag::any}, {Tag::nchw, Tag::nchw}};
-  const memory::desc wei({o, c, kh, kw}, compute, Tag::any);
+  const memory::desc wei = weights.is_zero() ? memory::desc({o, c, kh, kw}, compute, Tag::any) : weights;
   for (size_t i = 0;; ++i) {
     auto [s, d] = candidates[i];
     const memory::desc src({n, c, h, w}, compute, s), dst({n, o, ho, wo}, kF32, d);
@@ -233,7 +234,9 @@ struct PreparedConv2d::Weights {
     if (relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     if (residual || relu) attr.set_post_ops(ops);
     if (compute == kS8) attr = int8_attr(weight_scales, ops);
-    const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, layouts, attr, compute);
+    // int8: the one layout the weight is packed in (PackedWeights::packed_desc); others ask for their favourite.
+    const auto pd = prepared_pd(n, c, h, w, o, kh, kw, bias_desc, stride, p, layouts, attr, compute,
+                                compute == kS8 ? packed.packed_desc() : memory::desc());
     auto plan = std::make_unique<Plan>();
     plan->pd = pd;
     plan->prim = dnnl::convolution_forward(pd);

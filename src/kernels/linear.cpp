@@ -33,10 +33,12 @@ struct MatmulPrimitive {
 // With `residual`, dst = x W^T + b + 1.0 * dst (a sum post-op): the residual is in dst before the product.
 // In int8 (s8 source and weights) the int32 products are scaled per output column by scales given at run time
 // (DNNL_RUNTIME_F32_VAL), and oneDNN 2.x adds the bias before that scaling: dst = scale[n] * (acc + bias[n]).
+// `weights`, when given, is the weight's layout (else `weight_tag`).
 dnnl::matmul::primitive_desc matmul_pd(int64_t m, int64_t k, int64_t n, bool has_bias, Tag weight_tag,
-                                       memory::data_type compute = kF32, bool residual = false) {
+                                       memory::data_type compute = kF32, bool residual = false,
+                                       const memory::desc& weights = memory::desc()) {
   memory::desc src({m, k}, compute, Tag::ab);
-  memory::desc wei({k, n}, compute, weight_tag);
+  memory::desc wei = weights.is_zero() ? memory::desc({k, n}, compute, weight_tag) : weights;
   memory::desc dst({m, n}, kF32, Tag::ab);
   auto desc = has_bias ? dnnl::matmul::desc(src, wei, memory::desc({1, n}, kF32, Tag::ab), dst)
                        : dnnl::matmul::desc(src, wei, dst);
@@ -120,7 +122,9 @@ struct PreparedLinear::Weights {
     auto it = plans.find({m, residual});
     if (it != plans.end()) return *it->second;
     auto plan = std::make_unique<Plan>();
-    plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any, compute, residual);
+    // int8: the one layout the weight is packed in (PackedWeights::packed_desc); others ask for their favourite.
+    plan->pd = matmul_pd(m, k, n, !bias.empty(), Tag::any, compute, residual,
+                         compute == kS8 ? packed.packed_desc() : memory::desc());
     plan->prim = dnnl::matmul(plan->pd);
     plan->weights = packed.in(plan->pd.weights_desc());
     plan->src_plain = memory::desc({m, k}, kF32, Tag::ab);

@@ -100,6 +100,12 @@ std::vector<float> PackedWeights::pack_int8(const WeightSource& source, const dn
   return scales;
 }
 
+dnnl::memory::desc PackedWeights::packed_desc() const {
+  if (copies_.empty())
+    throw std::logic_error("a layer whose packed weight was streamed to the weight cache file cannot run");
+  return copies_.front()->mem.get_desc();
+}
+
 const dnnl::memory* PackedWeights::in(const dnnl::memory::desc& desc) {
   if (copies_.empty())
     throw std::logic_error("a layer whose packed weight was streamed to the weight cache file cannot run");

@@ -48,6 +48,9 @@ class PackedWeights {
   // as long as this object.
   const dnnl::memory* in(const dnnl::memory::desc& desc);
   bool empty() const { return copies_.empty(); }
+  // The layout of the first copy (the one pack() made). An int8 weight has only this one: oneDNN cannot reorder
+  // from an s8 layout that carries its compensation, so int8 primitives are created for this layout.
+  dnnl::memory::desc packed_desc() const;
 
  private:
   struct Copy;

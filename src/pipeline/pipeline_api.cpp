@@ -16,6 +16,12 @@
 namespace sdcpu {
 namespace {
 
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const std::string& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
 std::string join(const std::vector<int>& v) {
   std::string s;
   for (size_t i = 0; i < v.size(); ++i) {
@@ -204,6 +210,9 @@ class PipelineImpl : public Pipeline {
       << "vae:          channels " << join(f.vae_config.block_out_channels) << ", latent channels "
       << f.vae_config.latent_channels << ", scaling factor " << f.vae_config.scaling_factor << "\n"
       << "precision:    " << compute_type_name(txt2img_.compute_type()) << "\n";
+    if (const auto& int8 = txt2img_.int8_report(); !int8.int8.empty())
+      s << "int8 layers:  " << int8.int8.size() << " of the UNet's " << int8.int8.size() + int8.kept.size()
+        << " convolutions and linear layers; bf16: " << join(int8.kept) << " and the attention products\n";
     if (const TaesdFiles* t = txt2img_.taesd())
       s << "taesd:        " << t->path << " (" << t->layout << "), decoder channels "
         << join(t->config.decoder_block_out_channels) << ", latent channels " << t->config.latent_channels << ", "
