@@ -74,8 +74,8 @@ struct ActivationArena::State {
   size_t mapping_bytes = 0;
   char* base = nullptr;  // 2 MiB aligned, inside the mapping
   size_t reserved = 0;
-  size_t committed = 0;  // the part made readable and writable so far, from the base
-  size_t front = 0;      // the end of the last hold_front, each hold rounded to 2 MiB; passes place after it
+  size_t committed = 0;      // the part made readable and writable so far, from the base
+  size_t front = 0;          // the end of the last hold_front, each hold rounded to 2 MiB; passes place after it
   std::vector<Block> holds;  // hold_front's holds, in the order taken (so by offset)
   size_t touched = 0;
   std::vector<Block> live;  // sorted by begin
