@@ -1,4 +1,5 @@
-// Microbenchmark of the fused attention kernel at the shapes Stable Diffusion 1.5 runs at 512x512.
+// Microbenchmark of the fused attention kernel at the shapes Stable Diffusion 1.5 runs at 512x512 and SDXL at
+// 1024x1024.
 // Reports GFLOP/s counting the two products only, 4 * B * H * Lq * Lk * D; for the causal case that is the dense
 // count (the kernel skips about half of it), so the figure reads as dense-equivalent throughput. Every shape runs
 // with fp32 products and, as name_bf16, with bf16 ones (ComputeType::bf16; the same FLOP count).
@@ -59,6 +60,13 @@ const Shape kShapes[] = {
     {"cross_64_h8_d160", 2, 64, 77, 8, 160, 0},
     // VAE decoder mid-block: one head of 512 over the 64x64 latent pixels.
     {"vae_4096_h1_d512", 1, 4096, 4096, 1, 512, 0},
+    // SDXL at 1024x1024 (128x128 latents): self-attention in heads of 64 at the 64x64 level (640 channels, 10
+    // heads, 2 blocks per transformer) and the 32x32 level (1280 channels, 20 heads, 10 blocks); cross-attention
+    // against 77 tokens of 2048; the VAE mid-block over the 128x128 latent pixels.
+    {"sdxl_self_4096_h10_d64", 2, 4096, 4096, 10, 64, 0},
+    {"sdxl_self_1024_h20_d64", 2, 1024, 1024, 20, 64, 0},
+    {"sdxl_cross_4096_h10_d64", 2, 4096, 77, 10, 64, 0},
+    {"sdxl_vae_16384_h1_d512", 1, 16384, 16384, 1, 512, 0},
     // CLIP text encoder: causal, 12 heads of 64 over 77 tokens (cond + uncond).
     {"clip_77_h12_d64_causal", 2, 77, 77, 12, 64, 1},
 };

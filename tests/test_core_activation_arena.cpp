@@ -224,20 +224,51 @@ TEST(ActivationArena, TheFrontHoldsWeightsAndPassesPlaceAfterIt) {
   void* front = arena.hold_front(3 << 20);
   ASSERT_NE(front, nullptr);
   EXPECT_TRUE(arena.contains(front));
-  EXPECT_EQ(arena.hold_front(1 << 20), nullptr);  // held already
   std::memset(front, 1, 3 << 20);
   {
     ActivationArena::Pass pass(&arena, "k");
     const Tensor t({1 << 16});
     EXPECT_GE(reinterpret_cast<const char*>(t.data()), static_cast<char*>(front) + (3 << 20));
   }
-  arena.release_front();
+  arena.release_front(front);
   // 3 MiB rounded up to whole 2 MiB pages, then the pass's 256 KiB tensor.
   EXPECT_EQ(arena.stats().touched_bytes, (size_t{4} << 20) + (size_t{1} << 18));
   // A buffer alive where the front would go: the front cannot be had, and the caller allocates elsewhere.
   ActivationArena::Pass pass(&arena, "other");
   const Tensor t({1 << 16});
   EXPECT_EQ(arena.hold_front(1 << 20), nullptr);
+}
+
+// SDXL's two text encoders run together: their copied-in weights stack at the front, the second from the end of
+// the first (rounded to 2 MiB), and passes place after both. Released in any order, the front shrinks to the end
+// of the holds left, and is whole again once all are gone.
+TEST(ActivationArena, FrontHoldsStack) {
+  ActivationArena arena;
+  char* first = static_cast<char*>(arena.hold_front(3 << 20));
+  char* second = static_cast<char*>(arena.hold_front(5 << 20));
+  ASSERT_NE(first, nullptr);
+  ASSERT_EQ(second, first + (4 << 20));
+  std::memset(first, 1, 3 << 20);
+  std::memset(second, 2, 5 << 20);
+  {
+    ActivationArena::Pass pass(&arena, "k");
+    const Tensor t({1 << 16});
+    EXPECT_GE(reinterpret_cast<const char*>(t.data()), second + (6 << 20));
+  }
+  EXPECT_EQ(first[(3 << 20) - 1], 1);  // the pass wrote neither hold
+  EXPECT_EQ(second[0], 2);
+  arena.release_front(first);  // the second still holds: passes stay after it
+  {
+    ActivationArena::Pass pass(&arena, "k2");
+    const Tensor t({1 << 16});
+    EXPECT_GE(reinterpret_cast<const char*>(t.data()), second + (6 << 20));
+  }
+  EXPECT_EQ(arena.hold_front(1 << 20), second + (6 << 20));  // a third stacks after the second
+  arena.release_front(second + (6 << 20));
+  arena.release_front(second);
+  EXPECT_EQ(arena.hold_front(1 << 20), first);  // all released: the front starts at the range's start again
+  arena.release_front(first);
+  arena.release_front(first);  // released already: nothing happens
 }
 
 TEST(ActivationArena, ABufferOutlivingItsArenaStaysValid) {

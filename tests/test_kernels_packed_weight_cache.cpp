@@ -303,6 +303,40 @@ TEST(PackedWeightCache, CopyInModeComputesFromACopyAndReturnsToTheMapping) {
   EXPECT_EQ(testing::compare(linear(l.rows, lin), y_lin).max_abs, 0.0);
 }
 
+// Two networks used together (SDXL's two text encoders) in copy-in mode with one arena: both copies go to the
+// arena's front, one after the other, and neither to the heap (issue 12: a heap copy of the second encoder's
+// 1.26 GB outlived the stage and raised SDXL's peak).
+TEST(PackedWeightCache, CopiesUsedTogetherStackInTheArenasFront) {
+  const Layers l;
+  const std::string path_a = testing::temp_dir() + "/a.sdcw", path_b = testing::temp_dir() + "/b.sdcw";
+  write_cache(path_a, "fp", l);
+  write_cache(path_b, "fp", l);
+  ActivationArena arena;
+  auto a = std::make_shared<PackedWeightCache>(path_a, "fp"), b = std::make_shared<PackedWeightCache>(path_b, "fp");
+  a->set_copy_in(true, &arena);
+  b->set_copy_in(true, &arena);
+  int reads = 0;
+  PreparedConv2d conv_a(counted(l.conv_w, a, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+  PreparedConv2d conv_b(counted(l.conv_w, b, "conv.weight", reads), l.conv_b, 1, Conv2dPadding::same(1));
+  a->release_pages();
+  b->release_pages();
+  const Tensor y = conv2d(l.x, PreparedConv2d(l.conv_w, l.conv_b, 1, 1));
+  {
+    const PackedWeightCache::Use use_a(a.get()), use_b(b.get());
+    // Each file's data area is well under 2 MiB: one 2 MiB hold each.
+    EXPECT_EQ(arena.stats().touched_bytes, size_t{4} << 20);
+    EXPECT_EQ(testing::compare(conv2d(l.x, conv_a), y).max_abs, 0.0);
+    EXPECT_EQ(testing::compare(conv2d(l.x, conv_b), y).max_abs, 0.0);
+    EXPECT_EQ(mapped_rss_kb(path_a) + mapped_rss_kb(path_b), 0u) << "both must compute from their copies";
+  }
+  // Both released: the next network's copy starts at the front again.
+  {
+    const PackedWeightCache::Use use_b(b.get());
+    EXPECT_EQ(testing::compare(conv2d(l.x, conv_b), y).max_abs, 0.0);
+  }
+  EXPECT_EQ(arena.stats().touched_bytes, size_t{4} << 20);
+}
+
 // Streaming (a first start): each weight goes to the file as it is packed and leaves the layer, which then cannot
 // run; the finished file gives layers the same results as plain packing.
 TEST(PackedWeightCache, StreamingWritesEachWeightAndKeepsNoCopy) {

@@ -12,6 +12,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/fma_peak.h"
 #include "pipeline/benchmark.h"
+#include "pipeline/cpu_usage.h"
 #include "pipeline/txt2img.h"
 #include "test_support.h"
 
@@ -176,6 +177,41 @@ TEST(Bench, TinyModelReportHasEveryField) {
   EXPECT_TRUE(j.at("psnr_db_vs_fp32").is_null());
   EXPECT_LE(report.unet_efficiency, 1.5);  // a sanity bound: far above 1 would mean a wrong count or peak
   EXPECT_FALSE(format_table(report).empty());
+  // CPU use over the timed runs: this process computed; nobody used more than the machine has.
+  const auto& cpu = j.at("timed_runs_cpu");
+  EXPECT_GT(cpu.at("wall_s").get<double>(), 0.0);
+  EXPECT_GT(cpu.at("process_cpu_s").get<double>(), 0.0);
+  EXPECT_GE(cpu.at("others_cpu_s").get<double>(), 0.0);
+  EXPECT_GE(cpu.at("steal_s").get<double>(), 0.0);
+  EXPECT_GE(cpu.at("cpus").get<int>(), 1);
+  EXPECT_LE(cpu.at("process_cpu_s").get<double>(),
+            cpu.at("cpus").get<double>() * cpu.at("wall_s").get<double>() * 1.05 + 0.05);
+  EXPECT_NE(format_table(report).find("cpus during runs"), std::string::npos);
+}
+
+// proc(5)'s aggregate line: busy = user + nice + system + irq + softirq, steal apart, idle and iowait left out.
+TEST(BenchCpuUse, ProcStatIsParsed) {
+  const std::string text =
+      "cpu  1000 20 300 5000 40 5 6 70 0 0\n"
+      "cpu0 500 10 150 2500 20 2 3 35 0 0\n"
+      "intr 12345\n";
+  const MachineCpuTimes t = parse_proc_stat(text, 100.0);
+  EXPECT_DOUBLE_EQ(t.busy_s, (1000 + 20 + 300 + 5 + 6) / 100.0);
+  EXPECT_DOUBLE_EQ(t.steal_s, 0.70);
+  EXPECT_THROW(parse_proc_stat("cpu0 1 2 3 4 5 6 7 8\n", 100.0), InvalidArgument);  // no aggregate line
+  EXPECT_THROW(parse_proc_stat("cpu  1 2 3\n", 100.0), InvalidArgument);            // too few fields
+}
+
+// A busy loop on this thread shows in this process's CPU time, and in the machine's busy time at least as much
+// (up to the clock ticks' rounding).
+TEST(BenchCpuUse, ABusyThreadIsCounted) {
+  const MachineCpuTimes machine0 = machine_cpu_times();
+  const double self0 = process_cpu_seconds();
+  volatile double x = 0;
+  while (process_cpu_seconds() - self0 < 0.3) x = x + 1.0;
+  const double self = process_cpu_seconds() - self0;
+  EXPECT_GE(self, 0.3);
+  EXPECT_GE(machine_cpu_times().busy_s - machine0.busy_s, self - 0.05);
 }
 
 // With step caching the report tells full and shallow passes apart, and counts each image's UNet work from both.

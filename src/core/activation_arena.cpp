@@ -74,8 +74,9 @@ struct ActivationArena::State {
   size_t mapping_bytes = 0;
   char* base = nullptr;  // 2 MiB aligned, inside the mapping
   size_t reserved = 0;
-  size_t committed = 0;  // the part made readable and writable so far, from the base
-  size_t front = 0;      // bytes held by hold_front, rounded to 2 MiB
+  size_t committed = 0;      // the part made readable and writable so far, from the base
+  size_t front = 0;          // the end of the last hold_front, each hold rounded to 2 MiB; passes place after it
+  std::vector<Block> holds;  // hold_front's holds, in the order taken (so by offset)
   size_t touched = 0;
   std::vector<Block> live;  // sorted by begin
   std::map<std::string, std::shared_ptr<Plan>> plans;
@@ -179,19 +180,25 @@ bool ActivationArena::contains(const void* p) const {
 void* ActivationArena::hold_front(size_t bytes) {
   State& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
-  const size_t front = round_up(std::max<size_t>(bytes, 1), kHugePage);
-  if (s.front || front > s.reserved || s.overlaps_live(0, front) || !s.commit(front)) return nullptr;
-  s.front = front;
-  s.touched = std::max(s.touched, front);
-  SDCPU_UNPOISON(s.base, bytes);
-  return s.base;
+  if (!s.base) return nullptr;
+  const size_t begin = s.front, end = begin + round_up(std::max<size_t>(bytes, 1), kHugePage);
+  if (end > s.reserved || s.overlaps_live(begin, end) || !s.commit(end)) return nullptr;
+  s.holds.push_back(Block{begin, end});
+  s.front = end;
+  s.touched = std::max(s.touched, end);
+  SDCPU_UNPOISON(s.base + begin, bytes);
+  return s.base + begin;
 }
 
-void ActivationArena::release_front() {
+void ActivationArena::release_front(const void* held) {
   State& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
-  SDCPU_POISON(s.base, s.front);
-  s.front = 0;
+  const size_t begin = static_cast<size_t>(static_cast<const char*>(held) - s.base);
+  auto it = std::find_if(s.holds.begin(), s.holds.end(), [begin](const Block& b) { return b.begin == begin; });
+  if (it == s.holds.end()) return;
+  SDCPU_POISON(s.base + it->begin, it->end - it->begin);
+  s.holds.erase(it);
+  s.front = s.holds.empty() ? 0 : s.holds.back().end;
 }
 
 ActivationArena::Stats ActivationArena::stats() const {

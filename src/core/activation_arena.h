@@ -23,9 +23,10 @@
 // reused one (1.5 GB: 2.4 s against 0.095 s). The pages in use are the high-water mark of the passes, which
 // stats() reports.
 //
-// Low-memory mode also puts one network's weights at the front of the range (hold_front) while it runs, with
-// its activations after them: the largest stage's weights plus activations, rather than the sum of all stages,
-// is then what the process holds (pipeline/txt2img.h MemoryOptions).
+// Low-memory mode also puts the running network's weights at the front of the range (hold_front) while it runs,
+// with its activations after them: the largest stage's weights plus activations, rather than the sum of all
+// stages, is then what the process holds (pipeline/txt2img.h MemoryOptions). Networks that run together (SDXL's
+// two text encoders) stack their weights there, one hold after the other.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -74,11 +75,14 @@ class ActivationArena {
     bool diverged_ = false;                 // it allocated a size its plan does not have at that index
   };
 
-  // The first `bytes` of the range, for one network's copied-in weights (kernels/packed_weight_cache.h), until
-  // release_front(); passes then place their buffers after them. nullptr when the front is held already, when a
-  // live buffer lies there, or when the range is too small: the caller then allocates elsewhere.
+  // `bytes` at the front of the range, for one network's copied-in weights (kernels/packed_weight_cache.h), until
+  // release_front() of the same pointer; passes then place their buffers after them. Holds stack: a second one
+  // begins where the first ends (rounded up to 2 MiB), so that networks that run together share the front rather
+  // than one of them taking a heap buffer that outlives the stage. nullptr when a live buffer lies where the hold
+  // would go or when the range is too small: the caller then allocates elsewhere.
   void* hold_front(size_t bytes);
-  void release_front();
+  // Ends the hold that hold_front() returned `held` for. The front shrinks to the end of the holds that remain.
+  void release_front(const void* held);
 
   // Whether `p` points into the range.
   bool contains(const void* p) const;

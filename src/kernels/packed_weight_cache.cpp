@@ -285,7 +285,7 @@ void PackedWeightCache::copy_out() {
 void PackedWeightCache::free_copy() {
   if (!copy_) return;
   if (copy_in_arena_)
-    copy_arena_->release_front();
+    copy_arena_->release_front(copy_);
   else
     free_buffer(copy_);
   copy_ = nullptr;

@@ -101,7 +101,8 @@ class PackedWeightCache {
   //   last points them back at the mapping and lets the front go. The next network's weights and activations
   //   then reuse those same physical pages: a fresh page costs a fault and a zeroing, which on this project's VM
   //   made a 512x512 VAE decode 0.7-1.9 s slower, while the copy costs about 0.2 s per 1.7 GB from the page
-  //   cache. Without an arena, or when its front is taken, the copy goes to a buffer from the heap.
+  //   cache. Networks used together (SDXL's two text encoders) stack their copies at the front. Without an
+  //   arena, or when a live buffer lies where the copy would go, it goes to a buffer from the heap.
   class Use {
    public:
     explicit Use(PackedWeightCache* cache);  // nullptr: does nothing

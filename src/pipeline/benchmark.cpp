@@ -17,6 +17,7 @@
 #include "core/threads.h"
 #include "kernels/fma_peak.h"
 #include "nets/vae.h"
+#include "pipeline/cpu_usage.h"
 #include "pipeline/image_quality.h"
 #include "pipeline/precision.h"
 #include "pipeline/txt2img.h"
@@ -188,6 +189,9 @@ BenchReport run_benchmark(const BenchOptions& o) {
     log("batch " + std::to_string(batch) + " warm-up: " + fixed(warm.times.total_s, 2) + " s");
     std::vector<double> totals, encodes, steps, shallow_steps, decodes;
     const ActivationArena::Stats before = pipe->activation_stats();
+    const MachineCpuTimes machine_before = machine_cpu_times();
+    const double process_before = process_cpu_seconds();
+    const auto wall_before = std::chrono::steady_clock::now();
     for (int run = 0; run < o.runs; ++run) {
       const StageTimes t = pipe->run(request).times;
       totals.push_back(t.total_s);
@@ -202,6 +206,13 @@ BenchReport run_benchmark(const BenchOptions& o) {
           fixed(t.total_s, 2) + " s (step " + fixed(median(t.denoise_step_s), 3) + " s, decode " +
           fixed(t.vae_decode_s, 2) + " s)");
     }
+    const double process_cpu = process_cpu_seconds() - process_before;
+    const MachineCpuTimes machine_after = machine_cpu_times();
+    r.timed_runs_cpu.wall_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_before).count();
+    r.timed_runs_cpu.process_cpu_s += process_cpu;
+    r.timed_runs_cpu.others_cpu_s += std::max(0.0, machine_after.busy_s - machine_before.busy_s - process_cpu);
+    r.timed_runs_cpu.steal_s += std::max(0.0, machine_after.steal_s - machine_before.steal_s);
+    r.timed_runs_cpu.cpus = online_cpus();
     const ActivationArena::Stats after = pipe->activation_stats();
     r.timed_run_buffers.planned += after.planned - before.planned;
     r.timed_run_buffers.recorded += after.recorded - before.recorded;
@@ -306,6 +317,12 @@ std::string to_json(const BenchReport& r) {
   for (const auto& [batch, ipm] : r.images_per_min) per_batch[std::to_string(batch)] = ipm;
   j["images_per_min"] = per_batch;
   j["peak_rss_mb"] = r.peak_rss_mb;
+  const BenchReport::CpuUse& cpu = r.timed_runs_cpu;
+  j["timed_runs_cpu"] = {{"wall_s", cpu.wall_s},
+                         {"cpus", cpu.cpus},
+                         {"process_cpu_s", cpu.process_cpu_s},
+                         {"others_cpu_s", cpu.others_cpu_s},
+                         {"steal_s", cpu.steal_s}};
   // The arena's pages in memory (with --low-memory, the running network's weights too) and its plans; per source,
   // the buffers the timed runs took: all "planned" when the steps allocate nothing afresh.
   j["activation_arena_mb"] = static_cast<double>(r.activations.touched_bytes) / (1 << 20);
@@ -414,6 +431,11 @@ std::string format_table(const BenchReport& r) {
                               std::to_string(r.activations.plans.size()) +
                               " plans; timed runs: " + std::to_string(t.planned) + " buffers planned, " +
                               std::to_string(t.recorded + t.unplanned + t.heap) + " not");
+  const BenchReport::CpuUse& cpu = r.timed_runs_cpu;
+  const double wall = std::max(cpu.wall_s, 1e-12);
+  row("cpus during runs", "this process " + fixed(cpu.process_cpu_s / wall, 2) + ", other processes " +
+                              fixed(cpu.others_cpu_s / wall, 2) + ", steal " + fixed(cpu.steal_s / wall, 2) + " (of " +
+                              std::to_string(cpu.cpus) + ")");
   if (r.precision == "int8") {
     row("machine peak", fixed(r.machine_peak_gflops, 1) + " GFLOP/s bf16 (int8 vpdpbusd " +
                             fixed(r.machine_peak_gflops_int8, 1) + " GOP/s)");

@@ -59,6 +59,13 @@ struct BenchReport {
   double total_s = 0;                    // per image, warm
   std::map<int, double> images_per_min;  // per batch size, warm
   double peak_rss_mb = 0;                // getrusage ru_maxrss, the whole process
+  // CPU time over all the timed runs (pipeline/cpu_usage.h), to tell a slow machine from a slow kernel: this
+  // process's, the other processes' (the machine's busy time less this process's) and the hypervisor's steal, in
+  // CPU seconds, against the runs' wall time and the machine's CPUs.
+  struct CpuUse {
+    double wall_s = 0, process_cpu_s = 0, others_cpu_s = 0, steal_s = 0;
+    int cpus = 1;
+  } timed_runs_cpu;
   // The activation arena (core/activation_arena.h) after the timed runs: the memory it holds and its plans, and
   // where the buffers of the timed runs alone came from (planned offsets only, when nothing is allocated afresh).
   ActivationArena::Stats activations;

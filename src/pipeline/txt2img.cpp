@@ -182,7 +182,8 @@ void Txt2ImgPipeline::end_stage() const {
   if (!memory_.low_memory) return;
   release_scratch_buffers();
   // With every network's weights copied in per stage (PackedWeightCache::set_copy_in), they go to the activation
-  // arena's front, or, should it be taken, to a heap buffer that the next stage may reuse; without, the heap's
+  // arena's front (SDXL's two text encoders one after the other), or, should a live buffer lie there, to a heap
+  // buffer that the next stage may reuse; without, the heap's
   // free memory goes back to the system. (Inside the networks' passes kernels take their scratch from the
   // arena, so the thread slots released above are only those of kernels run outside a pass.)
   const bool weights_copied_in = text_encoder_weights_ && unet_weights_ && (vae_weights_ || !vae_decoder_) &&
