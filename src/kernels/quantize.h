@@ -9,7 +9,8 @@
 
 namespace sdcpu {
 
-// max |x[i]| over n values (0 for n = 0). NaN values are skipped; an infinity gives infinity.
+// max |x[i]| over n values (0 for n = 0), vectorized and threaded. NaN values are skipped; an infinity gives
+// infinity.
 float max_abs(const float* x, int64_t n);
 
 // The scale of a group whose largest magnitude is `max_abs`: max_abs / 127, or 1 when the group is all zeros (any
